@@ -1,0 +1,375 @@
+"""
+MALN: Multimodal Adversarial Learning Network for conversational emotion recognition.
+
+Ren, Huang, Liu, Liu, Li, Liu. IEEE Transactions on Circuits and Systems for Video
+Technology 33(11):6965-6980, 2023. The whole model is in this file, modules in the order
+the data flows through them:
+
+    SCLM (stage 1)  ->  context encoders  ->  AMDM (stage 2: specific / common encoders,
+    gradient reversal, modality discriminator, orthogonality)  ->  cross-modal attention
+    ->  emotion classifier (stage 3)
+
+Modalities are named 't' (text), 'a' (audio) and 'v' (visual); any non-empty subset runs.
+Feature sizes and the class count come from the data through MALNConfig.
+"""
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+MODALITY_ORDER = "tav"
+
+
+@dataclass
+class MALNConfig:
+    feature_sizes: dict = field(default_factory=lambda: {"t": 1024, "a": 100, "v": 512})
+    n_classes: int = 6
+    max_positions: int = 128        # longest dialogue + 1 ([CLS]) the position table holds
+    # stage 1: speaker-characteristic learning module
+    sclm_mode: str = "speaker"      # 'speaker' (per-party, the paper), 'release' (two whole-dialogue Transformers), 'off'
+    sclm_layers: int = 1
+    sclm_heads: int = 1
+    sclm_feedforward: int = 128
+    sclm_dropout: float = 0.1
+    speaker_size: int = 100         # size of the projected speaker-characteristic vector
+    # context encoders
+    gru_layers: int = 2
+    context_hidden: int = 0         # GRU hidden size; 0 = the modality's input size (released)
+    # stage 2: adversarial multimodal decomposition module
+    hidden_size: int = 100          # size of specific and common vectors
+    specific_dropout: float = 0.1
+    common_dropout: float = 0.3
+    discriminator_hidden: int = 50
+    discriminator_dropout: float = 0.1
+    gradient_reversal: float = 1.0  # lambda of the gradient reversal layer
+    adversarial: bool = True        # modality-discriminator losses on/off
+    orthogonality: bool = True      # difference losses on/off
+    cross_attention: bool = True    # cross-modal attention on/off
+    cross_input: str = "common"     # 'common' (the release) or 'specific' (the paper's wording)
+    cross_heads: int = 4
+    cross_feedforward: int = 200
+    # stage 3 and shared
+    dropout: float = 0.66           # classifier, context and cross-attention dropout
+    # loss weights (released)
+    unimodal_weight: float = 0.1
+    adversarial_weight: float = 0.01
+    orthogonality_weight: float = 5e-6
+
+    def __post_init__(self):
+        unknown = set(self.feature_sizes) - set(MODALITY_ORDER)
+        if not self.feature_sizes or unknown:
+            raise ValueError(f"feature_sizes must use a non-empty subset of {MODALITY_ORDER!r}, got {self.feature_sizes}")
+        self.feature_sizes = {m: int(self.feature_sizes[m]) for m in MODALITY_ORDER if m in self.feature_sizes}
+        if self.sclm_mode not in ("speaker", "release", "off"):
+            raise ValueError(f"sclm_mode must be 'speaker', 'release' or 'off', got {self.sclm_mode!r}")
+        if self.cross_input not in ("common", "specific"):
+            raise ValueError(f"cross_input must be 'common' or 'specific', got {self.cross_input!r}")
+
+    @property
+    def modalities(self):
+        return list(self.feature_sizes)
+
+
+class Attention(nn.Module):
+    """Multi-head scaled dot-product attention with a boolean `allowed` mask (True = may attend)."""
+
+    def __init__(self, size, heads, dropout):
+        super().__init__()
+        assert size % heads == 0, f"size {size} is not divisible by {heads} heads"
+        self.heads, self.dropout = heads, dropout
+        self.query = nn.Linear(size, size)
+        self.key_value = nn.Linear(size, 2 * size)
+        self.out = nn.Linear(size, size)
+
+    def forward(self, queries, keys, allowed):
+        # queries (B, Lq, D), keys (B, Lk, D), allowed (B, Lq, Lk) or (B, 1, Lk)
+        B, Lq, D = queries.shape
+        q = self.query(queries).view(B, Lq, self.heads, D // self.heads).transpose(1, 2)   # (B, H, Lq, D/H)
+        k, v = self.key_value(keys).view(B, -1, 2, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # (B, H, Lk, D/H) each
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed.unsqueeze(1),
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(B, Lq, D))                               # (B, Lq, D)
+
+
+class EncoderLayer(nn.Module):
+    """Post-LayerNorm Transformer encoder layer (attention and ReLU feed-forward, residuals)."""
+
+    def __init__(self, size, heads, feedforward, dropout):
+        super().__init__()
+        self.attention = Attention(size, heads, dropout)
+        self.norm1, self.norm2 = nn.LayerNorm(size), nn.LayerNorm(size)
+        self.feedforward = nn.Sequential(nn.Linear(size, feedforward), nn.ReLU(), nn.Dropout(dropout),
+                                         nn.Linear(feedforward, size))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x, allowed, n_queries=None):
+        # x (B, L, D); only the first n_queries rows are computed (all when None)
+        queries = x if n_queries is None else x[:, :n_queries]
+        allowed = allowed if n_queries is None else allowed[:, :n_queries]
+        y = self.norm1(queries + self.dropout(self.attention(queries, x, allowed)))
+        return self.norm2(y + self.dropout(self.feedforward(y)))
+
+
+class SpeakerTransformer(nn.Module):
+    """The Transformer of SCLM: input LayerNorm, learned [CLS] and positions, encoder layers.
+
+    Reads `n_summaries` [CLS] tokens followed by the utterances and returns the [CLS] outputs;
+    the last layer computes only those rows, since nothing reads the utterance rows after it.
+    """
+
+    def __init__(self, size, config):
+        super().__init__()
+        self.cls = nn.Parameter(torch.zeros(size))
+        self.positions = nn.Embedding(config.max_positions, size)
+        self.norm = nn.LayerNorm(size)
+        self.layers = nn.ModuleList(EncoderLayer(size, config.sclm_heads, config.sclm_feedforward, config.sclm_dropout)
+                                    for _ in range(config.sclm_layers))
+        self.dropout = nn.Dropout(config.sclm_dropout)
+        nn.init.normal_(self.cls, std=0.02)
+
+    def forward(self, features, n_summaries, allowed):
+        # features (B, N, D); allowed (B, S+N, S+N) over the token sequence [CLS x S ; utterances]
+        B, N, D = features.shape
+        if N + 1 > self.positions.num_embeddings:
+            raise ValueError(f"a dialogue of {N} utterances exceeds max_positions={self.positions.num_embeddings}")
+        position = self.positions(torch.arange(N + 1, device=features.device))          # (N+1, D)
+        summaries = (self.cls + position[0]).expand(B, n_summaries, D)                  # (B, S, D)
+        x = self.dropout(self.norm(torch.cat([summaries, features + position[1:]], dim=1)))  # (B, S+N, D)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, allowed, n_queries=n_summaries if i == len(self.layers) - 1 else None)
+        return x                                                                         # (B, S, D)
+
+
+class SCLM(nn.Module):
+    """Speaker-characteristic learning module (paper, stage 1), one per modality.
+
+    'speaker': one [CLS] per party, attending only over that party's own utterances
+    (padding and other parties masked), so every utterance gets the vector of its own
+    speaker, for any number of parties. 'release': the authors' variant, two Transformers
+    ("speaker", "listener") that both read the whole dialogue; party 0 takes the first
+    summary, every other party the second. The summary is projected to `speaker_size`.
+    """
+
+    def __init__(self, size, config):
+        super().__init__()
+        self.mode = config.sclm_mode
+        self.transformers = nn.ModuleList(SpeakerTransformer(size, config)
+                                          for _ in range(1 if self.mode == "speaker" else 2))
+        self.project = nn.Linear(size, config.speaker_size)
+
+    def forward(self, features, speakers, n_parties, utterance_mask):
+        # features (B, N, D), speakers (B, N) party index < n_parties, utterance_mask (B, N) True at real utterances
+        B, N, _ = features.shape
+        if self.mode == "speaker":
+            party = torch.where(utterance_mask, speakers, -1)                                   # (B, N), padding = -1
+            token_party = torch.cat([torch.arange(n_parties, device=speakers.device).expand(B, -1), party], 1)  # (B, P+N)
+            speaker_mask = token_party.unsqueeze(2) == token_party.unsqueeze(1)                 # (B, P+N, P+N)
+            summaries = self.transformers[0](features, n_parties, speaker_mask)                # (B, P, D)
+            vectors = torch.gather(summaries, 1, speakers.unsqueeze(-1).expand(-1, -1, summaries.size(-1)))  # (B, N, D)
+        else:
+            keys = torch.cat([utterance_mask.new_ones(B, 1), utterance_mask], 1)               # (B, 1+N)
+            allowed = keys.unsqueeze(1).expand(B, N + 1, N + 1)
+            speaker, listener = (t(features, 1, allowed) for t in self.transformers)          # (B, 1, D) each
+            vectors = torch.where((speakers == 0).unsqueeze(-1), speaker, listener)            # (B, N, D)
+        return self.project(vectors)                                                           # (B, N, speaker_size)
+
+
+class ContextEncoder(nn.Module):
+    """Context encoder (paper, stage 1 input to AMDM): a bidirectional GRU over the dialogue,
+    then Linear back to the input size, ReLU and dropout. Runs on packed sequences, so no
+    work is done on padding."""
+
+    def __init__(self, size, config):
+        super().__init__()
+        hidden = config.context_hidden or size
+        self.gru = nn.GRU(size, hidden, num_layers=config.gru_layers, bidirectional=True, batch_first=True)
+        self.project = nn.Sequential(nn.Linear(2 * hidden, size), nn.ReLU(), nn.Dropout(config.dropout))
+
+    def forward(self, features, lengths):
+        # features (B, N, D), lengths (B,) on cpu
+        packed = pack_padded_sequence(features, lengths, batch_first=True, enforce_sorted=False)
+        output, _ = self.gru(packed)
+        output = output._replace(data=self.project(output.data))                  # (n_real, D)
+        return pad_packed_sequence(output, batch_first=True, total_length=features.size(1))[0]  # (B, N, D)
+
+
+class GradientReversal(torch.autograd.Function):
+    """Identity forward; gradient multiplied by -lambda backward."""
+
+    @staticmethod
+    def forward(ctx, x, scale):
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -ctx.scale * grad, None
+
+
+def difference_loss(a, b, utterance_mask):
+    """Sum over dialogues of ||A B^T||_F^2 over real utterances, as the Gram product
+    sum((A^T A) * (B^T B)), which costs (N x D^2) instead of (N^2 x D)."""
+    mask = utterance_mask.unsqueeze(-1).to(a.dtype)
+    a, b = a * mask, b * mask                                              # (B, N, D), padding zeroed
+    return ((a.transpose(1, 2) @ a) * (b.transpose(1, 2) @ b)).sum()
+
+
+class AMDM(nn.Module):
+    """Adversarial multimodal decomposition module (paper, stage 2), without its cross-modal
+    attention (CrossModalAttention below): per modality a specific encoder and a common
+    encoder whose last layer is shared by all modalities; a modality discriminator that sees
+    specific vectors directly and common vectors through gradient reversal; orthogonality
+    (difference) losses; unimodal auxiliary classifiers on the common vectors."""
+
+    def __init__(self, config):
+        super().__init__()
+        extra = 0 if config.sclm_mode == "off" else config.speaker_size
+        H = config.hidden_size
+        self.config = config
+        self.specific = nn.ModuleDict({m: nn.Sequential(nn.Linear(d + extra, H), nn.Dropout(config.specific_dropout), nn.Tanh())
+                                       for m, d in config.feature_sizes.items()})
+        self.common = nn.ModuleDict({m: nn.Sequential(nn.Linear(d + extra, H), nn.Dropout(config.common_dropout), nn.Tanh())
+                                     for m, d in config.feature_sizes.items()})
+        self.shared_common = nn.Sequential(nn.Linear(H, H), nn.Dropout(config.common_dropout), nn.Tanh())
+        self.discriminator = nn.Sequential(nn.Linear(H, config.discriminator_hidden), nn.Dropout(config.discriminator_dropout),
+                                           nn.ReLU(), nn.Linear(config.discriminator_hidden, len(config.feature_sizes)))
+        self.unimodal = nn.ModuleDict({m: nn.Sequential(nn.Linear(H, H), nn.ReLU(), nn.Dropout(config.dropout), nn.Linear(H, config.n_classes))
+                                       for m in config.feature_sizes})
+
+    def forward(self, inputs):
+        # inputs {m: (B, N, D_m + speaker_size)}
+        specific = {m: self.specific[m](x) for m, x in inputs.items()}                  # {m: (B, N, H)}
+        common = {m: self.shared_common(self.common[m](x)) for m, x in inputs.items()}   # {m: (B, N, H)}
+        unimodal = {m: F.log_softmax(self.unimodal[m](c), -1) for m, c in common.items()}  # {m: (B, N, C)}
+        return specific, common, unimodal
+
+    def adversarial_losses(self, specific, common, utterance_mask):
+        """Cross-entropy of the modality discriminator on specific and (reversed) common vectors."""
+        real = utterance_mask.reshape(-1)
+        losses = {}
+        for name, vectors, scale in (("adversarial_specific", specific, None), ("adversarial_common", common, self.config.gradient_reversal)):
+            loss = 0.0
+            for index, m in enumerate(self.config.modalities):
+                x = vectors[m].reshape(-1, vectors[m].size(-1))                            # (B*N, H)
+                if scale is not None:
+                    x = GradientReversal.apply(x, scale)
+                targets = torch.where(real, index, -1)                                      # padding ignored
+                loss = loss + F.cross_entropy(self.discriminator(x), targets, ignore_index=-1)
+            losses[name] = loss
+        return losses
+
+    def orthogonality_losses(self, specific, common, utterance_mask):
+        modalities = self.config.modalities
+        pairs = [(a, b) for i, a in enumerate(modalities) for b in modalities[i + 1:]]
+        return {"orthogonal_specific": sum((difference_loss(specific[a], specific[b], utterance_mask) for a, b in pairs),
+                                           specific[modalities[0]].new_zeros(())),
+                "orthogonal_common": sum(difference_loss(common[m], specific[m], utterance_mask) for m in modalities)}
+
+
+class CrossModalAttention(nn.Module):
+    """Cross-modal attention layer of AMDM (paper, stage 2). The first modality (text when
+    present) attends to the projected concatenation of the others and they attend to it;
+    the two results (2H) pass self-attention and a ReLU feed-forward, each with residual and
+    LayerNorm. With `enabled=False` (ablation) the two inputs are only concatenated."""
+
+    def __init__(self, config):
+        super().__init__()
+        H = config.hidden_size
+        self.enabled = config.cross_attention
+        self.project_others = nn.Linear(H * (len(config.feature_sizes) - 1), H)
+        if self.enabled:
+            self.to_others = Attention(H, config.cross_heads, config.dropout)
+            self.from_others = Attention(H, config.cross_heads, config.dropout)
+            self.fuse = EncoderLayer(2 * H, config.cross_heads, config.cross_feedforward, config.dropout)
+
+    def forward(self, primary, others, utterance_mask):
+        # primary (B, N, H); others list of (B, N, H)
+        others = self.project_others(torch.cat(others, -1))                     # (B, N, H)
+        if not self.enabled:
+            return torch.cat([primary, others], -1)                             # (B, N, 2H)
+        allowed = utterance_mask.unsqueeze(1)                                   # (B, 1, N) real keys
+        x = torch.cat([self.to_others(primary, others, allowed), self.from_others(others, primary, allowed)], -1)  # (B, N, 2H)
+        return self.fuse(x, allowed)                                            # (B, N, 2H)
+
+
+class MALN(nn.Module):
+    """The whole network: SCLM -> context encoders -> AMDM -> cross-modal attention -> classifier
+    (paper, stages 1-3). forward() returns log-probabilities, named losses (when labels are
+    given) and the fused, common and specific vectors."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        sizes = config.feature_sizes
+        self.sclm = nn.ModuleDict({m: SCLM(d, config) for m, d in sizes.items()}) if config.sclm_mode != "off" else None
+        self.context = nn.ModuleDict({m: ContextEncoder(d, config) for m, d in sizes.items()})
+        self.amdm = AMDM(config)
+        H = config.hidden_size
+        self.cross = CrossModalAttention(config) if len(sizes) > 1 else None
+        fused_size = 3 * H if self.cross is not None else 2 * H
+        self.classifier = nn.Sequential(nn.Linear(fused_size, H), nn.ReLU(), nn.Dropout(config.dropout), nn.Linear(H, config.n_classes))
+
+    def forward(self, features, speakers, utterance_mask, lengths, labels=None, class_weights=None):
+        """features {m: (B, N, D_m)}, speakers (B, N) party index, utterance_mask (B, N) bool,
+        lengths (B,) cpu, labels (B, N) with -1 where there is no label."""
+        inputs = {}
+        n_parties = int(speakers.max()) + 1 if self.sclm is not None else 0
+        for m in self.config.modalities:
+            x = self.context[m](features[m], lengths)                                                 # (B, N, D_m)
+            if self.sclm is not None:
+                x = torch.cat([x, self.sclm[m](features[m], speakers, n_parties, utterance_mask)], -1)  # (B, N, D_m + 100)
+            inputs[m] = x
+        specific, common, unimodal = self.amdm(inputs)
+        commonality = sum(common.values())                                                          # (B, N, H)
+        cross_inputs = common if self.config.cross_input == "common" else specific
+        first, *rest = self.config.modalities
+        if self.cross is not None:
+            diversity = self.cross(cross_inputs[first], [cross_inputs[m] for m in rest], utterance_mask)  # (B, N, 2H)
+        else:
+            diversity = cross_inputs[first]                                                         # (B, N, H)
+        fused = torch.cat([diversity, commonality], -1)                                            # (B, N, 3H) or (B, N, 2H)
+        log_probs = F.log_softmax(self.classifier(fused), -1)                                       # (B, N, C)
+        output = {"log_probs": log_probs, "fused": fused, "common": common, "specific": specific}
+        if labels is not None:
+            output["losses"] = self.losses(log_probs, unimodal, specific, common, utterance_mask, labels, class_weights)
+        return output
+
+    def losses(self, log_probs, unimodal, specific, common, utterance_mask, labels, class_weights):
+        """The released objective: NLL(fused) + 0.1 sum_m NLL(unimodal_m)
+        + 0.01 (adv_common + adv_specific) + 5e-6 (orth_specific + orth_common)."""
+        config = self.config
+        targets = labels.reshape(-1)                                                                # -1 = padding / unlabelled
+
+        def nll(lp):
+            return F.nll_loss(lp.reshape(-1, lp.size(-1)), targets, weight=class_weights, ignore_index=-1)
+
+        losses = {"classification": nll(log_probs), "unimodal": sum(nll(lp) for lp in unimodal.values())}
+        total = losses["classification"] + config.unimodal_weight * losses["unimodal"]
+        if config.adversarial and len(config.modalities) > 1:
+            losses.update(self.amdm.adversarial_losses(specific, common, utterance_mask))
+            total = total + config.adversarial_weight * (losses["adversarial_common"] + losses["adversarial_specific"])
+        if config.orthogonality:
+            losses.update(self.amdm.orthogonality_losses(specific, common, utterance_mask))
+            total = total + config.orthogonality_weight * (losses["orthogonal_specific"] + losses["orthogonal_common"])
+        losses["total"] = total
+        return losses
+
+    def n_parameters(self):
+        return sum(p.numel() for p in self.parameters())
+
+    @classmethod
+    def from_checkpoint(cls, path, map_location="cpu"):
+        """A ready model in eval mode from a checkpoint saved by train_MALN.py."""
+        from utils import load_checkpoint
+        checkpoint = load_checkpoint(path, map_location)
+        model = cls(MALNConfig(**checkpoint["model_args"]))
+        model.load_state_dict(checkpoint["model"])
+        model.checkpoint = {k: v for k, v in checkpoint.items() if k not in ("model", "optimizer")}
+        return model.to(map_location).eval()
+
+    def model_args(self):
+        return asdict(self.config)

@@ -1,0 +1,359 @@
+"""
+Feature files for MALN: readers for the layouts researchers already have, the built-in demo
+data set, and the collate function.
+
+Layouts (recognised from the file's content; Features/README.md documents each field):
+  dialoguernn-iemocap  DialogueRNN IEMOCAP_features_raw.pkl, 9-tuple
+  dialoguernn-meld     DialogueRNN MELD_features_raw.pkl, 9-tuple without visual
+  mmgcn-meld           MMGCN MELD_features_raw1.pkl, 10-tuple with visual
+  cosmic-iemocap       COSMIC iemocap_features_roberta.pkl, 10-tuple (text = mean of 4 vectors)
+  cosmic-meld          COSMIC meld_features_roberta.pkl, 11-tuple
+A COSMIC text file may be joined by dialogue id with the audio and visual streams of a
+DialogueRNN / MMGCN file (the paper's input configuration).
+"""
+
+import os
+import pickle
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+CLASS_NAMES = {
+    "IEMOCAP": ["hap", "sad", "neu", "ang", "exc", "fru"],
+    "MELD": ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"],
+    "demo": ["happy", "angry", "sad", "calm"],
+}
+DEFAULT_FILES = {  # (text file, audio/visual file joined to it)
+    "IEMOCAP": ("Features/iemocap_features_roberta.pkl", "Features/IEMOCAP_features_raw.pkl"),
+    "MELD": ("Features/meld_features_roberta.pkl", "Features/MELD_features_raw1.pkl"),
+}
+SOURCES = ("IEMOCAP / MELD feature files come from the DialogueRNN, MMGCN and COSMIC releases "
+           "(github declare-lab/conv-emotion); see Features/README.md")
+
+
+class DataError(ValueError):
+    """A feature file that is missing or not what it claims to be; the message names the file."""
+
+
+@dataclass
+class Dialogue:
+    dialogue_id: str
+    features: dict          # modality -> float32 tensor (N, D)
+    speakers: torch.Tensor  # (N,) int64 party index
+    labels: torch.Tensor    # (N,) int64 class index, -1 where unlabelled
+
+    def __len__(self):
+        return len(self.speakers)
+
+
+@dataclass
+class FeatureSet:
+    source: str             # file name(s), or 'demo'
+    layout: str
+    class_names: list
+    splits: dict            # 'train' / 'valid' / 'test' -> list of Dialogue
+    info: dict = field(default_factory=dict)
+
+    @property
+    def modalities(self):
+        return "".join(self.splits["train"][0].features)
+
+    @property
+    def feature_sizes(self):
+        return {m: x.shape[1] for m, x in self.splits["train"][0].features.items()}
+
+    @property
+    def max_length(self):
+        return max(len(d) for split in self.splits.values() for d in split)
+
+
+# ----------------------------------------------------------------------------- pickles
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Admits only what the known layouts contain: numpy arrays, dtypes and scalars, and
+    builtin containers and numbers. Anything else is refused before it runs."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"), ("_codecs", "encode"),
+        ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "list"), ("builtins", "dict"),
+        ("builtins", "tuple"), ("builtins", "int"), ("builtins", "float"), ("builtins", "complex"),
+        ("builtins", "bool"), ("builtins", "str"), ("builtins", "bytes"), ("builtins", "bytearray"),
+        ("collections", "OrderedDict"), ("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor"),
+        ("__builtin__", "set"), ("__builtin__", "object"), ("builtins", "object"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused to load '{module}.{name}'")
+        return super().find_class(module, name)
+
+
+def read_pickle(path, trust=False):
+    """Load a feature pickle; refuse anything but data unless `trust` is set."""
+    if not os.path.exists(path):
+        raise DataError(f"feature file not found: {path}\n{SOURCES}.\n`python train_MALN.py --dataset=demo` runs without any file.")
+    with open(path, "rb") as f:
+        try:
+            if trust:
+                return pickle.load(f, encoding="latin1")
+            return RestrictedUnpickler(f, encoding="latin1").load()
+        except pickle.UnpicklingError as error:
+            raise DataError(f"{path}: {error}. It is not a plain feature file; if you trust it, "
+                            f"pass --trust_pickle=True") from None
+        except Exception as error:  # truncated or not a pickle at all
+            raise DataError(f"{path}: cannot be read as a feature pickle ({type(error).__name__}: {error})") from None
+
+
+# ----------------------------------------------------------------------------- layouts
+
+def _is_id_collection(x):
+    return isinstance(x, (list, tuple, set, frozenset, np.ndarray))
+
+
+def detect_layout(data, path):
+    """Name the layout of a loaded feature pickle from its structure."""
+    if isinstance(data, dict) and data.get("format") == "maln-features":
+        return "maln"
+    if not isinstance(data, tuple) or not all(isinstance(x, dict) or _is_id_collection(x) for x in data):
+        raise DataError(f"{path}: expected a tuple of dicts and id lists, got {type(data).__name__}")
+    n = len(data)
+    if n == 9:
+        first = next(iter(data[5].values()), None)
+        if isinstance(data[8], dict):
+            return "dialoguernn-meld"
+        if first is not None and not isinstance(first[0], str):
+            return "dialoguernn-iemocap"
+    if n == 10:
+        return "mmgcn-meld" if isinstance(data[9], dict) else "cosmic-iemocap"
+    if n == 11:
+        return "cosmic-meld"
+    raise DataError(f"{path}: a tuple of {n} elements matches no known layout: dialoguernn-iemocap (9: ids, speakers, "
+                    f"labels, text, audio, visual, sentences, train, test), dialoguernn-meld (9: ..., sentiment), "
+                    f"mmgcn-meld (10), cosmic-iemocap (10: speakers, labels, 4 RoBERTa, sentences, train, test, valid), "
+                    f"cosmic-meld (11)")
+
+
+def _parse(data, layout):
+    """-> per-dialogue speakers, labels, {modality: features}, and split id lists (valid may be None)."""
+    if layout == "dialoguernn-iemocap":
+        _, speakers, labels, text, audio, visual, _, train, test = data
+        streams, valid = {"t": text, "a": audio, "v": visual}, None
+    elif layout == "dialoguernn-meld":
+        _, speakers, labels, text, audio, _, train, test, _ = data
+        streams, valid = {"t": text, "a": audio}, None
+    elif layout == "mmgcn-meld":
+        _, speakers, labels, text, audio, visual, _, train, test, _ = data
+        streams, valid = {"t": text, "a": audio, "v": visual}, None
+    elif layout == "cosmic-iemocap":
+        speakers, labels, r1, r2, r3, r4, _, train, test, valid = data
+        streams = {"t": {k: (np.asarray(r1[k], np.float32) + np.asarray(r2[k], np.float32) + np.asarray(r3[k], np.float32)
+                             + np.asarray(r4[k], np.float32)) / 4 for k in r1}}
+    elif layout == "cosmic-meld":
+        speakers, labels, _, r1, r2, r3, r4, _, train, test, valid = data
+        streams = {"t": {k: (np.asarray(r1[k], np.float32) + np.asarray(r2[k], np.float32) + np.asarray(r3[k], np.float32)
+                             + np.asarray(r4[k], np.float32)) / 4 for k in r1}}
+    elif layout == "maln":
+        speakers, labels, streams = data["speakers"], data["labels"], data["features"]
+        train, valid, test = (data["splits"][s] for s in ("train", "valid", "test"))
+    return speakers, labels, streams, {"train": list(train), "valid": None if valid is None else list(valid), "test": list(test)}
+
+
+def speaker_indices(speakers):
+    """Party index per utterance: 'M'/'F' -> 0/1, one-hot vectors -> their hot index,
+    names -> order of first appearance in the dialogue."""
+    first = speakers[0]
+    if isinstance(first, str) and set(speakers) <= {"M", "F"}:
+        return np.array([0 if s == "M" else 1 for s in speakers], np.int64)
+    if not isinstance(first, str) and np.ndim(first) == 1:
+        return np.asarray(speakers).argmax(-1).astype(np.int64)
+    order = {}
+    return np.array([order.setdefault(s, len(order)) for s in speakers], np.int64)
+
+
+def make_dialogue(dialogue_id, streams, speakers, labels, n_classes, path):
+    """Check one dialogue's fields against each other and convert them to tensors."""
+    where = f"{path}: dialogue {dialogue_id!r}"
+    n = len(speakers)
+    if n == 0:
+        raise DataError(f"{where}: has no utterances")
+    features = {}
+    for m, x in streams.items():
+        x = np.asarray(x, np.float32)
+        if x.ndim != 2 or len(x) != n:
+            raise DataError(f"{where}: modality '{m}' has shape {x.shape}, expected ({n}, D) for its {n} speakers")
+        if not np.isfinite(x).all():
+            raise DataError(f"{where}: modality '{m}' contains NaN or inf")
+        features[m] = torch.from_numpy(x)
+    labels = np.array([-1 if y is None else y for y in labels], np.int64)
+    if len(labels) != n:
+        raise DataError(f"{where}: {len(labels)} labels for {n} utterances")
+    if labels.min() < -1 or labels.max() >= n_classes:
+        raise DataError(f"{where}: label {labels.max() if labels.max() >= n_classes else labels.min()} is outside "
+                        f"the {n_classes} classes")
+    return Dialogue(str(dialogue_id), features, torch.from_numpy(speaker_indices(speakers)), torch.from_numpy(labels))
+
+
+def split_validation(train_ids, fraction, seed):
+    """A seeded share of the training dialogues, held out for model selection."""
+    ids = sorted(train_ids, key=str)
+    order = np.random.default_rng(seed).permutation(len(ids))
+    n_valid = max(1, round(fraction * len(ids)))
+    valid = {ids[i] for i in order[:n_valid]}
+    return [i for i in ids if i not in valid], [ids[i] for i in sorted(order[:n_valid])]
+
+
+def load_features(path, dataset=None, av_path=None, modalities="", valid_fraction=0.1, split_seed=100, trust=False):
+    """Read a feature file (and optionally the audio/visual file joined to it) into a FeatureSet."""
+    data = read_pickle(path, trust)
+    layout = detect_layout(data, path)
+    speakers, labels, streams, ids = _parse(data, layout)
+    source = path
+    if av_path:
+        av_data = read_pickle(av_path, trust)
+        av_layout = detect_layout(av_data, av_path)
+        _, _, av_streams, _ = _parse(av_data, av_layout)
+        for m in "av":
+            if m in av_streams:
+                streams[m] = av_streams[m]
+        layout, source = f"{layout}+{av_layout}", f"{path} + {av_path}"
+    if layout.startswith("maln"):
+        class_names = list(data["class_names"])
+    elif dataset in CLASS_NAMES:
+        class_names = CLASS_NAMES[dataset]
+    else:
+        class_names = CLASS_NAMES["MELD" if "meld" in layout else "IEMOCAP"]
+    available = "".join(m for m in "tav" if m in streams)
+    modalities = modalities or available
+    missing = [m for m in modalities if m not in available]
+    if missing:
+        raise DataError(f"{source}: has no modality {''.join(missing)!r} (it has {available!r}); "
+                        f"choose --modalities= among those, or join audio/visual with --av_features=")
+    if ids["valid"] is None:
+        ids["train"], ids["valid"] = split_validation(ids["train"], valid_fraction, split_seed)
+    splits = {}
+    for split, split_ids in ids.items():
+        dialogues = []
+        for i in split_ids:
+            for m in modalities:
+                if i not in streams[m]:
+                    raise DataError(f"{source}: {split} dialogue {i!r} has no '{m}' features")
+            dialogues.append(make_dialogue(i, {m: streams[m][i] for m in modalities}, speakers[i], labels[i], len(class_names), source))
+        splits[split] = dialogues
+    return FeatureSet(source, layout, class_names, splits)
+
+
+# ----------------------------------------------------------------------------- demo data
+
+def make_demo(seed=0, n_dialogues=(240, 30, 60), sizes=(24, 16, 20), switch=0.2, noise=1.0, speaker_scale=1.0):
+    """A synthetic multimodal conversation data set that tests what MALN is built for.
+
+    Four emotions = (valence, arousal): happy (+,+), angry (-,+), sad (-,-), calm (+,-).
+    Each dialogue has 5-40 utterances and 2-9 speakers. Each speaker's emotion persists
+    (changes with probability `switch` per utterance of theirs), so context helps. Every
+    modality carries a per-speaker offset, so speaker modelling helps. Text shows valence
+    only, audio arousal only, visual their product (same sign or not), so no single
+    modality can tell the four classes apart and any two can. Audio and visual carry a
+    per-dialogue channel vector (modality-specific nuisance); all carry Gaussian noise.
+
+    info['oracle_accuracy'] is the accuracy of the Bayes-optimal decision that knows every
+    generating parameter (offsets, channels, class directions, the persistence), computed
+    per speaker by forward-backward: no model can expect to beat it.
+    """
+    rng = np.random.default_rng(seed)
+    valence, arousal = np.array([1, -1, -1, 1]), np.array([1, 1, -1, -1])
+    codes = {"t": valence, "a": arousal, "v": valence * arousal}
+    directions = {m: (lambda u: u / np.linalg.norm(u))(rng.normal(size=d)) for m, d in zip("tav", sizes)}
+    means = {m: codes[m][:, None] * directions[m][None] for m in "tav"}                # (4, D_m)
+    K = 4
+    transition = np.full((K, K), switch / (K - 1))
+    np.fill_diagonal(transition, 1 - switch)
+    splits, correct, total = {}, 0, 0
+    for split, count in zip(("train", "valid", "test"), n_dialogues):
+        dialogues = []
+        for index in range(count):
+            n = int(rng.integers(5, 41))
+            n_parties = int(rng.integers(2, min(9, n) + 1))
+            speakers = rng.integers(0, n_parties, n)
+            emotion = rng.integers(0, K, n_parties)
+            labels = np.empty(n, np.int64)
+            for i, p in enumerate(speakers):
+                if i > 0 and rng.random() < switch:
+                    emotion[p] = rng.choice([k for k in range(K) if k != emotion[p]])
+                labels[i] = emotion[p]
+            features, loglik = {}, np.zeros((n, K))
+            for m, d in zip("tav", sizes):
+                offset = speaker_scale * rng.normal(size=(n_parties, d))
+                channel = 0.5 * rng.normal(size=d) if m != "t" else np.zeros(d)
+                clean = offset[speakers] + channel
+                x = means[m][labels] + clean + noise * rng.normal(size=(n, d))
+                loglik -= (((x - clean)[:, None, :] - means[m][None]) ** 2).sum(-1) / (2 * noise ** 2)   # (n, K)
+                features[m] = x.astype(np.float32)
+            if split == "test":
+                predicted = _forward_backward(loglik, speakers, transition)
+                correct, total = correct + int((predicted == labels).sum()), total + n
+            dialogues.append(Dialogue(f"demo_{split}_{index}", {m: torch.from_numpy(x) for m, x in features.items()},
+                                      torch.from_numpy(speakers.astype(np.int64)), torch.from_numpy(labels)))
+        splits[split] = dialogues
+    return FeatureSet("demo", "demo", CLASS_NAMES["demo"], splits, {"oracle_accuracy": correct / total, "seed": seed})
+
+
+def _forward_backward(loglik, speakers, transition):
+    """MAP state per utterance of an HMM run separately along each speaker's utterances."""
+    predicted = np.empty(len(speakers), np.int64)
+    for p in np.unique(speakers):
+        rows = np.flatnonzero(speakers == p)
+        likelihood = np.exp(loglik[rows] - loglik[rows].max(1, keepdims=True))      # (T, K)
+        alpha, beta = np.empty_like(likelihood), np.ones_like(likelihood)
+        alpha[0] = likelihood[0] / likelihood[0].sum()
+        for t in range(1, len(rows)):
+            a = (alpha[t - 1] @ transition) * likelihood[t]
+            alpha[t] = a / a.sum()
+        for t in range(len(rows) - 2, -1, -1):
+            b = transition @ (likelihood[t + 1] * beta[t + 1])
+            beta[t] = b / b.sum()
+        predicted[rows] = (alpha * beta).argmax(1)
+    return predicted
+
+
+def load_dataset(dataset, features="", av_features="", modalities="", valid_fraction=0.1, split_seed=100,
+                 trust_pickle=False, demo_seed=0):
+    """The FeatureSet a run asks for: the demo set, or the named / default feature files."""
+    if dataset == "demo" and not features:
+        demo = make_demo(demo_seed)
+        for dialogues in demo.splits.values():
+            for d in dialogues:
+                d.features = {m: d.features[m] for m in (modalities or "tav")}
+        return demo
+    if not features:
+        if dataset not in DEFAULT_FILES:
+            raise DataError(f"unknown dataset {dataset!r}: choose IEMOCAP, MELD or demo, or give --features=PATH")
+        features, default_av = DEFAULT_FILES[dataset]
+        av_features = av_features or (default_av if modalities != "t" else "")
+    return load_features(features, dataset, av_features or None, modalities, valid_fraction, split_seed, trust_pickle)
+
+
+# ----------------------------------------------------------------------------- batches
+
+def collate(dialogues):
+    """Pad a list of dialogues into one batch of tensors (padding: speaker 0, label -1)."""
+    lengths = torch.tensor([len(d) for d in dialogues])
+    return {
+        "features": {m: pad_sequence([d.features[m] for d in dialogues], batch_first=True)    # (B, N, D_m)
+                     for m in dialogues[0].features},
+        "speakers": pad_sequence([d.speakers for d in dialogues], batch_first=True),          # (B, N)
+        "utterance_mask": torch.arange(int(lengths.max()))[None] < lengths[:, None],         # (B, N)
+        "labels": pad_sequence([d.labels for d in dialogues], batch_first=True, padding_value=-1),  # (B, N)
+        "lengths": lengths,                                                                  # (B,) stays on cpu
+    }
+
+
+def to_device(batch, device):
+    moved = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k not in ("features", "lengths")}
+    moved["features"] = {m: x.to(device, non_blocking=True) for m, x in batch["features"].items()}
+    moved["lengths"] = batch["lengths"]
+    return moved
