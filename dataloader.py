@@ -249,7 +249,7 @@ def load_features(path, dataset=None, av_path=None, modalities="", valid_fractio
 
 # ----------------------------------------------------------------------------- demo data
 
-def make_demo(seed=0, n_dialogues=(240, 30, 60), sizes=(24, 16, 20), switch=0.2, noise=1.0, speaker_scale=1.0):
+def make_demo(seed=0, n_dialogues=(240, 30, 60), sizes=(24, 16, 20), switch=0.2, signal=1.5, noise=1.0, speaker_scale=1.0):
     """A synthetic multimodal conversation data set that tests what MALN is built for.
 
     Four emotions = (valence, arousal): happy (+,+), angry (-,+), sad (-,-), calm (+,-).
@@ -268,7 +268,7 @@ def make_demo(seed=0, n_dialogues=(240, 30, 60), sizes=(24, 16, 20), switch=0.2,
     valence, arousal = np.array([1, -1, -1, 1]), np.array([1, 1, -1, -1])
     codes = {"t": valence, "a": arousal, "v": valence * arousal}
     directions = {m: (lambda u: u / np.linalg.norm(u))(rng.normal(size=d)) for m, d in zip("tav", sizes)}
-    means = {m: codes[m][:, None] * directions[m][None] for m in "tav"}                # (4, D_m)
+    means = {m: signal * codes[m][:, None] * directions[m][None] for m in "tav"}              # (4, D_m)
     K = 4
     transition = np.full((K, K), switch / (K - 1))
     np.fill_diagonal(transition, 1 - switch)

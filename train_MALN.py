@@ -78,14 +78,18 @@ amp = False                 # bfloat16 autocast on cuda
 out_dir = "saved_models"    # runs are written to out_dir/run_name
 run_name = ""               # empty = <dataset>_<modalities>_<date-time>
 export_features = True      # write fused, common and specific vectors of the selected epoch as .npz
+# the demo set is small and synthetic: it gets its own schedule unless the command line says otherwise
+demo_settings = {"learning_rate": 1e-3, "batch_size": 16, "epochs": 25}
 # -----------------------------------------------------------------------------
 HYPERPARAMETERS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
 MODEL_KEYS = [f.name for f in fields(MALNConfig) if f.name not in ("feature_sizes", "n_classes", "max_positions")]
 
 
 def parse_overrides(argv, defaults=HYPERPARAMETERS):
-    """--name=value pairs onto a copy of the defaults, each converted to its default's type."""
+    """--name=value pairs onto a copy of the defaults, each converted to its default's type;
+    the demo set's own schedule applies to what the command line leaves unset."""
     config = dict(defaults)
+    given = set()
     for argument in argv:
         if not argument.startswith("--") or "=" not in argument:
             raise SystemExit(f"arguments are --name=value, got {argument!r}")
@@ -102,6 +106,9 @@ def parse_overrides(argv, defaults=HYPERPARAMETERS):
                 config[name] = kind(value)
         except ValueError:
             raise SystemExit(f"--{name}={value}: expected a {kind.__name__}") from None
+        given.add(name)
+    if config["dataset"] == "demo" and not config["features"]:
+        config.update({k: v for k, v in demo_settings.items() if k not in given})
     return config
 
 

@@ -1,0 +1,15 @@
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
+MINILM = os.path.join(SHARED_DATA, "iemocap_text_minilm.pkl")
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    torch.manual_seed(0)

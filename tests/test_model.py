@@ -1,0 +1,129 @@
+import pytest
+import torch
+
+from dataloader import Dialogue, collate
+from MALN_model_fix import MALN, MALNConfig, GradientReversal, difference_loss
+
+SIZES = {"t": 12, "a": 6, "v": 8}
+
+
+def dialogue(n, n_parties, sizes=SIZES, n_classes=4):
+    return Dialogue(f"d{n}", {m: torch.randn(n, d) for m, d in sizes.items()},
+                    torch.arange(n) % n_parties, torch.randint(0, n_classes, (n,)))
+
+
+def model_for(sizes=SIZES, **kwargs):
+    return MALN(MALNConfig(feature_sizes=sizes, n_classes=4, hidden_size=16, speaker_size=8, cross_heads=4,
+                           cross_feedforward=32, discriminator_hidden=8, **kwargs)).eval()
+
+
+def forward(model, dialogues, **kwargs):
+    batch = collate(dialogues)
+    return model(batch["features"], batch["speakers"], batch["utterance_mask"], batch["lengths"], batch["labels"], **kwargs)
+
+
+@pytest.mark.parametrize("sclm_mode", ["speaker", "release", "off"])
+@pytest.mark.parametrize("n_parties", [2, 9])
+def test_shapes_for_two_and_nine_speakers(sclm_mode, n_parties):
+    model = model_for(sclm_mode=sclm_mode)
+    output = forward(model, [dialogue(12, n_parties), dialogue(9, n_parties)])
+    assert output["log_probs"].shape == (2, 12, 4)
+    assert output["fused"].shape == (2, 12, 3 * 16)
+    assert all(output["common"][m].shape == (2, 12, 16) and output["specific"][m].shape == (2, 12, 16) for m in SIZES)
+    assert torch.isfinite(output["losses"]["total"])
+
+
+@pytest.mark.parametrize("options", [{}, {"sclm_mode": "release"}, {"cross_input": "specific"}, {"cross_attention": False}])
+def test_padding_changes_no_real_output(options):
+    model = model_for(**options)
+    short, long = dialogue(5, 3), dialogue(11, 7)
+    alone = forward(model, [short])
+    padded = forward(model, [short, long])
+    assert torch.allclose(alone["log_probs"][0], padded["log_probs"][0, :5], atol=1e-5)
+    assert torch.allclose(alone["fused"][0], padded["fused"][0, :5], atol=1e-5)
+
+
+def test_speaker_vector_depends_only_on_own_utterances():
+    model = model_for()
+    d = dialogue(10, 2)
+    before = model.sclm["t"](d.features["t"][None], d.speakers[None], 2, torch.ones(1, 10, dtype=torch.bool))
+    d.features["t"][d.speakers == 1] += torch.randn(5, 12)  # change only party 1's utterances
+    after = model.sclm["t"](d.features["t"][None], d.speakers[None], 2, torch.ones(1, 10, dtype=torch.bool))
+    party0 = d.speakers == 0
+    assert torch.allclose(before[0, party0], after[0, party0], atol=1e-6)
+    assert not torch.allclose(before[0, ~party0], after[0, ~party0], atol=1e-3)
+
+
+def test_gradient_reversal_flips_and_scales_the_gradient():
+    x = torch.randn(5, 3, requires_grad=True)
+    y = GradientReversal.apply(x, 0.5)
+    assert torch.equal(y, x)
+    (y * 2).sum().backward()
+    assert torch.allclose(x.grad, torch.full_like(x, -1.0))
+
+
+def test_difference_loss_is_frobenius_norm_over_real_utterances():
+    a, b = torch.randn(2, 6, 4), torch.randn(2, 6, 4)
+    mask = torch.tensor([[1] * 6, [1] * 3 + [0] * 3], dtype=torch.bool)
+    expected = sum(((a[i, mask[i]] @ b[i, mask[i]].T) ** 2).sum() for i in range(2))
+    assert torch.allclose(difference_loss(a, b, mask), expected, rtol=1e-5)
+    b_padding_changed = b.clone()
+    b_padding_changed[1, 3:] = 100.0
+    assert torch.allclose(difference_loss(a, b_padding_changed, mask), expected, rtol=1e-5)
+    orthogonal = torch.zeros(1, 3, 4)
+    orthogonal[0, :, 0], other = 1.0, torch.zeros(1, 3, 4)
+    other[0, :, 1] = 1.0
+    assert difference_loss(orthogonal, other, torch.ones(1, 3, dtype=torch.bool)) == 0
+
+
+def test_common_encoders_get_the_reversed_discriminator_gradient():
+    model = model_for().train()
+    model.amdm.specific.requires_grad_(False)
+    d = [dialogue(8, 2), dialogue(6, 3)]
+    batch = collate(d)
+
+    def gradients(reversal):
+        model.zero_grad()
+        model.amdm.config.gradient_reversal = reversal
+        output = model(batch["features"], batch["speakers"], batch["utterance_mask"], batch["lengths"])
+        loss = model.amdm.adversarial_losses(output["specific"], output["common"], batch["utterance_mask"])["adversarial_common"]
+        loss.backward()
+        return model.amdm.shared_common[0].weight.grad.clone(), model.amdm.discriminator[0].weight.grad.clone()
+
+    torch.manual_seed(1)
+    encoder_reversed, discriminator_reversed = gradients(1.0)
+    torch.manual_seed(1)
+    encoder_plain, discriminator_plain = gradients(-1.0)  # -lambda = +1: a plain, unreversed gradient
+    assert torch.allclose(encoder_reversed, -encoder_plain, atol=1e-6)
+    assert torch.allclose(discriminator_reversed, discriminator_plain, atol=1e-6)
+
+
+def test_discriminator_learns_to_tell_specific_vectors_apart():
+    model = model_for().train()
+    d = [dialogue(8, 2), dialogue(6, 3)]
+    batch = collate(d)
+    optimizer = torch.optim.Adam(model.amdm.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        output = model(batch["features"], batch["speakers"], batch["utterance_mask"], batch["lengths"])
+        loss = model.amdm.adversarial_losses(output["specific"], output["common"], batch["utterance_mask"])["adversarial_specific"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[0] > 0.9  # about ln 3 at the start
+    assert losses[-1] < 0.3 * losses[0]
+
+
+@pytest.mark.parametrize("modalities", ["t", "a", "ta", "tv", "av"])
+def test_any_subset_of_modalities_runs(modalities):
+    sizes = {m: SIZES[m] for m in modalities}
+    output = forward(model_for(sizes), [dialogue(7, 2, sizes), dialogue(4, 2, sizes)])
+    assert output["log_probs"].shape == (2, 7, 4)
+    assert torch.isfinite(output["losses"]["total"])
+    assert ("adversarial_common" in output["losses"]) == (len(modalities) > 1)
+
+
+def test_ablation_switches_remove_their_losses():
+    output = forward(model_for(adversarial=False, orthogonality=False), [dialogue(7, 2)])
+    assert set(output["losses"]) == {"classification", "unimodal", "total"}

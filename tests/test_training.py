@@ -1,0 +1,86 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import train_MALN
+from conftest import MINILM, ROOT
+from dataloader import collate, make_demo
+from MALN_model_fix import MALN
+
+
+def demo_subset(modalities, n_dialogues=(120, 20, 40)):
+    feature_set = make_demo(0, n_dialogues=n_dialogues)
+    for dialogues in feature_set.splits.values():
+        for d in dialogues:
+            d.features = {m: d.features[m] for m in modalities}
+    return feature_set
+
+
+def config(tmp_path, *overrides):
+    return train_MALN.parse_overrides([f"--out_dir={tmp_path}", "--batch_size=16", *overrides])
+
+
+def test_demo_run_learns_and_fusion_beats_a_single_modality(tmp_path):
+    fused = train_MALN.run(config(tmp_path, "--epochs=12", "--learning_rate=2e-3", "--run_name=tav"), demo_subset("tav"))
+    text = train_MALN.run(config(tmp_path, "--epochs=12", "--learning_rate=2e-3", "--run_name=t", "--export_features=False"),
+                          demo_subset("t"))
+    assert fused["test_weighted_f1"] > 60       # chance is 25 on four balanced classes
+    assert fused["test_weighted_f1"] > text["test_weighted_f1"] + 10
+    run_dir = tmp_path / "tav"
+    assert {"best.pt", "metrics.json", "history.csv", "features_train.npz", "features_valid.npz",
+            "features_test.npz"} <= set(os.listdir(run_dir))
+    exported = np.load(run_dir / "features_test.npz")
+    n_test = sum(len(d) for d in demo_subset("t").splits["test"])
+    assert exported["fused"].shape == (n_test, 300) and exported["common_a"].shape == (n_test, 100)
+    assert 100 * np.mean(exported["prediction"] == exported["label"]) == pytest.approx(fused["test_accuracy"])
+
+
+def test_checkpoint_rebuilds_the_model_with_identical_predictions(tmp_path):
+    feature_set = demo_subset("tav", (16, 4, 4))
+    train_MALN.run(config(tmp_path, "--epochs=2", "--run_name=ckpt", "--export_features=False"), feature_set)
+    checkpoint = torch.load(tmp_path / "ckpt" / "best.pt", weights_only=True)
+    model = MALN(train_MALN.build_model(feature_set, checkpoint["config"]).config)
+    model.load_state_dict(checkpoint["model"])
+    model.eval()
+    loaded = MALN.from_checkpoint(str(tmp_path / "ckpt" / "best.pt"))
+    assert not loaded.training and loaded.checkpoint["class_names"] == feature_set.class_names
+    batch = collate(feature_set.splits["test"])
+    args = (batch["features"], batch["speakers"], batch["utterance_mask"], batch["lengths"])
+    assert torch.equal(model(*args)["log_probs"], loaded(*args)["log_probs"])
+
+
+def test_same_seed_gives_the_same_metrics(tmp_path):
+    feature_set = demo_subset("tav", (24, 6, 6))
+    first, second = (train_MALN.run(config(tmp_path, "--epochs=2", f"--run_name=r{i}", "--export_features=False"), feature_set)
+                     for i in range(2))
+    assert first["test_weighted_f1"] == second["test_weighted_f1"] and first["valid_weighted_f1"] == second["valid_weighted_f1"]
+
+
+def test_unknown_hyperparameter_lists_the_valid_names():
+    with pytest.raises(SystemExit, match="(?s)unknown hyperparameter 'learning_rat'.*learning_rate"):
+        train_MALN.parse_overrides(["--learning_rat=1"])
+    with pytest.raises(SystemExit, match="--epochs=ten: expected a int"):
+        train_MALN.parse_overrides(["--epochs=ten"])
+
+
+def test_missing_feature_file_is_one_clear_message(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "train_MALN.py"), "--dataset=IEMOCAP", f"--out_dir={tmp_path}"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "iemocap_features_roberta.pkl" in result.stderr and "--dataset=demo" in result.stderr
+
+
+@pytest.mark.skipif(not os.path.exists(MINILM), reason="../shared/data is absent")
+def test_text_only_run_on_real_iemocap_text(tmp_path):
+    metrics = train_MALN.run(config(tmp_path, f"--features={MINILM}", "--dataset=IEMOCAP", "--epochs=3",
+                                    "--learning_rate=1e-3", "--run_name=real", "--export_features=False"))
+    assert metrics["modalities"] == "t"
+    assert metrics["test_weighted_f1"] > 30  # six classes: a majority guess scores about 10
+    summary = json.load(open(tmp_path / "real" / "metrics.json"))
+    assert summary["test_weighted_f1"] == metrics["test_weighted_f1"]
