@@ -21,6 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from utils import load_checkpoint
+
 MODALITY_ORDER = "tav"
 
 
@@ -364,7 +366,6 @@ class MALN(nn.Module):
     @classmethod
     def from_checkpoint(cls, path, map_location="cpu"):
         """A ready model in eval mode from a checkpoint saved by train_MALN.py."""
-        from utils import load_checkpoint
         checkpoint = load_checkpoint(path, map_location)
         model = cls(MALNConfig(**checkpoint["model_args"]))
         model.load_state_dict(checkpoint["model"])

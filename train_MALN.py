@@ -11,6 +11,7 @@ release's optimistic figure (best test epoch) is printed too, labelled as such.
 """
 
 import copy
+import math
 import os
 import sys
 import time
@@ -69,6 +70,7 @@ class_weights = False       # weight the classification losses by inverse class 
 epochs = 60                 # training epochs
 batch_size = 32             # dialogues per batch
 learning_rate = 4e-4        # Adam learning rate
+lr_schedule = "constant"    # 'constant' (released) or 'cosine' (decays to zero over the epochs)
 weight_decay = 3e-5         # Adam weight decay
 seed = 100                  # training seed
 seeds = ""                  # several seeds, e.g. '1,2,3': one run each, then mean and std
@@ -127,6 +129,14 @@ def make_batches(dialogues, batch_size, generator=None):
         order = torch.randperm(len(dialogues), generator=generator).tolist()
     groups = [[dialogues[i] for i in order[s:s + batch_size]] for s in range(0, len(order), batch_size)]
     return [(group, collate(group)) for group in groups]
+
+
+def learning_rate_at(epoch, config):
+    """Learning rate of an epoch (1-based): constant, or cosine decay from learning_rate to zero."""
+    if config["lr_schedule"] == "constant":
+        return config["learning_rate"]
+    progress = (epoch - 1) / config["epochs"]
+    return config["learning_rate"] * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def autocast(device, enabled):
@@ -233,6 +243,8 @@ def run(config, feature_set=None):
     history, best, best_state = [], None, None
     for epoch in range(1, config["epochs"] + 1):
         epoch_start = time.time()
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate_at(epoch, config)
         train_batches = make_batches(feature_set.splits["train"], config["batch_size"], generator)
         train = train_epoch(model, optimizer, train_batches, device, config["amp"], weights)
         valid = evaluate(model, eval_batches["valid"], device, config["amp"], weights)
