@@ -5,6 +5,7 @@ summary.json files into Markdown tables.
     python benchmarks/results.py --suite=demo --seeds=1,2,3 --run        # train what is missing, then tabulate
     python benchmarks/results.py --suite=iemocap_text --seeds=1,2,3 --run --features=../shared/data/iemocap_text_minilm.pkl
     python benchmarks/results.py --suite=demo                              # tabulate what is there
+    python benchmarks/results.py --suite=demo --run --rows="full model,without SCLM"   # only these rows
 
 Each row is `train_MALN.py --seeds=... --run_name=results/<suite>/<row>` with the row's
 overrides; a row already trained (its summary.json exists) is not trained again.
@@ -41,9 +42,11 @@ def run_dir(out_dir, suite, row):
     return os.path.join(out_dir, "results", suite, row.replace(" ", "_").replace("(", "").replace(")", ""))
 
 
-def train_missing(suite, seeds, out_dir, extra):
+def train_missing(suite, seeds, out_dir, extra, only):
     base, rows = SUITES[suite]
     for row, overrides in rows.items():
+        if only and row not in only:
+            continue
         directory = run_dir(out_dir, suite, row)
         if os.path.exists(os.path.join(directory, "summary.json")):
             continue
@@ -75,7 +78,7 @@ def markdown(frame):
 
 
 def main(argv):
-    options = {"suite": "demo", "seeds": "1,2,3", "out_dir": os.path.join(ROOT, "saved_models"), "run": False}
+    options = {"suite": "demo", "seeds": "1,2,3", "out_dir": os.path.join(ROOT, "saved_models"), "run": False, "rows": ""}
     extra = []
     for argument in argv:
         name, _, value = argument[2:].partition("=")
@@ -84,7 +87,8 @@ def main(argv):
         else:
             extra.append(argument)  # passed on to train_MALN.py, e.g. --features=... --epochs=...
     if options["run"]:
-        train_missing(options["suite"], options["seeds"], options["out_dir"], extra)
+        train_missing(options["suite"], options["seeds"], options["out_dir"], extra,
+                      [r for r in options["rows"].split(",") if r])
     frame = table(options["suite"], options["out_dir"])
     print(markdown(frame) if not frame.empty else "no finished runs yet")
 
