@@ -11,6 +11,9 @@ Layouts (recognised from the file's content; Features/README.md documents each f
   maln                 this repository's own dict, written by build_features from a table of your own
 A COSMIC text file may be joined by dialogue id with the audio and visual streams of a
 DialogueRNN / MMGCN file (the paper's input configuration).
+
+A 'maln' file from a table of your own utterances and one array per modality:
+    python dataloader.py --table=utterances.csv --t=text.npy --a=audio.npy --v=visual.npy --out=Features/mydata.pkl
 """
 
 import os
