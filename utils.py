@@ -68,7 +68,7 @@ def predict(model, feature_set, split="", batch_size=32):
     position, speaker, the predicted class, its probability, and the gold label ('' where
     unlabelled). `model` comes from MALN.from_checkpoint, whose checkpoint names the classes;
     the feature set must have the checkpoint's modalities and feature sizes."""
-    from dataloader import DataError, collate, to_device
+    from dataloader import DataError, collate, to_device  # here, not at the top: dataloader imports utils
     needed, given = model.config.feature_sizes, feature_set.feature_sizes
     if any(given.get(m) != size for m, size in needed.items()):
         raise DataError(f"{feature_set.source}: its feature sizes {given} do not fit the checkpoint's {needed}")

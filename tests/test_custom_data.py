@@ -4,11 +4,11 @@ import pytest
 import torch
 
 import dataloader
+import layouts
 import train_MALN
 import utils
 from dataloader import CLASS_NAMES, SPLITS, DataError, build_features, load_dataset, load_features, split_validation
 from MALN_model_fix import MALN
-import layouts
 
 CLASSES = ["angry", "calm", "happy"]
 TINY = ["--hidden_size=16", "--speaker_size=8", "--cross_feedforward=32", "--discriminator_hidden=8",
