@@ -191,11 +191,14 @@ def test_unlabelled_file_gets_the_same_predictions(trained, tmp_path):
     assert np.allclose(joined["probability_x"], joined["probability_y"], atol=1e-5)
 
 
-def test_features_of_another_size_are_refused_by_name(trained, tmp_path):
+def test_other_feature_sizes_or_modalities_are_refused_by_name(trained, tmp_path):
     table, arrays = trained["table"], trained["arrays"]
     build_features(table, {"t": arrays["t"][:, :6], "a": arrays["a"]}, tmp_path / "other.pkl")
     with pytest.raises(SystemExit, match=r"other.pkl: its feature sizes \{'t': 6, 'a': 4\} do not fit the checkpoint's"):
         train_MALN.main([f"--predict={trained['checkpoint']}", f"--features={tmp_path / 'other.pkl'}"])
+    build_features(table, {"t": arrays["t"]}, tmp_path / "text.pkl")
+    with pytest.raises(SystemExit, match=r"text.pkl: has no modality 'a'"):
+        train_MALN.main([f"--predict={trained['checkpoint']}", f"--features={tmp_path / 'text.pkl'}"])
 
 
 def test_predict_split_writes_only_that_split_beside_the_checkpoint(trained):
