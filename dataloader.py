@@ -8,17 +8,25 @@ Layouts (recognised from the file's content; Features/README.md documents each f
   mmgcn-meld           MMGCN MELD_features_raw1.pkl, 10-tuple with visual
   cosmic-iemocap       COSMIC iemocap_features_roberta.pkl, 10-tuple (text = mean of 4 vectors)
   cosmic-meld          COSMIC meld_features_roberta.pkl, 11-tuple
+  maln                 this repository's own dict, written by build_features from a table of your own
 A COSMIC text file may be joined by dialogue id with the audio and visual streams of a
 DialogueRNN / MMGCN file (the paper's input configuration).
+
+A 'maln' file from a table of your own utterances and one array per modality:
+    python dataloader.py --table=utterances.csv --t=text.npy --a=audio.npy --v=visual.npy --out=Features/mydata.pkl
 """
 
 import os
 import pickle
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.nn.utils.rnn import pad_sequence
+
+from utils import atomic_write
 
 CLASS_NAMES = {
     "IEMOCAP": ["hap", "sad", "neu", "ang", "exc", "fru"],
@@ -29,6 +37,8 @@ DEFAULT_FILES = {  # (text file, audio/visual file joined to it)
     "IEMOCAP": ("Features/iemocap_features_roberta.pkl", "Features/IEMOCAP_features_raw.pkl"),
     "MELD": ("Features/meld_features_roberta.pkl", "Features/MELD_features_raw1.pkl"),
 }
+SPLITS = ("train", "valid", "test")
+MALN_KEYS = ("class_names", "speakers", "labels", "features", "splits")
 SOURCES = ("IEMOCAP / MELD feature files come from the DialogueRNN, MMGCN and COSMIC releases "
            "(github declare-lab/conv-emotion); see Features/README.md")
 
@@ -43,6 +53,7 @@ class Dialogue:
     features: dict          # modality -> float32 tensor (N, D)
     speakers: torch.Tensor  # (N,) int64 party index
     labels: torch.Tensor    # (N,) int64 class index, -1 where unlabelled
+    speaker_names: list = None  # the file's speaker string per utterance, where it names speakers
 
     def __len__(self):
         return len(self.speakers)
@@ -58,11 +69,15 @@ class FeatureSet:
 
     @property
     def modalities(self):
-        return "".join(self.splits["train"][0].features)
+        return "".join(self.first_dialogue().features)
 
     @property
     def feature_sizes(self):
-        return {m: x.shape[1] for m, x in self.splits["train"][0].features.items()}
+        return {m: x.shape[1] for m, x in self.first_dialogue().features.items()}
+
+    def first_dialogue(self):
+        """The first dialogue of any split (a file to predict on may have no training dialogue)."""
+        return next(d for split in self.splits.values() for d in split)
 
     @property
     def max_length(self):
@@ -118,6 +133,9 @@ def _is_id_collection(x):
 def detect_layout(data, path):
     """Name the layout of a loaded feature pickle from its structure."""
     if isinstance(data, dict) and data.get("format") == "maln-features":
+        missing = [key for key in MALN_KEYS if key not in data]
+        if missing:
+            raise DataError(f"{path}: a maln-features file without {', '.join(missing)}")
         return "maln"
     if not isinstance(data, tuple) or not all(isinstance(x, dict) or _is_id_collection(x) for x in data):
         raise DataError(f"{path}: expected a tuple of dicts and id lists, got {type(data).__name__}")
@@ -159,7 +177,8 @@ def _parse(data, layout):
                              + np.asarray(r4[k], np.float32)) / 4 for k in r1}}
     elif layout == "maln":
         speakers, labels, streams = data["speakers"], data["labels"], data["features"]
-        train, valid, test = (data["splits"][s] for s in ("train", "valid", "test"))
+        train, valid, test = (data["splits"][s] for s in SPLITS)
+        valid = valid if len(valid) else None  # no validation dialogues: hold out a share of train, as for the other layouts
     return speakers, labels, streams, {"train": list(train), "valid": None if valid is None else list(valid), "test": list(test)}
 
 
@@ -195,7 +214,8 @@ def make_dialogue(dialogue_id, streams, speakers, labels, n_classes, path):
     if labels.min() < -1 or labels.max() >= n_classes:
         raise DataError(f"{where}: label {labels.max() if labels.max() >= n_classes else labels.min()} is outside "
                         f"the {n_classes} classes")
-    return Dialogue(str(dialogue_id), features, torch.from_numpy(speaker_indices(speakers)), torch.from_numpy(labels))
+    names = [str(s) for s in speakers] if isinstance(speakers[0], str) else None
+    return Dialogue(str(dialogue_id), features, torch.from_numpy(speaker_indices(speakers)), torch.from_numpy(labels), names)
 
 
 def split_validation(train_ids, fraction, seed):
@@ -223,7 +243,7 @@ def load_features(path, dataset=None, av_path=None, modalities="", valid_fractio
         layout, source = f"{layout}+{av_layout}", f"{path} + {av_path}"
     if layout.startswith("maln"):
         class_names = list(data["class_names"])
-    elif dataset in CLASS_NAMES:
+    elif dataset in ("IEMOCAP", "MELD"):
         class_names = CLASS_NAMES[dataset]
     else:
         class_names = CLASS_NAMES["MELD" if "meld" in layout else "IEMOCAP"]
@@ -245,6 +265,116 @@ def load_features(path, dataset=None, av_path=None, modalities="", valid_fractio
             dialogues.append(make_dialogue(i, {m: streams[m][i] for m in modalities}, speakers[i], labels[i], len(class_names), source))
         splits[split] = dialogues
     return FeatureSet(source, layout, class_names, splits)
+
+
+# ----------------------------------------------------------------------------- your own data
+
+TABLE_COLUMNS = ("dialogue_id", "position", "speaker", "label", "split")
+
+
+def build_features(table, arrays, path, class_names=None):
+    """Write a 'maln' feature file from your own utterances; return what was written.
+
+    table: a CSV path or a DataFrame with one row per utterance and the columns TABLE_COLUMNS
+    (rows in any order; positions 0..n-1 in each dialogue; label a class name, empty where
+    unlabelled; split train / valid / test). arrays: {modality: (rows, D) array or .npy path},
+    row i belonging to the table's row i. class_names: the class order; default sorted labels.
+    Raises DataError naming the row that is wrong.
+    """
+    rows, where = read_table(table)
+    class_names = [str(c) for c in class_names] if class_names else sorted({label for label in rows["label"] if label})
+    if len(set(class_names)) != len(class_names):
+        raise DataError(f"class names repeat: {class_names}")
+    class_index = {name: k for k, name in enumerate(class_names)}
+    dialogues, split_of = group_utterances(rows, where, class_index)
+    if not arrays:
+        raise DataError("give at least one modality array: 't', 'a' or 'v'")
+    streams = {m: read_array(m, array, len(rows["position"])) for m, array in arrays.items()}
+    data = {
+        "format": "maln-features",
+        "class_names": class_names,
+        "speakers": {d: [rows["speaker"][i] for i in order] for d, order in dialogues.items()},
+        "labels": {d: [class_index.get(rows["label"][i]) for i in order] for d, order in dialogues.items()},
+        "features": {m: {d: x[order] for d, order in dialogues.items()} for m, x in streams.items()},  # (n, D) each
+        "splits": {s: [d for d in dialogues if split_of[d] == s] for s in SPLITS},
+    }
+
+    def write(temporary):
+        with open(temporary, "wb") as f:
+            pickle.dump(data, f)
+    atomic_write(path, write)
+    return data
+
+
+def read_table(table):
+    """The table's columns as lists of stripped strings ('' where empty), and a function naming row i."""
+    if isinstance(table, pd.DataFrame):
+        frame = table.astype(object).where(table.notna(), "")
+        def where(i):
+            return f"table row {i}"
+    else:
+        if not os.path.exists(table):
+            raise DataError(f"table not found: {table}")
+        frame = pd.read_csv(table, dtype=str, keep_default_na=False)
+        def where(i):
+            return f"{table} row {i} (line {i + 2})"
+    missing = [c for c in TABLE_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataError(f"the table has no column {', '.join(missing)}; it needs {', '.join(TABLE_COLUMNS)}")
+    if frame.empty:
+        raise DataError("the table has no rows")
+    return {c: [str(value).strip() for value in frame[c]] for c in TABLE_COLUMNS}, where
+
+
+def group_utterances(rows, where, class_index):
+    """Check every row; -> {dialogue id: its row numbers in position order}, {dialogue id: split}."""
+    at, split_of = {}, {}  # (dialogue, position) -> row; dialogue -> (split, first row)
+    for i, (dialogue, position, speaker, label, split) in enumerate(zip(*(rows[c] for c in TABLE_COLUMNS))):
+        if not dialogue or not speaker:
+            raise DataError(f"{where(i)}: empty {'dialogue_id' if not dialogue else 'speaker'}")
+        if not position.isdecimal():
+            raise DataError(f"{where(i)}: position {position!r} is not a whole number 0, 1, 2, ...")
+        if split not in SPLITS:
+            raise DataError(f"{where(i)}: split {split!r} is none of {', '.join(SPLITS)}")
+        if label and label not in class_index:
+            raise DataError(f"{where(i)}: label {label!r} is none of the classes {list(class_index)}")
+        key = (dialogue, int(position))
+        if key in at:
+            raise DataError(f"{where(i)}: dialogue {dialogue!r} position {key[1]} is already at {where(at[key])}")
+        at[key] = i
+        first_split, first = split_of.setdefault(dialogue, (split, i))
+        if split != first_split:
+            raise DataError(f"{where(i)}: dialogue {dialogue!r} is in split {split!r} here but {first_split!r} at {where(first)}")
+    dialogues = {d: [] for d in split_of}
+    for (dialogue, position), i in sorted(at.items(), key=lambda item: item[0][1]):
+        if position != len(dialogues[dialogue]):
+            raise DataError(f"dialogue {dialogue!r} has no position {len(dialogues[dialogue])} (its next is {position}, "
+                            f"at {where(i)}); positions run 0..n-1 in each dialogue")
+        dialogues[dialogue].append(i)
+    return dialogues, {d: split for d, (split, _) in split_of.items()}
+
+
+def read_array(modality, array, n_rows):
+    """One modality's (rows, D) float32 features, checked against the table."""
+    if modality not in ("t", "a", "v"):
+        raise DataError(f"modality {modality!r}: modalities are 't' (text), 'a' (audio) and 'v' (visual)")
+    is_file = isinstance(array, (str, os.PathLike))
+    name = f"modality '{modality}'" + (f" ({array})" if is_file else "")
+    x = np.load(array) if is_file else np.asarray(array)
+    if x.ndim != 2 or len(x) != n_rows:
+        raise DataError(f"{name}: shape {x.shape}, expected ({n_rows}, D): one row per row of the table")
+    x = x.astype(np.float32)
+    bad = np.flatnonzero(~np.isfinite(x).all(1))
+    if len(bad):
+        raise DataError(f"{name}: row {bad[0]} (the table's row {bad[0]}) has NaN or inf features ({len(bad)} such rows)")
+    return x
+
+
+def require_training_labels(feature_set):
+    """Training needs labelled training utterances (predicting does not)."""
+    if not any((d.labels >= 0).any() for d in feature_set.splits["train"]):
+        raise DataError(f"{feature_set.source}: no labelled training utterance; training needs labels "
+                        f"(--predict=CHECKPOINT does not)")
 
 
 # ----------------------------------------------------------------------------- demo data
@@ -357,3 +487,32 @@ def to_device(batch, device):
     moved["features"] = {m: x.to(device, non_blocking=True) for m, x in batch["features"].items()}
     moved["lengths"] = batch["lengths"]
     return moved
+
+
+# ----------------------------------------------------------------------------- command line
+
+def main(argv):
+    """python dataloader.py --table=utterances.csv --t=text.npy [--a=audio.npy] [--v=visual.npy]
+    --out=Features/mydata.pkl [--class_names=name,name,...]"""
+    options = {}
+    for argument in argv:
+        name, _, value = argument[2:].partition("=")
+        if not argument.startswith("--") or not value or name not in ("table", "out", "class_names", "t", "a", "v"):
+            raise SystemExit(f"unknown argument {argument!r}; usage: {main.__doc__}")
+        options[name] = value
+    if "table" not in options or "out" not in options:
+        raise SystemExit(f"--table= and --out= are required; usage: {main.__doc__}")
+    class_names = options["class_names"].split(",") if "class_names" in options else None
+    try:
+        data = build_features(options["table"], {m: options[m] for m in "tav" if m in options}, options["out"], class_names)
+    except DataError as error:
+        raise SystemExit(f"error: {error}") from None
+    labels = [y for dialogue in data["labels"].values() for y in dialogue]
+    sizes = {m: next(iter(streams.values())).shape[1] for m, streams in data["features"].items()}
+    print(f"wrote {options['out']}: dialogues train/valid/test {'/'.join(str(len(data['splits'][s])) for s in SPLITS)}, "
+          f"{len(labels)} utterances ({sum(y is not None for y in labels)} labelled), feature sizes {sizes}, "
+          f"classes {data['class_names']}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -5,6 +5,7 @@ demo set. Every hyperparameter below can be overridden on the command line:
     python train_MALN.py --dataset=demo
     python train_MALN.py --features=Features/iemocap_features_roberta.pkl --av_features=Features/IEMOCAP_features_raw.pkl
     python train_MALN.py --dataset=IEMOCAP --modalities=t --seeds=1,2,3
+    python train_MALN.py --predict=saved_models/RUN/best.pt --features=Features/mydata.pkl
 
 The epoch is selected on validation weighted-F1 and test is reported at that epoch; the
 release's optimistic figure (best test epoch) is printed too, labelled as such.
@@ -23,7 +24,8 @@ import torch
 from sklearn.metrics import classification_report, confusion_matrix
 from tqdm import tqdm
 
-from dataloader import DataError, collate, load_dataset, to_device
+import utils
+from dataloader import DataError, collate, load_dataset, require_training_labels, to_device
 from MALN_model_fix import MALN, MALNConfig
 from utils import atomic_write, save_checkpoint, scores, set_seed, write_json
 
@@ -80,6 +82,10 @@ amp = False                 # bfloat16 autocast on cuda
 out_dir = "saved_models"    # runs are written to out_dir/run_name
 run_name = ""               # empty = <dataset>_<modalities>_<date-time>
 export_features = True      # write fused, common and specific vectors of the selected epoch as .npz
+# prediction instead of training (the data options above choose the dialogues)
+predict = ""                # checkpoint to predict with: writes the class of every utterance as a CSV, no training
+predictions = ""            # path of that CSV; empty = predictions.csv beside the checkpoint
+predict_split = ""          # 'train', 'valid' or 'test' of the data; empty = every dialogue
 # named groups of settings, applied under the command line: --preset=released gives the authors' values
 preset = ""                 # '' (the values above), 'released' or 'demo' (the default with --dataset=demo)
 PRESETS = {
@@ -305,13 +311,33 @@ def report(names, labels, predictions):
     print(pd.DataFrame(matrix, index=names, columns=names).to_string())
 
 
+def write_predictions(config):
+    """--predict=CHECKPOINT: the checkpoint's class and its probability for every utterance, as a CSV."""
+    model = MALN.from_checkpoint(config["predict"], resolve_device(config["device"]))
+    feature_set = load_dataset(config["dataset"], config["features"], config["av_features"], "".join(model.config.modalities),
+                               config["valid_fraction"], config["split_seed"], config["trust_pickle"], config["demo_seed"])
+    table = utils.predict(model, feature_set, config["predict_split"], config["batch_size"])
+    path = config["predictions"] or os.path.join(os.path.dirname(config["predict"]), "predictions.csv")
+    atomic_write(path, lambda temporary: table.to_csv(temporary, index=False))
+    labelled = table[table["label"] != ""]
+    accuracy = f", accuracy {100 * (labelled['prediction'] == labelled['label']).mean():.2f} on them" if len(labelled) else ""
+    print(f"wrote {len(table)} predictions to {path} ({len(labelled)} utterances labelled{accuracy})")
+
+
 def main(argv):
     config = parse_overrides(argv)
+    if config["predict"]:
+        try:
+            write_predictions(config)
+        except (FileNotFoundError, ValueError) as error:  # DataError, or a checkpoint that does not load
+            raise SystemExit(f"error: {error}") from None
+        return
     if not config["run_name"]:
         config["run_name"] = f"{config['dataset']}_{config['modalities'] or 'all'}_{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         feature_set = load_dataset(config["dataset"], config["features"], config["av_features"], config["modalities"],
                                    config["valid_fraction"], config["split_seed"], config["trust_pickle"], config["demo_seed"])
+        require_training_labels(feature_set)
     except DataError as error:
         raise SystemExit(f"error: {error}") from None
     seed_list = [int(s) for s in config["seeds"].split(",") if s.strip()] if config["seeds"] else [config["seed"]]
