@@ -10,6 +10,9 @@ SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
 MINILM = os.path.join(SHARED_DATA, "iemocap_text_minilm.pkl")
 
 
+torch.set_num_threads(1)  # the test models are small: a second thread only adds contention
+
+
 @pytest.fixture(autouse=True)
 def seeded():
     torch.manual_seed(0)
