@@ -14,7 +14,7 @@ Feature sizes and the class count come from the data through MALNConfig.
 """
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn as nn
@@ -364,10 +364,15 @@ class MALN(nn.Module):
     @classmethod
     def from_checkpoint(cls, path, map_location="cpu"):
         """A ready model in eval mode from a checkpoint saved by train_MALN.py."""
-        from utils import load_checkpoint
+        from utils import load_checkpoint, load_model_state
         checkpoint = load_checkpoint(path, map_location)
+        if not isinstance(checkpoint, dict) or not {"model", "model_args"} <= set(checkpoint):
+            raise ValueError(f"{path}: not a checkpoint saved by train_MALN.py (it needs 'model' and 'model_args')")
+        unknown = set(checkpoint["model_args"]) - {f.name for f in fields(MALNConfig)}
+        if unknown:
+            raise ValueError(f"{path}: saved with settings this MALNConfig does not have: {', '.join(sorted(unknown))}")
         model = cls(MALNConfig(**checkpoint["model_args"]))
-        model.load_state_dict(checkpoint["model"])
+        load_model_state(model, checkpoint["model"], path)
         model.checkpoint = {k: v for k, v in checkpoint.items() if k not in ("model", "optimizer")}
         return model.to(map_location).eval()
 
