@@ -343,9 +343,11 @@ class MALN(nn.Module):
         + 0.01 (adv_common + adv_specific) + 5e-6 (orth_specific + orth_common)."""
         config = self.config
         targets = labels.reshape(-1)                                                                # -1 = padding / unlabelled
+        any_labelled = (targets >= 0).any()                                                         # no sync
 
-        def nll(lp):
-            return F.nll_loss(lp.reshape(-1, lp.size(-1)), targets, weight=class_weights, ignore_index=-1)
+        def nll(lp):  # 0, not NaN (0/0), for a batch without any label
+            loss = F.nll_loss(lp.reshape(-1, lp.size(-1)), targets, weight=class_weights, ignore_index=-1)
+            return torch.where(any_labelled, loss, torch.zeros_like(loss))
 
         losses = {"classification": nll(log_probs), "unimodal": sum(nll(lp) for lp in unimodal.values())}
         total = losses["classification"] + config.unimodal_weight * losses["unimodal"]
