@@ -221,7 +221,7 @@ def make_dialogue(dialogue_id, streams, speakers, labels, n_classes, path):
         raise DataError(f"{where}: has no utterances")
     features = {m: torch.from_numpy(feature_matrix(x, n, f"{where}: modality '{m}'")) for m, x in streams.items()}
     return Dialogue(str(dialogue_id), features, torch.from_numpy(speaker_indices(speakers)),
-                    torch.from_numpy(label_indices(labels, n, n_classes, f"{where}: labels")))
+                    torch.from_numpy(label_indices(labels, n, n_classes, where)))
 
 
 def feature_matrix(x, n, where):
@@ -229,12 +229,12 @@ def feature_matrix(x, n, where):
     try:
         x = np.asarray(x, np.float32)
     except (ValueError, TypeError) as error:
-        raise DataError(f"{where}: is not a matrix of numbers ({error})") from None
+        raise DataError(f"{where} is not a matrix of numbers ({error})") from None
     if x.ndim != 2 or len(x) != n:
-        raise DataError(f"{where}: has shape {x.shape}, expected ({n}, D) for its {n} speakers")
+        raise DataError(f"{where} has shape {x.shape}, expected ({n}, D) for its {n} speakers")
     bad = np.flatnonzero(~np.isfinite(x).all(1))
     if len(bad):
-        raise DataError(f"{where}: contains NaN or inf (utterances {bad[:5].tolist()})")
+        raise DataError(f"{where} contains NaN or inf (utterances {bad[:5].tolist()})")
     return x
 
 
