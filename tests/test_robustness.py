@@ -17,6 +17,15 @@ from MALN_model_fix import MALN, MALNConfig
 from utils import load_checkpoint
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These tiny models run fastest on one thread, and far faster than on two when the cores are busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ----------------------------------------------------------------------------- malformed feature files
 
 def drop_last_utterance(stream):
@@ -154,7 +163,7 @@ def tiny_demo():
     return make_demo(0, n_dialogues=(16, 4, 4))
 
 
-def arguments(tmp_path, run_name, epochs=4):
+def arguments(tmp_path, run_name, epochs=3):
     return [f"--out_dir={tmp_path}", f"--run_name={run_name}", f"--epochs={epochs}", "--batch_size=8",
             "--export_features=False", "--device=cpu"]
 
