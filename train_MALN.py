@@ -5,6 +5,7 @@ demo set. Every hyperparameter below can be overridden on the command line:
     python train_MALN.py --dataset=demo
     python train_MALN.py --features=Features/iemocap_features_roberta.pkl --av_features=Features/IEMOCAP_features_raw.pkl
     python train_MALN.py --dataset=IEMOCAP --modalities=t --seeds=1,2,3
+    python train_MALN.py --resume=saved_models/<run>     # continue an interrupted run
 
 The epoch is selected on validation weighted-F1 and test is reported at that epoch; the
 release's optimistic figure (best test epoch) is printed too, labelled as such.
