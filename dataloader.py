@@ -407,7 +407,8 @@ def load_dataset(dataset, features="", av_features="", modalities="", valid_frac
             raise DataError(f"unknown dataset {dataset!r}: choose IEMOCAP, MELD or demo, or give --features=PATH")
         features, default_av = DEFAULT_FILES[dataset]
         av_features = av_features or (default_av if modalities != "t" else "")
-    return load_features(features, dataset, av_features or None, modalities, valid_fraction, split_seed, trust_pickle)
+    label_set = None if dataset == "demo" else dataset  # the default dataset: classes come from the file's layout
+    return load_features(features, label_set, av_features or None, modalities, valid_fraction, split_seed, trust_pickle)
 
 
 # ----------------------------------------------------------------------------- batches

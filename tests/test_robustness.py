@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 import layouts
 import train_MALN
-from dataloader import DataError, Dialogue, collate, load_features, make_demo
+from dataloader import CLASS_NAMES, DataError, Dialogue, collate, load_dataset, load_features, make_demo
 from MALN_model_fix import MALN, MALNConfig
 from utils import load_checkpoint
 
@@ -119,6 +119,12 @@ def test_an_unlabelled_utterance_is_kept_with_label_minus_one(tmp_path):
     path.write_bytes(pickle.dumps(tuple(data)))
     dialogue = next(d for split in load_features(str(path)).splits.values() for d in split if d.dialogue_id == "dia0")
     assert dialogue.labels[0] == -1 and (dialogue.labels[1:] >= 0).all()
+
+
+def test_a_feature_file_without_dataset_takes_the_classes_of_its_layout(tmp_path):
+    path = tmp_path / "cosmic.pkl"
+    layouts.cosmic_iemocap(str(path))
+    assert load_dataset("demo", features=str(path)).class_names == CLASS_NAMES["IEMOCAP"]
 
 
 # ----------------------------------------------------------------------------- command line
