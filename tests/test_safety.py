@@ -1,5 +1,6 @@
 """Untrusted files: feature pickles and checkpoints never run code; interrupted saves lose nothing."""
 
+import copyreg
 import io
 import os
 import pickle
@@ -18,14 +19,22 @@ from MALN_model_fix import MALN, MALNConfig
 from utils import load_checkpoint, load_model_state, save_checkpoint
 
 
-class Payload:
-    """Unpickling this runs a shell command that creates `marker`."""
+PLANTED = {  # what a malicious pickle asks to call, given a file the call would create
+    "os.system": lambda marker: (os.system, (f"touch {marker}",)),
+    "eval": lambda marker: (eval, (f"__import__('os').system('touch {marker}')",)),
+    "subprocess": lambda marker: (subprocess.Popen, (["touch", str(marker)],)),
+    "copyreg": lambda marker: (copyreg._reconstructor, (object, object, str(marker))),
+}
 
-    def __init__(self, marker):
-        self.marker = marker
+
+class Planted:
+    """Pickles as a call to `reduce`: unpickling it runs that call."""
+
+    def __init__(self, reduce):
+        self.reduce = reduce
 
     def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
+        return self.reduce
 
 
 class Python2Pickler(pickle._Pickler):
@@ -94,20 +103,21 @@ def test_restricted_unpickler_reads_numpy_data_of_python2_at_every_protocol(tmp_
 @pytest.mark.parametrize("planted", ["os.system", "eval", "copyreg", "subprocess"])
 def test_planted_code_in_a_feature_pickle_is_refused_and_never_runs(tmp_path, protocol, planted):
     marker = tmp_path / "payload_ran"
-    command = f"touch {marker}"
-    payload = {
-        "os.system": Payload(marker),
-        "eval": type("Eval", (), {"__reduce__": lambda self: (eval, (f"__import__('os').system({command!r})",))})(),
-        "copyreg": type("Reconstruct", (), {"__reduce__": lambda self: (__import__("copyreg")._reconstructor,
-                                                                         (object, object, None))})(),
-        "subprocess": type("Popen", (), {"__reduce__": lambda self: (subprocess.Popen, (["touch", str(marker)],))})(),
-    }[planted]
+    payload = Planted(PLANTED[planted](marker))
     data = layouts.cosmic_iemocap(str(tmp_path / "clean.pkl"))
     path = tmp_path / "evil.pkl"
     path.write_bytes(pickle.dumps((payload, *data[1:]), protocol=protocol))
     with pytest.raises(DataError, match=r"evil\.pkl: refused to load '.*(system|eval|_reconstructor|Popen)'.*--trust_pickle=True"):
         load_features(str(path))
     assert not marker.exists()
+
+
+def test_the_planted_payload_is_live_once_trusted(tmp_path):
+    marker = tmp_path / "payload_ran"
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps(Planted(PLANTED["os.system"](marker))))
+    read_pickle(str(path), trust=True)
+    assert marker.exists()
 
 
 def test_trust_pickle_loads_a_class_the_restricted_unpickler_refuses(tmp_path):
@@ -136,7 +146,7 @@ def small_model(**options):
 def test_checkpoint_with_planted_code_is_refused_and_never_runs(tmp_path):
     marker = tmp_path / "payload_ran"
     path = tmp_path / "evil.pt"
-    torch.save({"model": {}, "model_args": {}, "extra": Payload(marker)}, path)
+    torch.save({"model": {}, "model_args": {}, "extra": Planted(PLANTED["os.system"](marker))}, path)
     with pytest.raises(ValueError, match="evil.pt: not a MALN checkpoint that loads safely"):
         MALN.from_checkpoint(str(path))
     assert not marker.exists()
