@@ -14,14 +14,14 @@ Feature sizes and the class count come from the data through MALNConfig.
 """
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from utils import load_checkpoint
+from utils import load_checkpoint, load_model_state
 
 MODALITY_ORDER = "tav"
 
@@ -345,9 +345,11 @@ class MALN(nn.Module):
         + 0.01 (adv_common + adv_specific) + 5e-6 (orth_specific + orth_common)."""
         config = self.config
         targets = labels.reshape(-1)                                                                # -1 = padding / unlabelled
+        any_labelled = (targets >= 0).any()                                                         # no sync
 
-        def nll(lp):
-            return F.nll_loss(lp.reshape(-1, lp.size(-1)), targets, weight=class_weights, ignore_index=-1)
+        def nll(lp):  # 0, not NaN (0/0), for a batch without any label
+            loss = F.nll_loss(lp.reshape(-1, lp.size(-1)), targets, weight=class_weights, ignore_index=-1)
+            return torch.where(any_labelled, loss, torch.zeros_like(loss))
 
         losses = {"classification": nll(log_probs), "unimodal": sum(nll(lp) for lp in unimodal.values())}
         total = losses["classification"] + config.unimodal_weight * losses["unimodal"]
@@ -367,8 +369,13 @@ class MALN(nn.Module):
     def from_checkpoint(cls, path, map_location="cpu"):
         """A ready model in eval mode from a checkpoint saved by train_MALN.py."""
         checkpoint = load_checkpoint(path, map_location)
+        if not isinstance(checkpoint, dict) or not {"model", "model_args"} <= set(checkpoint):
+            raise ValueError(f"{path}: not a checkpoint saved by train_MALN.py (it needs 'model' and 'model_args')")
+        unknown = set(checkpoint["model_args"]) - {f.name for f in fields(MALNConfig)}
+        if unknown:
+            raise ValueError(f"{path}: saved with settings this MALNConfig does not have: {', '.join(sorted(unknown))}")
         model = cls(MALNConfig(**checkpoint["model_args"]))
-        model.load_state_dict(checkpoint["model"])
+        load_model_state(model, checkpoint["model"], path)
         model.checkpoint = {k: v for k, v in checkpoint.items() if k not in ("model", "optimizer")}
         return model.to(map_location).eval()
 

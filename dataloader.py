@@ -86,25 +86,27 @@ class FeatureSet:
 
 # ----------------------------------------------------------------------------- pickles
 
+class RefusedPickle(pickle.UnpicklingError):
+    """A pickle asked for a name outside RestrictedUnpickler.ALLOWED."""
+
+
 class RestrictedUnpickler(pickle.Unpickler):
-    """Admits only what the known layouts contain: numpy arrays, dtypes and scalars, and
-    builtin containers and numbers. Anything else is refused before it runs."""
+    """Admits only what the known layouts contain: numpy arrays, dtypes and scalars (as numpy 1
+    and 2 write them at pickle protocols 0-5, from Python 2 or 3), sets, and bytes (Python 3
+    writes them through _codecs.encode at protocols 0-2). Lists, tuples, dicts, str, numbers,
+    bool and None need no name. Any other name is refused before anything is called."""
 
     ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.numeric", "_frombuffer"), ("_codecs", "encode"),
-        ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "list"), ("builtins", "dict"),
-        ("builtins", "tuple"), ("builtins", "int"), ("builtins", "float"), ("builtins", "complex"),
-        ("builtins", "bool"), ("builtins", "str"), ("builtins", "bytes"), ("builtins", "bytearray"),
-        ("collections", "OrderedDict"), ("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor"),
-        ("__builtin__", "set"), ("__builtin__", "object"), ("builtins", "object"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+        ("builtins", "set"), ("builtins", "frozenset"), ("__builtin__", "set"), ("__builtin__", "frozenset"),
     }
 
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refused to load '{module}.{name}'")
+            raise RefusedPickle(f"refused to load '{module}.{name}'")
         return super().find_class(module, name)
 
 
@@ -117,7 +119,7 @@ def read_pickle(path, trust=False):
             if trust:
                 return pickle.load(f, encoding="latin1")
             return RestrictedUnpickler(f, encoding="latin1").load()
-        except pickle.UnpicklingError as error:
+        except RefusedPickle as error:
             raise DataError(f"{path}: {error}. It is not a plain feature file; if you trust it, "
                             f"pass --trust_pickle=True") from None
         except Exception as error:  # truncated or not a pickle at all
@@ -125,6 +127,18 @@ def read_pickle(path, trust=False):
 
 
 # ----------------------------------------------------------------------------- layouts
+
+FIELDS = {  # the elements of each tuple layout, in order
+    "dialoguernn-iemocap": ("utterance ids", "speakers", "labels", "text", "audio", "visual", "sentences", "train split", "test split"),
+    "dialoguernn-meld": ("utterance ids", "speakers", "labels", "text", "audio", "sentences", "train split", "test split", "sentiment"),
+    "mmgcn-meld": ("utterance ids", "speakers", "labels", "text", "audio", "visual", "sentences", "train split", "test split",
+                   "sentiment"),
+    "cosmic-iemocap": ("speakers", "labels", "roberta1", "roberta2", "roberta3", "roberta4", "sentences", "train split",
+                       "test split", "valid split"),
+    "cosmic-meld": ("speakers", "labels", "sentiment", "roberta1", "roberta2", "roberta3", "roberta4", "sentences",
+                    "train split", "test split", "valid split"),
+}
+
 
 def _is_id_collection(x):
     return isinstance(x, (list, tuple, set, frozenset, np.ndarray))
@@ -150,10 +164,34 @@ def detect_layout(data, path):
         return "mmgcn-meld" if isinstance(data[9], dict) else "cosmic-iemocap"
     if n == 11:
         return "cosmic-meld"
-    raise DataError(f"{path}: a tuple of {n} elements matches no known layout: dialoguernn-iemocap (9: ids, speakers, "
-                    f"labels, text, audio, visual, sentences, train, test), dialoguernn-meld (9: ..., sentiment), "
-                    f"mmgcn-meld (10), cosmic-iemocap (10: speakers, labels, 4 RoBERTa, sentences, train, test, valid), "
-                    f"cosmic-meld (11)")
+    candidates = [f"{name} ({len(names)}: {', '.join(names)})" for name, names in FIELDS.items() if len(names) == n]
+    raise DataError(f"{path}: a tuple of {n} elements matches no known layout; "
+                    + (f"of {n} elements: {'; '.join(candidates)}" if candidates else "known layouts: "
+                       + "; ".join(f"{name} ({len(names)})" for name, names in FIELDS.items())))
+
+
+def check_fields(data, layout, path):
+    """Each field of a tuple layout has its type; COSMIC's four vectors agree per dialogue."""
+    for index, (name, value) in enumerate(zip(FIELDS.get(layout, ()), data)):
+        is_split = name.endswith("split")
+        if not (_is_id_collection(value) if is_split else isinstance(value, dict)):
+            raise DataError(f"{path}: field '{name}' (element {index} of the {layout} tuple) is a {type(value).__name__}, "
+                            f"expected a {'list of dialogue ids' if is_split else 'dict keyed by dialogue id'}")
+    if layout.startswith("cosmic"):
+        first, *others = [FIELDS[layout].index(f"roberta{k}") for k in range(1, 5)]
+        for dialogue_id, x in data[first].items():
+            for index in others:
+                y = data[index].get(dialogue_id)
+                if y is None or _shape(y) != _shape(x):
+                    raise DataError(f"{path}: dialogue {dialogue_id!r}: field '{FIELDS[layout][index]}' has shape "
+                                    f"{None if y is None else _shape(y)}, field 'roberta1' has {_shape(x)}")
+
+
+def _shape(x):
+    try:
+        return np.shape(x)
+    except ValueError:  # vectors of different sizes
+        return "ragged"
 
 
 def _parse(data, layout):
@@ -200,22 +238,35 @@ def make_dialogue(dialogue_id, streams, speakers, labels, n_classes, path):
     n = len(speakers)
     if n == 0:
         raise DataError(f"{where}: has no utterances")
-    features = {}
-    for m, x in streams.items():
+    features = {m: torch.from_numpy(feature_matrix(x, n, f"{where}: modality '{m}'")) for m, x in streams.items()}
+    names = [str(s) for s in speakers] if isinstance(speakers[0], str) else None
+    return Dialogue(str(dialogue_id), features, torch.from_numpy(speaker_indices(speakers)),
+                    torch.from_numpy(label_indices(labels, n, n_classes, where)), names)
+
+
+def feature_matrix(x, n, where):
+    """One modality of a dialogue as a finite float32 (n, D) array."""
+    try:
         x = np.asarray(x, np.float32)
-        if x.ndim != 2 or len(x) != n:
-            raise DataError(f"{where}: modality '{m}' has shape {x.shape}, expected ({n}, D) for its {n} speakers")
-        if not np.isfinite(x).all():
-            raise DataError(f"{where}: modality '{m}' contains NaN or inf")
-        features[m] = torch.from_numpy(x)
-    labels = np.array([-1 if y is None else y for y in labels], np.int64)
+    except (ValueError, TypeError) as error:
+        raise DataError(f"{where} is not a matrix of numbers ({error})") from None
+    if x.ndim != 2 or len(x) != n:
+        raise DataError(f"{where} has shape {x.shape}, expected ({n}, D) for its {n} speakers")
+    bad = np.flatnonzero(~np.isfinite(x).all(1))
+    if len(bad):
+        raise DataError(f"{where} contains NaN or inf (utterances {bad[:5].tolist()})")
+    return x
+
+
+def label_indices(labels, n, n_classes, where):
+    """Labels as int64 class indices, -1 where unlabelled (None)."""
     if len(labels) != n:
         raise DataError(f"{where}: {len(labels)} labels for {n} utterances")
-    if labels.min() < -1 or labels.max() >= n_classes:
-        raise DataError(f"{where}: label {labels.max() if labels.max() >= n_classes else labels.min()} is outside "
-                        f"the {n_classes} classes")
-    names = [str(s) for s in speakers] if isinstance(speakers[0], str) else None
-    return Dialogue(str(dialogue_id), features, torch.from_numpy(speaker_indices(speakers)), torch.from_numpy(labels), names)
+    bad = [y for y in labels if y is not None and not (isinstance(y, (int, float, np.number)) and float(y).is_integer()
+                                                       and -1 <= y < n_classes)]
+    if bad:
+        raise DataError(f"{where}: label {bad[0]!r} is outside the {n_classes} classes (0-{n_classes - 1}, -1 or None unlabelled)")
+    return np.array([-1 if y is None else y for y in labels], np.int64)
 
 
 def split_validation(train_ids, fraction, seed):
@@ -231,11 +282,13 @@ def load_features(path, dataset=None, av_path=None, modalities="", valid_fractio
     """Read a feature file (and optionally the audio/visual file joined to it) into a FeatureSet."""
     data = read_pickle(path, trust)
     layout = detect_layout(data, path)
+    check_fields(data, layout, path)
     speakers, labels, streams, ids = _parse(data, layout)
     source = path
     if av_path:
         av_data = read_pickle(av_path, trust)
         av_layout = detect_layout(av_data, av_path)
+        check_fields(av_data, av_layout, av_path)
         _, _, av_streams, _ = _parse(av_data, av_layout)
         for m in "av":
             if m in av_streams:
@@ -253,17 +306,12 @@ def load_features(path, dataset=None, av_path=None, modalities="", valid_fractio
     if missing:
         raise DataError(f"{source}: has no modality {''.join(missing)!r} (it has {available!r}); "
                         f"choose --modalities= among those, or join audio/visual with --av_features=")
+    check_splits(ids, {"speakers": speakers, "labels": labels, **{m: streams[m] for m in modalities}}, source)
     if ids["valid"] is None:
         ids["train"], ids["valid"] = split_validation(ids["train"], valid_fraction, split_seed)
-    splits = {}
-    for split, split_ids in ids.items():
-        dialogues = []
-        for i in split_ids:
-            for m in modalities:
-                if i not in streams[m]:
-                    raise DataError(f"{source}: {split} dialogue {i!r} has no '{m}' features")
-            dialogues.append(make_dialogue(i, {m: streams[m][i] for m in modalities}, speakers[i], labels[i], len(class_names), source))
-        splits[split] = dialogues
+    splits = {split: [make_dialogue(i, {m: streams[m][i] for m in modalities}, speakers[i], labels[i], len(class_names), source)
+                      for i in split_ids] for split, split_ids in ids.items()}
+    check_feature_sizes(splits, source)
     return FeatureSet(source, layout, class_names, splits)
 
 
@@ -377,6 +425,31 @@ def require_training_labels(feature_set):
                         f"(--predict=CHECKPOINT does not)")
 
 
+def check_splits(ids, fields, source):
+    """Every split id is in every field, and no dialogue is in two splits (or twice in one)."""
+    seen = {}
+    for split, split_ids in ids.items():
+        for i in split_ids or ():  # valid is None until split_validation
+            if i in seen:
+                raise DataError(f"{source}: dialogue {i!r} is in the {seen[i]} split and again in the {split} split "
+                                f"(train / valid / test must not share dialogues)")
+            seen[i] = split
+            for name, values in fields.items():
+                if i not in values:
+                    raise DataError(f"{source}: {split} dialogue {i!r} has no {name!r} (the split lists it, the field does not)")
+
+
+def check_feature_sizes(splits, source):
+    """Every dialogue has the same feature size per modality."""
+    first = {}
+    for dialogue in (d for dialogues in splits.values() for d in dialogues):
+        for m, x in dialogue.features.items():
+            reference = first.setdefault(m, dialogue)
+            if x.shape[1] != reference.features[m].shape[1]:
+                raise DataError(f"{source}: dialogue {dialogue.dialogue_id!r}: modality '{m}' has {x.shape[1]} features "
+                                f"per utterance, dialogue {reference.dialogue_id!r} has {reference.features[m].shape[1]}")
+
+
 # ----------------------------------------------------------------------------- demo data
 
 def make_demo(seed=0, n_dialogues=(240, 30, 60), sizes=(24, 16, 20), switch=0.2, signal=1.5, noise=1.0, speaker_scale=1.0):
@@ -464,7 +537,8 @@ def load_dataset(dataset, features="", av_features="", modalities="", valid_frac
             raise DataError(f"unknown dataset {dataset!r}: choose IEMOCAP, MELD or demo, or give --features=PATH")
         features, default_av = DEFAULT_FILES[dataset]
         av_features = av_features or (default_av if modalities != "t" else "")
-    return load_features(features, dataset, av_features or None, modalities, valid_fraction, split_seed, trust_pickle)
+    label_set = None if dataset == "demo" else dataset  # the default dataset: classes come from the file's layout
+    return load_features(features, label_set, av_features or None, modalities, valid_fraction, split_seed, trust_pickle)
 
 
 # ----------------------------------------------------------------------------- batches

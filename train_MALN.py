@@ -6,6 +6,7 @@ demo set. Every hyperparameter below can be overridden on the command line:
     python train_MALN.py --features=Features/iemocap_features_roberta.pkl --av_features=Features/IEMOCAP_features_raw.pkl
     python train_MALN.py --dataset=IEMOCAP --modalities=t --seeds=1,2,3
     python train_MALN.py --predict=saved_models/RUN/best.pt --features=Features/mydata.pkl
+    python train_MALN.py --resume=saved_models/<run>     # continue an interrupted run
 
 The epoch is selected on validation weighted-F1 and test is reported at that epoch; the
 release's optimistic figure (best test epoch) is printed too, labelled as such.
@@ -27,7 +28,7 @@ from tqdm import tqdm
 import utils
 from dataloader import DataError, collate, load_dataset, require_training_labels, to_device
 from MALN_model_fix import MALN, MALNConfig
-from utils import atomic_write, save_checkpoint, scores, set_seed, write_json
+from utils import atomic_write, load_checkpoint, load_model_state, save_checkpoint, scores, set_seed, write_json
 
 # ----------------------------------------------------------------------------- hyperparameters
 # data
@@ -92,9 +93,55 @@ PRESETS = {
     "released": {"epochs": 60, "batch_size": 32, "learning_rate": 4e-4, "lr_schedule": "constant", "dropout": 0.66},
     "demo": {"epochs": 15, "batch_size": 16, "learning_rate": 2e-3},  # the small synthetic set: about a minute on 2 cores
 }
+resume = ""                 # run directory of an interrupted run: continue it from its last.pt
 # -----------------------------------------------------------------------------
 HYPERPARAMETERS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
 MODEL_KEYS = [f.name for f in fields(MALNConfig) if f.name not in ("feature_sizes", "n_classes", "max_positions")]
+
+
+CONSTRAINTS = {  # name -> (what a valid value is, test of the value given the whole config)
+    "dataset": ("'IEMOCAP', 'MELD' or 'demo' (any name with --features)", lambda v, c: v in ("IEMOCAP", "MELD", "demo") or c["features"]),
+    "modalities": ("a subset of 'tav', each letter once (empty = all)", lambda v, c: set(v) <= set("tav") and len(set(v)) == len(v)),
+    "valid_fraction": ("in (0, 1)", lambda v, c: 0 < v < 1),
+    "split_seed": (">= 0", lambda v, c: v >= 0),
+    "demo_seed": (">= 0", lambda v, c: v >= 0),
+    "sclm_mode": ("'speaker', 'release' or 'off'", lambda v, c: v in ("speaker", "release", "off")),
+    "cross_input": ("'common' or 'specific'", lambda v, c: v in ("common", "specific")),
+    **{name: (">= 1", lambda v, c: v >= 1) for name in ("sclm_layers", "sclm_heads", "sclm_feedforward", "speaker_size",
+                                                        "gru_layers", "hidden_size", "discriminator_hidden",
+                                                        "cross_feedforward", "epochs", "batch_size")},
+    "cross_heads": (">= 1 and divide hidden_size", lambda v, c: v >= 1 and c["hidden_size"] % v == 0),
+    "context_hidden": (">= 0 (0 = the feature size)", lambda v, c: v >= 0),
+    **{name: ("in [0, 1)", lambda v, c: 0 <= v < 1) for name in ("sclm_dropout", "specific_dropout", "common_dropout",
+                                                               "discriminator_dropout", "dropout")},
+    **{name: (">= 0 and finite", lambda v, c: 0 <= v < float("inf")) for name in ("gradient_reversal", "unimodal_weight",
+                                                                                  "adversarial_weight", "orthogonality_weight",
+                                                                                  "weight_decay")},
+    "learning_rate": ("> 0 and finite", lambda v, c: 0 < v < float("inf")),
+    "lr_schedule": ("'cosine' or 'constant'", lambda v, c: v in ("cosine", "constant")),
+    "seed": (">= 0", lambda v, c: v >= 0),
+    "seeds": ("comma-separated integers >= 0, e.g. 1,2,3", lambda v, c: not v or all(s.strip().isdigit() for s in v.split(","))),
+    "device": ("'auto', 'cpu', or an available 'cuda' / 'cuda:N' / 'mps'", lambda v, c: device_available(v)),
+}
+
+
+def check_config(config):
+    """Stop with one message naming every hyperparameter whose value is out of its range."""
+    wrong = [f"--{name}={config[name]}: must be {requirement}" for name, (requirement, valid) in CONSTRAINTS.items()
+             if name in config and not valid(config[name], config)]
+    if wrong:
+        raise SystemExit("\n".join(wrong))
+    return config
+
+
+def device_available(name):
+    try:
+        device = resolve_device(name)
+    except RuntimeError:
+        return False
+    if device.type == "cuda":
+        return torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
+    return device.type == "cpu" or (device.type == "mps" and torch.backends.mps.is_available())
 
 
 def parse_overrides(argv, defaults=HYPERPARAMETERS):
@@ -123,7 +170,7 @@ def parse_overrides(argv, defaults=HYPERPARAMETERS):
     if name and name not in PRESETS:
         raise SystemExit(f"--preset={name}: choose one of {', '.join(PRESETS)}")
     config.update({k: v for k, v in PRESETS.get(name, {}).items() if k not in given})
-    return config
+    return check_config(config)
 
 
 def build_model(feature_set, config):
@@ -171,7 +218,16 @@ def train_epoch(model, optimizer, batches, device, amp, class_weights):
         total.append(loss.detach())
         labels.append(batch["labels"].reshape(-1))
         predictions.append(output["log_probs"].detach().argmax(-1).reshape(-1))
-    return summarise(torch.stack(total).mean(), labels, predictions)
+    total = torch.stack(total)                                                    # (n_batches,), one sync below
+    finite = torch.isfinite(total)
+    if not finite.all():
+        index = int((~finite).nonzero()[0])
+        raise NonFiniteLoss(f"batch {index + 1} of {len(batches)}: the training loss is {total[index].item()}")
+    return summarise(total.mean(), labels, predictions)
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The training loss became NaN or inf; nothing of that epoch is saved."""
 
 
 def summarise(loss, labels, predictions):
@@ -245,7 +301,7 @@ def run(config, feature_set=None):
     weights = inverse_frequency_weights(feature_set.splits["train"], len(feature_set.class_names), device) \
         if config["class_weights"] else None
     eval_batches = {split: make_batches(feature_set.splits[split], config["batch_size"]) for split in ("train", "valid", "test")}
-    run_dir = os.path.join(config["out_dir"], config["run_name"])
+    run_dir = run_directory(config)
     os.makedirs(run_dir, exist_ok=True)
     print(f"{feature_set.source} ({feature_set.layout}): modalities {feature_set.modalities} {feature_set.feature_sizes}, "
           f"{len(feature_set.class_names)} classes, dialogues train/valid/test "
@@ -253,12 +309,20 @@ def run(config, feature_set=None):
           f"{model.n_parameters() / 1e6:.2f}M parameters on {device}; writing to {run_dir}")
 
     history, best, best_state = [], None, None
-    for epoch in range(1, config["epochs"] + 1):
+    if config["resume"]:
+        history, best, best_state = restore(run_dir, model, optimizer, generator, device)
+        if best["epoch"] == len(history):  # best.pt may predate this epoch (see save_last)
+            save_best(run_dir, best_state, model, config, feature_set, best)
+        print(f"resuming after epoch {len(history)} (best so far: epoch {best['epoch']})")
+    for epoch in range(len(history) + 1, config["epochs"] + 1):
         epoch_start = time.time()
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(epoch, config)
         train_batches = make_batches(feature_set.splits["train"], config["batch_size"], generator)
-        train = train_epoch(model, optimizer, train_batches, device, config["amp"], weights)
+        try:
+            train = train_epoch(model, optimizer, train_batches, device, config["amp"], weights)
+        except NonFiniteLoss as error:
+            raise NonFiniteLoss(f"epoch {epoch}, {error}. Stopped; {saved_note(run_dir)}") from None
         valid = evaluate(model, eval_batches["valid"], device, config["amp"], weights)
         test = evaluate(model, eval_batches["test"], device, config["amp"], weights)
         row = {"epoch": epoch, "seconds": time.time() - epoch_start}
@@ -271,8 +335,9 @@ def run(config, feature_set=None):
             for s in ("train", "valid", "test")) + f" | {row['seconds']:.1f}s" + (" *" if improved else ""))
         if improved:
             best, best_state = row, copy.deepcopy(model.state_dict())
-            save_checkpoint({"model": best_state, "model_args": model.model_args(), "config": config,
-                             "class_names": feature_set.class_names, "epoch": epoch, "metrics": row}, os.path.join(run_dir, "best.pt"))
+        save_last(run_dir, model, optimizer, generator, device, config, feature_set, history, best)
+        if improved:
+            save_best(run_dir, best_state, model, config, feature_set, best)
         atomic_write(os.path.join(run_dir, "history.csv"), lambda path: pd.DataFrame(history).to_csv(path, index=False))
 
     model.load_state_dict(best_state)
@@ -299,6 +364,67 @@ def run(config, feature_set=None):
     print(f"[optimistic, the release's protocol] best test epoch {optimistic['epoch']}: "
           f"test weighted-F1 {optimistic['test_weighted_f1']:.2f}, accuracy {optimistic['test_accuracy']:.2f}")
     return metrics
+
+
+def run_directory(config):
+    return config["resume"] or os.path.join(config["out_dir"], config["run_name"])
+
+
+def save_best(run_dir, best_state, model, config, feature_set, best):
+    save_checkpoint({"model": best_state, "model_args": model.model_args(), "config": config,
+                     "class_names": feature_set.class_names, "epoch": best["epoch"], "metrics": best},
+                    os.path.join(run_dir, "best.pt"))
+
+
+def save_last(run_dir, model, optimizer, generator, device, config, feature_set, history, best):
+    """What --resume needs after this epoch. Written before best.pt: when the newest epoch is the
+    best, its state is this file's model, so a kill between the two writes loses nothing."""
+    rng = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "model_args": model.model_args(),
+                     "config": config, "class_names": feature_set.class_names, "epoch": len(history),
+                     "history": history, "best": best, "rng": rng}, os.path.join(run_dir, "last.pt"))
+
+
+def restore(run_dir, model, optimizer, generator, device):
+    """Load an interrupted run's last.pt into model, optimizer and the RNGs; -> history, best row, best state."""
+    path = os.path.join(run_dir, "last.pt")
+    last = load_checkpoint(path)
+    load_model_state(model, last["model"], path)
+    optimizer.load_state_dict(last["optimizer"])
+    torch.set_rng_state(last["rng"]["torch"])
+    generator.set_state(last["rng"]["generator"])
+    if "cuda" in last["rng"] and device.type == "cuda":
+        torch.cuda.set_rng_state(last["rng"]["cuda"], device)
+    best = last["best"]
+    if best["epoch"] == last["epoch"]:
+        return last["history"], best, last["model"]
+    best_checkpoint = load_checkpoint(os.path.join(run_dir, "best.pt"))
+    if best_checkpoint["epoch"] != best["epoch"]:
+        raise ValueError(f"{run_dir}: best.pt holds epoch {best_checkpoint['epoch']}, last.pt expects epoch {best['epoch']}")
+    return last["history"], best, best_checkpoint["model"]
+
+
+def saved_note(run_dir):
+    """Where an interrupted run stands, and how to continue it."""
+    path = os.path.join(run_dir, "last.pt")
+    if not os.path.exists(path):
+        return "no epoch had finished, so there is nothing to resume"
+    return f"{path} holds the last finished epoch; continue with: python train_MALN.py --resume={run_dir}"
+
+
+def resumed_config(config, given):
+    """The saved settings of the run in config['resume']; only --device and --epochs may change."""
+    changed = given - {"resume", "device", "epochs"}
+    if changed:
+        raise SystemExit(f"--resume continues a run with its own settings; only --device and --epochs may be given "
+                         f"with it, not {', '.join('--' + name for name in sorted(changed))}")
+    try:
+        saved = load_checkpoint(os.path.join(config["resume"], "last.pt"))["config"]
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"error: cannot resume: {error}") from None
+    return check_config({**HYPERPARAMETERS, **saved, **{name: config[name] for name in given}})
 
 
 def report(names, labels, predictions):
@@ -332,6 +458,8 @@ def main(argv):
         except (FileNotFoundError, ValueError) as error:  # DataError, or a checkpoint that does not load
             raise SystemExit(f"error: {error}") from None
         return
+    if config["resume"]:
+        config = resumed_config(config, {argument[2:].split("=", 1)[0] for argument in argv})
     if not config["run_name"]:
         config["run_name"] = f"{config['dataset']}_{config['modalities'] or 'all'}_{time.strftime('%Y%m%d-%H%M%S')}"
     try:
@@ -341,16 +469,30 @@ def main(argv):
     except DataError as error:
         raise SystemExit(f"error: {error}") from None
     seed_list = [int(s) for s in config["seeds"].split(",") if s.strip()] if config["seeds"] else [config["seed"]]
-    if len(seed_list) == 1:
-        run({**config, "seed": seed_list[0]}, feature_set)
+    if len(seed_list) == 1 or config["resume"]:
+        run_configs = [{**config, "seed": config["seed"] if config["resume"] else seed_list[0]}]
+    else:
+        run_configs = [{**config, "seed": s, "run_name": os.path.join(config["run_name"], f"seed{s}")} for s in seed_list]
+    results = [run_stopping_cleanly(run_config, feature_set) for run_config in run_configs]
+    if len(results) == 1:
         return
-    results = [run({**config, "seed": s, "run_name": os.path.join(config["run_name"], f"seed{s}")}, feature_set) for s in seed_list]
     summary = {"seeds": seed_list, "config": config}
     for key in ("test_weighted_f1", "test_accuracy", "valid_weighted_f1", "optimistic_test_weighted_f1"):
         values = np.array([r[key] for r in results])
         summary[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)), "values": values.tolist()}
         print(f"{key:>30}: {values.mean():.2f} ± {values.std(ddof=1):.2f} over seeds {seed_list}")
     write_json(os.path.join(config["out_dir"], config["run_name"], "summary.json"), summary)
+
+
+def run_stopping_cleanly(config, feature_set):
+    """run(), with Ctrl-C and a non-finite loss turned into one short message and exit status."""
+    try:
+        return run(config, feature_set)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {saved_note(run_directory(config))}", file=sys.stderr)
+        raise SystemExit(130) from None
+    except NonFiniteLoss as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ def scores(labels, predictions):
     labels, predictions = np.asarray(labels), np.asarray(predictions)
     if len(labels) == 0:
         return {"accuracy": float("nan"), "weighted_f1": float("nan")}
-    return {"accuracy": 100 * accuracy_score(labels, predictions),
-            "weighted_f1": 100 * f1_score(labels, predictions, average="weighted", zero_division=0)}
+    return {"accuracy": 100 * float(accuracy_score(labels, predictions)),  # python floats: weights_only checkpoints hold them
+            "weighted_f1": 100 * float(f1_score(labels, predictions, average="weighted", zero_division=0))}
 
 
 def atomic_write(path, write):
@@ -60,6 +60,19 @@ def load_checkpoint(path, map_location="cpu"):
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
         raise ValueError(f"{path}: not a MALN checkpoint that loads safely ({type(error).__name__}: {error})") from None
+
+
+def load_model_state(model, state, source):
+    """model.load_state_dict(state), or one message that says how the checkpoint differs."""
+    own = model.state_dict()
+    differences = [f"{k} is missing" for k in own if k not in state]
+    differences += [f"{k} is not in this model" for k in state if k not in own]
+    differences += [f"{k} is {tuple(state[k].shape)}, this model's is {tuple(v.shape)}"
+                    for k, v in own.items() if k in state and state[k].shape != v.shape]
+    if differences:
+        raise ValueError(f"{source}: saved by a model of other settings or feature sizes; {len(differences)} "
+                         f"difference(s): " + "; ".join(differences[:3]) + ("; ..." if len(differences) > 3 else ""))
+    model.load_state_dict(state)
 
 
 @torch.no_grad()

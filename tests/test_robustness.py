@@ -1,0 +1,267 @@
+"""Bad input stops with one clear message; interrupted runs resume exactly; padding and
+unlabelled utterances never produce NaN."""
+
+import os
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import layouts
+import train_MALN
+from dataloader import CLASS_NAMES, DataError, Dialogue, collate, load_dataset, load_features, make_demo
+from MALN_model_fix import MALN, MALNConfig
+from utils import load_checkpoint
+
+
+# ----------------------------------------------------------------------------- malformed feature files
+
+def drop_last_utterance(stream):
+    def apply(data):
+        data[stream]["dia0"] = data[stream]["dia0"][:-1]
+    return apply
+
+
+def set_value(field, dialogue_id, utterance, value):
+    def apply(data):
+        data[field][dialogue_id][utterance] = value
+    return apply
+
+
+def empty_dialogue(data):
+    for field in (1, 2, 3, 4, 5):
+        data[field]["dia3"] = []
+
+
+def smaller_text_vectors(data):
+    data[3]["dia4"] = [x[:99] for x in data[3]["dia4"]]
+
+
+def unknown_test_id(data):
+    data[8] = list(data[8]) + ["dia99"]
+
+
+def train_id_in_valid(data):
+    data[9] = list(data[9]) + [data[7][0]]
+
+
+def remove(index):
+    def apply(data):
+        del data[index]
+    return apply
+
+
+def speakers_as_a_list(data):
+    data[1] = list(data[1].values())
+
+
+MALFORMED = {  # case -> (writer, how the file is broken, what the message says)
+    "text_shorter_than_speakers": (layouts.dialoguernn_iemocap, drop_last_utterance(3),
+                                   r"dialogue 'dia0': modality 't' has shape \((\d+), 100\), expected \(\d+, D\) for its \d+ speakers"),
+    "fewer_labels_than_speakers": (layouts.dialoguernn_iemocap, drop_last_utterance(2),
+                                   r"dialogue 'dia0': \d+ labels for \d+ utterances"),
+    "nan_in_audio": (layouts.dialoguernn_iemocap, set_value(4, "dia1", 2, np.full(100, np.nan, np.float32)),
+                     r"dialogue 'dia1': modality 'a' contains NaN or inf \(utterances \[2\]\)"),
+    "inf_in_a_roberta_vector": (layouts.cosmic_iemocap, set_value(4, "dia1", 0, np.full(1024, np.inf, np.float32)),
+                                r"dialogue 'dia1': modality 't' contains NaN or inf \(utterances \[0\]\)"),
+    "label_outside_the_classes": (layouts.dialoguernn_iemocap, set_value(2, "dia2", 0, 6),
+                                  r"dialogue 'dia2': label 6 is outside the 6 classes"),
+    "label_not_a_number": (layouts.dialoguernn_iemocap, set_value(2, "dia2", 1, "hap"),
+                           r"dialogue 'dia2': label 'hap' is outside the 6 classes"),
+    "empty_dialogue": (layouts.dialoguernn_iemocap, empty_dialogue, r"dialogue 'dia3': has no utterances"),
+    "feature_size_differs_between_dialogues": (layouts.dialoguernn_iemocap, smaller_text_vectors,
+                                               r"dialogue 'dia4': modality 't' has 99 features per utterance, dialogue 'dia\d' has 100"),
+    "split_id_missing_from_the_features": (layouts.dialoguernn_iemocap, unknown_test_id,
+                                           r"test dialogue 'dia99' has no 'speakers'"),
+    "dialogue_in_two_splits": (layouts.cosmic_iemocap, train_id_in_valid,
+                               r"dialogue 'dia0' is in the train split and again in the valid split"),
+    "roberta_vectors_disagree": (layouts.cosmic_iemocap, drop_last_utterance(3),
+                                 r"dialogue 'dia0': field 'roberta2' has shape \(\d+, 1024\), field 'roberta1' has"),
+    "tuple_of_8": (layouts.dialoguernn_iemocap, remove(6), r"a tuple of 8 elements matches no known layout; known layouts: "
+                                                           r"dialoguernn-iemocap \(9\).*cosmic-meld \(11\)"),
+    "tuple_of_9_of_no_layout": (layouts.cosmic_iemocap, remove(5), r"a tuple of 9 elements matches no known layout; of 9 "
+                                                                   r"elements: dialoguernn-iemocap \(9: utterance ids, speakers"),
+    "field_of_the_wrong_type": (layouts.dialoguernn_iemocap, speakers_as_a_list,
+                                r"field 'speakers' \(element 1 of the dialoguernn-iemocap tuple\) is a list, expected a dict"),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_malformed_file_stops_with_one_message_naming_file_dialogue_and_field(tmp_path, case):
+    writer, breaks, message = MALFORMED[case]
+    path = tmp_path / "broken.pkl"
+    writer(str(path))
+    data = list(pickle.loads(path.read_bytes()))
+    breaks(data)
+    path.write_bytes(pickle.dumps(tuple(data), protocol=2))
+    with pytest.raises(DataError, match=r"broken\.pkl.*" + message) as error:
+        load_features(str(path))
+    assert error.value.__cause__ is None and (error.value.__context__ is None or error.value.__suppress_context__)
+
+
+def test_an_unlabelled_utterance_is_kept_with_label_minus_one(tmp_path):
+    path = tmp_path / "partly_labelled.pkl"
+    layouts.dialoguernn_iemocap(str(path))
+    data = list(pickle.loads(path.read_bytes()))
+    data[2]["dia0"][0] = None
+    path.write_bytes(pickle.dumps(tuple(data)))
+    dialogue = next(d for split in load_features(str(path)).splits.values() for d in split if d.dialogue_id == "dia0")
+    assert dialogue.labels[0] == -1 and (dialogue.labels[1:] >= 0).all()
+
+
+def test_a_feature_file_without_dataset_takes_the_classes_of_its_layout(tmp_path):
+    path = tmp_path / "cosmic.pkl"
+    layouts.cosmic_iemocap(str(path))
+    assert load_dataset("demo", features=str(path)).class_names == CLASS_NAMES["IEMOCAP"]
+
+
+# ----------------------------------------------------------------------------- command line
+
+@pytest.mark.parametrize("argument, message", [
+    ("--epochs=0", "--epochs=0: must be >= 1"),
+    ("--batch_size=-4", "--batch_size=-4: must be >= 1"),
+    ("--dropout=1.0", r"--dropout=1.0: must be in \[0, 1\)"),
+    ("--common_dropout=-0.1", r"--common_dropout=-0.1: must be in \[0, 1\)"),
+    ("--learning_rate=0", "--learning_rate=0.0: must be > 0"),
+    ("--learning_rate=nan", "--learning_rate=nan: must be > 0"),
+    ("--valid_fraction=1", r"--valid_fraction=1.0: must be in \(0, 1\)"),
+    ("--modalities=tx", "--modalities=tx: must be a subset of 'tav'"),
+    ("--modalities=tt", "--modalities=tt: must be a subset of 'tav', each letter once"),
+    ("--sclm_mode=speakers", "--sclm_mode=speakers: must be 'speaker', 'release' or 'off'"),
+    ("--cross_input=both", "--cross_input=both: must be 'common' or 'specific'"),
+    ("--cross_heads=3", "--cross_heads=3: must be >= 1 and divide hidden_size"),
+    ("--device=gpu0", "--device=gpu0: must be 'auto', 'cpu', or an available"),
+    ("--seeds=1,two", "--seeds=1,two: must be comma-separated integers"),
+    ("--dataset=iemocap", "--dataset=iemocap: must be 'IEMOCAP', 'MELD' or 'demo'"),
+])
+def test_out_of_range_hyperparameter_is_refused_before_training(argument, message):
+    with pytest.raises(SystemExit, match=message):
+        train_MALN.parse_overrides([argument])
+
+
+def test_defaults_and_every_preset_satisfy_every_constraint():
+    assert train_MALN.parse_overrides([])["epochs"] == train_MALN.PRESETS["demo"]["epochs"]
+    assert train_MALN.parse_overrides(["--dataset=IEMOCAP"])["epochs"] == train_MALN.HYPERPARAMETERS["epochs"]
+    released = train_MALN.parse_overrides(["--dataset=IEMOCAP", "--preset=released"])
+    assert {k: released[k] for k in train_MALN.PRESETS["released"]} == train_MALN.PRESETS["released"]
+    assert train_MALN.parse_overrides(["--preset=released", "--epochs=5"])["epochs"] == 5
+
+
+def test_resume_refuses_settings_other_than_device_and_epochs(tmp_path):
+    with pytest.raises(SystemExit, match="only --device and --epochs may be given with it, not --learning_rate"):
+        train_MALN.main([f"--resume={tmp_path}", "--learning_rate=1e-3"])
+    with pytest.raises(SystemExit, match="cannot resume: checkpoint not found: .*last.pt"):
+        train_MALN.main([f"--resume={tmp_path}"])
+
+
+# ----------------------------------------------------------------------------- interrupted runs
+
+def tiny_demo():
+    return make_demo(0, n_dialogues=(16, 4, 4))
+
+
+def arguments(tmp_path, run_name, epochs=3):
+    return [f"--out_dir={tmp_path}", f"--run_name={run_name}", f"--epochs={epochs}", "--batch_size=8",
+            "--export_features=False", "--device=cpu"]
+
+
+def interrupt_training_at_epoch(monkeypatch, epoch):
+    """train_epoch raises KeyboardInterrupt (Ctrl-C) on its epoch-th call."""
+    train_epoch, calls = train_MALN.train_epoch, []
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == epoch:
+            raise KeyboardInterrupt
+        return train_epoch(*args)
+
+    monkeypatch.setattr(train_MALN, "train_epoch", interrupted)
+
+
+def without_timings(metrics):
+    return {k: v for k, v in metrics.items() if k not in ("seconds", "seconds_per_epoch", "config")}
+
+
+def test_resumed_run_ends_with_the_metrics_of_an_uninterrupted_run(tmp_path, monkeypatch):
+    feature_set = tiny_demo()
+    whole = train_MALN.run(train_MALN.parse_overrides(arguments(tmp_path, "whole")), feature_set)
+    interrupt_training_at_epoch(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        train_MALN.run(train_MALN.parse_overrides(arguments(tmp_path, "cut")), feature_set)
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 2
+    monkeypatch.undo()
+    resumed = train_MALN.run(train_MALN.parse_overrides([f"--resume={tmp_path / 'cut'}", *arguments(tmp_path, "cut")]), feature_set)
+    assert without_timings(resumed) == without_timings(whole)
+    history = [pd.read_csv(tmp_path / name / "history.csv").drop(columns="seconds") for name in ("whole", "cut")]
+    pd.testing.assert_frame_equal(*history)
+    loaded = [MALN.from_checkpoint(str(tmp_path / name / "best.pt")).state_dict() for name in ("whole", "cut")]
+    assert all(torch.equal(loaded[0][k], loaded[1][k]) for k in loaded[0])
+
+
+def test_ctrl_c_exits_with_a_short_message_and_the_run_resumes_from_the_command_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args: tiny_demo())
+    train_epoch = train_MALN.train_epoch
+    interrupt_training_at_epoch(monkeypatch, 2)
+    with pytest.raises(SystemExit) as stop:
+        train_MALN.main(arguments(tmp_path, "run", epochs=3))
+    assert stop.value.code == 130
+    message = capsys.readouterr().err.strip()
+    assert message == (f"interrupted: {tmp_path / 'run' / 'last.pt'} holds the last finished epoch; continue with: "
+                       f"python train_MALN.py --resume={tmp_path / 'run'}")
+    monkeypatch.setattr(train_MALN, "train_epoch", train_epoch)
+    train_MALN.main([f"--resume={tmp_path / 'run'}"])
+    assert "resuming after epoch 1" in capsys.readouterr().out
+    assert len(pd.read_csv(tmp_path / "run" / "history.csv")) == 3 and os.path.exists(tmp_path / "run" / "metrics.json")
+
+
+def test_non_finite_loss_stops_naming_epoch_and_batch_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args: tiny_demo())
+    forward, training_calls = MALN.forward, []
+
+    def diverging(self, *args, **kwargs):
+        output = forward(self, *args, **kwargs)
+        if self.training:
+            training_calls.append(1)
+            if len(training_calls) == 4:  # epoch 2, batch 2 of 2
+                output["losses"]["total"] = output["losses"]["total"] * float("nan")
+        return output
+
+    monkeypatch.setattr(MALN, "forward", diverging)
+    with pytest.raises(SystemExit, match=r"error: epoch 2, batch 2 of 2: the training loss is nan\. Stopped; .*last\.pt "
+                                         r"holds the last finished epoch"):
+        train_MALN.main(arguments(tmp_path, "run", epochs=3))
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert last["epoch"] == 1 and all(torch.isfinite(x).all() for x in last["model"].values())
+
+
+# ----------------------------------------------------------------------------- padding and masks
+
+SIZES = {"t": 6, "a": 4, "v": 5}
+MODELS = {mode: MALN(MALNConfig(feature_sizes=SIZES, n_classes=3, hidden_size=8, speaker_size=4, cross_heads=2,
+                                cross_feedforward=8, discriminator_hidden=4, sclm_mode=mode)).eval()
+          for mode in ("speaker", "release", "off")}
+
+
+@settings(max_examples=25, deadline=None)
+@given(lengths=st.lists(st.integers(1, 12), min_size=1, max_size=4), parties=st.integers(1, 6),
+       labelled=st.floats(0, 1), mode=st.sampled_from(sorted(MODELS)), seed=st.integers(0, 2 ** 16))
+def test_any_lengths_speakers_and_label_masks_give_finite_outputs_and_padding_changes_nothing(lengths, parties, labelled,
+                                                                                             mode, seed):
+    generator = torch.Generator().manual_seed(seed)
+    dialogues = [Dialogue(f"d{i}", {m: torch.randn(n, d, generator=generator) for m, d in SIZES.items()},
+                          torch.randint(0, parties, (n,), generator=generator),
+                          torch.where(torch.rand(n, generator=generator) < labelled, torch.randint(0, 3, (n,), generator=generator), -1))
+                 for i, n in enumerate(lengths)]
+    model = MODELS[mode]
+    batch = collate(dialogues)
+    assert all(torch.isfinite(x).all() for x in batch["features"].values())
+    output = model(batch["features"], batch["speakers"], batch["utterance_mask"], batch["lengths"], batch["labels"])
+    assert torch.isfinite(output["log_probs"]).all() and torch.isfinite(output["fused"]).all()
+    assert all(torch.isfinite(loss) for loss in output["losses"].values())
+    for i, d in enumerate(dialogues):
+        alone = collate([d])
+        single = model(alone["features"], alone["speakers"], alone["utterance_mask"], alone["lengths"])
+        assert torch.allclose(single["log_probs"][0], output["log_probs"][i, :len(d)], atol=1e-5)
