@@ -68,6 +68,7 @@ class_weights = False       # weight the classification losses by inverse class 
 # training
 epochs = 60                 # training epochs
 batch_size = 32             # dialogues per batch
+bucket_batches = False      # training batches of similar-length dialogues (shuffled, sorted within pools of 4 batches)
 learning_rate = 4e-4        # Adam learning rate
 weight_decay = 3e-5         # Adam weight decay
 seed = 100                  # training seed
@@ -107,7 +108,7 @@ def parse_overrides(argv, defaults=HYPERPARAMETERS):
         except ValueError:
             raise SystemExit(f"--{name}={value}: expected a {kind.__name__}") from None
         given.add(name)
-    if config["dataset"] == "demo" and not config["features"]:
+    if config.get("dataset") == "demo" and not config["features"]:
         config.update({k: v for k, v in demo_settings.items() if k not in given})
     return config
 
@@ -119,14 +120,25 @@ def build_model(feature_set, config):
     return MALN(MALNConfig(**model_args))
 
 
-def make_batches(dialogues, batch_size, generator=None):
-    """Batches of dialogues: in random order when a generator is given, else by length."""
+def make_batches(dialogues, batch_size, generator=None, bucket=False):
+    """Batches of dialogues: by length without a generator; with one, in random order, or with
+    `bucket`, shuffled, sorted by length within pools of 4 batches, then the batches shuffled,
+    so that a batch holds dialogues of similar length (less padding, shorter recurrences)."""
     if generator is None:
         order = sorted(range(len(dialogues)), key=lambda i: len(dialogues[i]))
     else:
         order = torch.randperm(len(dialogues), generator=generator).tolist()
+        if bucket:
+            pool = 4 * batch_size
+            order = [i for s in range(0, len(order), pool) for i in sorted(order[s:s + pool], key=lambda i: len(dialogues[i]))]
     groups = [[dialogues[i] for i in order[s:s + batch_size]] for s in range(0, len(order), batch_size)]
+    if generator is not None and bucket:
+        groups = [groups[i] for i in torch.randperm(len(groups), generator=generator).tolist()]
     return [(group, collate(group)) for group in groups]
+
+
+def make_optimizer(model, config):
+    return torch.optim.Adam(model.parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"])
 
 
 def autocast(device, enabled):
@@ -218,7 +230,7 @@ def run(config, feature_set=None):
     device = resolve_device(config["device"])
     set_seed(config["seed"])
     model = build_model(feature_set, config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"])
+    optimizer = make_optimizer(model, config)
     generator = torch.Generator().manual_seed(config["seed"])
     weights = inverse_frequency_weights(feature_set.splits["train"], len(feature_set.class_names), device) \
         if config["class_weights"] else None
@@ -233,7 +245,7 @@ def run(config, feature_set=None):
     history, best, best_state = [], None, None
     for epoch in range(1, config["epochs"] + 1):
         epoch_start = time.time()
-        train_batches = make_batches(feature_set.splits["train"], config["batch_size"], generator)
+        train_batches = make_batches(feature_set.splits["train"], config["batch_size"], generator, config["bucket_batches"])
         train = train_epoch(model, optimizer, train_batches, device, config["amp"], weights)
         valid = evaluate(model, eval_batches["valid"], device, config["amp"], weights)
         test = evaluate(model, eval_batches["test"], device, config["amp"], weights)
