@@ -84,3 +84,29 @@ def test_text_only_run_on_real_iemocap_text(tmp_path):
     assert metrics["test_weighted_f1"] > 30  # six classes: a majority guess scores about 10
     summary = json.load(open(tmp_path / "real" / "metrics.json"))
     assert summary["test_weighted_f1"] == metrics["test_weighted_f1"]
+
+
+def test_bucketed_batches_hold_every_dialogue_once_with_less_padding():
+    dialogues = make_demo(0, n_dialogues=(40, 1, 1)).splits["train"]
+
+    def padding(batches):
+        return sum(b["utterance_mask"].numel() - int(b["lengths"].sum()) for _, b in batches)
+
+    bucketed = train_MALN.make_batches(dialogues, 4, torch.Generator().manual_seed(0), bucket=True)
+    shuffled = train_MALN.make_batches(dialogues, 4, torch.Generator().manual_seed(0))
+    assert sorted(d.dialogue_id for group, _ in bucketed for d in group) == sorted(d.dialogue_id for d in dialogues)
+    assert padding(bucketed) < padding(shuffled) / 2
+
+
+def test_batch_loss_does_not_depend_on_which_dialogues_share_the_batch_order():
+    feature_set = demo_subset("tav", (8, 1, 1))
+    model = train_MALN.build_model(feature_set, train_MALN.parse_overrides([])).eval()
+    dialogues = feature_set.splits["train"]
+
+    def loss(group):
+        batch = collate(group)
+        return model(batch["features"], batch["speakers"], batch["utterance_mask"], batch["lengths"], batch["labels"])["losses"]
+
+    forward, backward = loss(dialogues), loss(dialogues[::-1])
+    for name in forward:
+        assert torch.allclose(forward[name], backward[name], rtol=1e-5, atol=1e-6), name
