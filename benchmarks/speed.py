@@ -13,7 +13,8 @@ each epoch runs train_MALN.make_batches + train_MALN.train_epoch (training) or
 train_MALN.evaluate over the 120 dialogues (inference), as train_MALN.run does.
 
 Reported per phase: utterances per second and seconds per epoch (median over epochs, the first
-epoch of each phase being a warm-up that is not counted), the peak memory (cuda:
+epoch of each phase being a warm-up that is not counted), the process's CPU seconds per epoch
+(all threads; on a shared machine it moves less with other jobs' load than wall time), the peak memory (cuda:
 max_memory_allocated; cpu: growth of the process's peak resident set, getrusage ru_maxrss,
 over the phase, measured inference first), and utilisation: the model's analytic FLOPs
 on real utterances per second (see dialogue_flops) divided by the FLOP/s of a dense
@@ -180,26 +181,27 @@ def peak_memory(device):
 
 
 def timed_epochs(run_epoch, n_epochs, device):
-    """Seconds of each of n_epochs epochs after one untimed warm-up epoch."""
+    """Wall-clock and process CPU seconds of each of n_epochs epochs after one untimed warm-up epoch."""
     run_epoch()
-    seconds = []
+    seconds, cpu_seconds = [], []
     for _ in range(n_epochs):
         synchronize(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         run_epoch()
         synchronize(device)
         seconds.append(time.perf_counter() - start)
-    return seconds
+        cpu_seconds.append(time.process_time() - cpu_start)
+    return seconds, cpu_seconds
 
 
 def measure(name, run_epoch, options, device, n_utterances, flops, matmul_rate):
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     before = peak_memory(device) if device.type == "cpu" else 0
-    seconds = timed_epochs(run_epoch, options["epochs"], device)
+    seconds, cpu_seconds = timed_epochs(run_epoch, options["epochs"], device)
     epoch = statistics.median(seconds)
     return {"phase": name, "utterances/s": n_utterances / epoch, "s/epoch": epoch,
-            "epochs (s)": " ".join(f"{s:.2f}" for s in seconds),
+            "epochs (s)": " ".join(f"{s:.2f}" for s in seconds), "process CPU s/epoch": statistics.median(cpu_seconds),
             "peak memory (MiB)": (peak_memory(device) - before) / 2 ** 20,
             "GFLOP/utterance": flops / n_utterances / 1e9, "utilisation": flops / epoch / matmul_rate}
 
