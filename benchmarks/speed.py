@@ -224,10 +224,9 @@ def benchmark(options):
     use_amp = options["amp"] and device.type == "cuda"
     matmul_rate = matmul_flops_per_second(device, torch.bfloat16 if use_amp else torch.float32)
     feature_set = make_feature_set(options)
-    config = {**train_MALN.HYPERPARAMETERS, "batch_size": options["batch_size"], "bucket_batches": options["bucket_batches"]}
     torch.manual_seed(options["seed"])
-    model = train_MALN.build_model(feature_set, config).to(device)
-    optimizer = train_MALN.make_optimizer(model, config)
+    model = train_MALN.build_model(feature_set, train_MALN.HYPERPARAMETERS).to(device)
+    optimizer = train_MALN.make_optimizer(model, train_MALN.HYPERPARAMETERS)
     train = feature_set.splits["train"]
     n_utterances, flops = sum(len(d) for d in train), split_flops(model.config, train)
     generator = torch.Generator().manual_seed(options["seed"])
