@@ -180,10 +180,97 @@ class SCLM(nn.Module):
         return self.project(vectors)                                                           # (B, N, speaker_size)
 
 
+class GRURecurrence(torch.autograd.Function):
+    """The recurrent half of a bidirectional GRU layer, both directions at once, over packed rows.
+
+    Step t owns the packed rows start_t : start_t + batch_sizes[t]; the second direction's rows
+    come in reversed time (see reversed_rows), so both directions run forward. Same maths as
+    nn.GRU (gates r, z, n); backward computes the recurrent weight gradient in one matmul over
+    all steps, where autograd through per-step cells would accumulate one matmul per step.
+    """
+
+    @staticmethod
+    def forward(ctx, gates_input, weight_hh, bias_hh, batch_sizes):
+        # gates_input (2, n, 3G) = W_ih x + b_ih per row; weight_hh (2, 3G, G); bias_hh (2, 3G); batch_sizes list
+        _, n, G3 = gates_input.shape
+        G = G3 // 3
+        hidden = gates_input.new_empty(2, n, G)
+        reset_update = gates_input.new_empty(2, n, 2 * G)
+        new, hidden_new = gates_input.new_empty(2, n, G), gates_input.new_empty(2, n, G)
+        weight, bias = weight_hh.transpose(1, 2), bias_hh.unsqueeze(1)                   # (2, G, 3G), (2, 1, 3G)
+        h_prev, start = gates_input.new_zeros(2, batch_sizes[0], G), 0
+        for b in batch_sizes:
+            rows = slice(start, start + b)
+            h_prev = h_prev[:, :b]                                                          # (2, b, G)
+            gh = torch.baddbmm(bias, h_prev, weight)                                        # (2, b, 3G)
+            gi = gates_input[:, rows]
+            rz = torch.sigmoid(gi[..., :2 * G] + gh[..., :2 * G])                           # (2, b, 2G)
+            n_t = torch.tanh(torch.addcmul(gi[..., 2 * G:], rz[..., :G], gh[..., 2 * G:]))  # (2, b, G)
+            hidden[:, rows] = torch.addcmul(n_t, rz[..., G:], h_prev - n_t)                 # h = (1 - z) n + z h_prev
+            reset_update[:, rows], new[:, rows], hidden_new[:, rows] = rz, n_t, gh[..., 2 * G:]
+            h_prev, start = hidden[:, rows], start + b
+        ctx.batch_sizes = batch_sizes
+        ctx.save_for_backward(weight_hh, hidden, reset_update, new, hidden_new)
+        return hidden                                                                       # (2, n, G)
+
+    @staticmethod
+    def backward(ctx, grad_hidden):
+        weight_hh, hidden, reset_update, new, hidden_new = ctx.saved_tensors
+        batch_sizes = ctx.batch_sizes
+        _, n, G = hidden.shape
+        starts = [0] + torch.tensor(batch_sizes).cumsum(0).tolist()[:-1]
+        grad_gh = hidden.new_empty(2, n, 3 * G)                                             # gradient of W_hh h + b_hh
+        grad_new_input = hidden.new_empty(2, n, G)                                          # gradient of the n gate's input
+        carry = None                                                                        # gradient reaching h_{t} from step t+1
+        for t in reversed(range(len(batch_sizes))):
+            b, rows = batch_sizes[t], slice(starts[t], starts[t] + batch_sizes[t])
+            dh = grad_hidden[:, rows]
+            if carry is not None:
+                dh = torch.cat([dh[:, :carry.size(1)] + carry, dh[:, carry.size(1):]], 1)  # (2, b, G)
+            h_prev = hidden[:, starts[t - 1]:starts[t - 1] + b] if t > 0 else hidden.new_zeros(2, b, G)
+            r, z, n_t = reset_update[:, rows, :G], reset_update[:, rows, G:], new[:, rows]
+            d_new = dh * (1 - z) * (1 - n_t * n_t)                                          # through tanh
+            d_reset = d_new * hidden_new[:, rows] * r * (1 - r)                             # through sigmoid
+            d_update = dh * (h_prev - n_t) * z * (1 - z)
+            grad_gh[:, rows] = torch.cat([d_reset, d_update, d_new * r], -1)
+            grad_new_input[:, rows] = d_new
+            carry = torch.baddbmm(dh * z, grad_gh[:, rows], weight_hh)                      # (2, b, G)
+        previous = torch.cat([hidden.new_zeros(2, batch_sizes[0], G)]
+                             + [hidden[:, starts[t - 1]:starts[t - 1] + batch_sizes[t]] for t in range(1, len(batch_sizes))], 1)
+        grad_weight = grad_gh.transpose(1, 2) @ previous                                    # (2, 3G, G), one matmul
+        grad_input = torch.cat([grad_gh[..., :2 * G], grad_new_input], -1)                  # (2, n, 3G)
+        return grad_input, grad_weight, grad_gh.sum(1), None
+
+
+def reversed_rows(batch_sizes):
+    """Permutation of packed rows that reverses every sequence within its own length (its own inverse)."""
+    offsets = torch.cumsum(batch_sizes, 0) - batch_sizes                                   # (T,)
+    step = torch.repeat_interleave(torch.arange(len(batch_sizes)), batch_sizes)            # (n,)
+    sequence = torch.arange(len(step)) - offsets[step]                                     # (n,)
+    lengths = (batch_sizes.unsqueeze(0) > torch.arange(int(batch_sizes[0])).unsqueeze(1)).sum(1)  # (B,)
+    return offsets[lengths[sequence] - 1 - step] + sequence
+
+
+def packed_bidirectional_gru(gru, data, batch_sizes):
+    """A bidirectional nn.GRU over packed rows with its own weights, for cpu: input matmuls over
+    all rows at once, then GRURecurrence. data (n, I), batch_sizes (T,) cpu -> (n, 2G)."""
+    reverse = reversed_rows(batch_sizes).to(data.device)
+    sizes = batch_sizes.tolist()
+    for layer in range(gru.num_layers):
+        weights = [getattr(gru, f"{name}_l{layer}{suffix}") for suffix in ("", "_reverse")
+                   for name in ("weight_ih", "bias_ih", "weight_hh", "bias_hh")]
+        gates = F.linear(data, torch.cat([weights[0], weights[4]]), torch.cat([weights[1], weights[5]]))  # (n, 6G)
+        G3 = gates.size(1) // 2
+        gates = torch.stack([gates[:, :G3], gates[reverse, G3:]])                                         # (2, n, 3G)
+        hidden = GRURecurrence.apply(gates, torch.stack([weights[2], weights[6]]), torch.stack([weights[3], weights[7]]), sizes)
+        data = torch.cat([hidden[0], hidden[1][reverse]], -1)                                             # (n, 2G)
+    return data
+
+
 class ContextEncoder(nn.Module):
     """Context encoder (paper, stage 1 input to AMDM): a bidirectional GRU over the dialogue,
     then Linear back to the input size, ReLU and dropout. Runs on packed sequences, so no
-    work is done on padding."""
+    work is done on padding: cuDNN's GRU on cuda, packed_bidirectional_gru on cpu."""
 
     def __init__(self, size, config):
         super().__init__()
@@ -194,8 +281,11 @@ class ContextEncoder(nn.Module):
     def forward(self, features, lengths):
         # features (B, N, D), lengths (B,) on cpu
         packed = pack_padded_sequence(features, lengths, batch_first=True, enforce_sorted=False)
-        output, _ = self.gru(packed)
-        output = output._replace(data=self.project(output.data))                  # (n_real, D)
+        if features.is_cuda:
+            output = self.gru(packed)[0].data                                      # (n_real, 2G)
+        else:
+            output = packed_bidirectional_gru(self.gru, packed.data, packed.batch_sizes)
+        output = packed._replace(data=self.project(output))                         # (n_real, D)
         return pad_packed_sequence(output, batch_first=True, total_length=features.size(1))[0]  # (B, N, D)
 
 

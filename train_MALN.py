@@ -72,6 +72,7 @@ class_weights = False       # weight the classification losses by inverse class 
 # training (the released schedule gives IEMOCAP 4 updates an epoch, too few to converge: see --preset=released)
 epochs = 30                 # training epochs (released: 60)
 batch_size = 8              # dialogues per batch (released: 32)
+bucket_batches = False      # training batches of similar-length dialogues (shuffled, sorted within pools of 4 batches)
 learning_rate = 1e-3        # Adam learning rate (released: 4e-4)
 lr_schedule = "cosine"      # 'cosine' (decays to zero over the epochs) or 'constant' (released)
 weight_decay = 3e-5         # Adam weight decay
@@ -166,7 +167,7 @@ def parse_overrides(argv, defaults=HYPERPARAMETERS):
         except ValueError:
             raise SystemExit(f"--{name}={value}: expected a {kind.__name__}") from None
         given.add(name)
-    name = config["preset"] or ("demo" if config["dataset"] == "demo" and not config["features"] else "")
+    name = config.get("preset") or ("demo" if config.get("dataset") == "demo" and not config.get("features") else "")
     if name and name not in PRESETS:
         raise SystemExit(f"--preset={name}: choose one of {', '.join(PRESETS)}")
     config.update({k: v for k, v in PRESETS.get(name, {}).items() if k not in given})
@@ -180,13 +181,20 @@ def build_model(feature_set, config):
     return MALN(MALNConfig(**model_args))
 
 
-def make_batches(dialogues, batch_size, generator=None):
-    """Batches of dialogues: in random order when a generator is given, else by length."""
+def make_batches(dialogues, batch_size, generator=None, bucket=False):
+    """Batches of dialogues: by length without a generator; with one, in random order, or with
+    `bucket`, shuffled, sorted by length within pools of 4 batches, then the batches shuffled,
+    so that a batch holds dialogues of similar length (less padding, shorter recurrences)."""
     if generator is None:
         order = sorted(range(len(dialogues)), key=lambda i: len(dialogues[i]))
     else:
         order = torch.randperm(len(dialogues), generator=generator).tolist()
+        if bucket:
+            pool = 4 * batch_size
+            order = [i for s in range(0, len(order), pool) for i in sorted(order[s:s + pool], key=lambda i: len(dialogues[i]))]
     groups = [[dialogues[i] for i in order[s:s + batch_size]] for s in range(0, len(order), batch_size)]
+    if generator is not None and bucket:
+        groups = [groups[i] for i in torch.randperm(len(groups), generator=generator).tolist()]
     return [(group, collate(group)) for group in groups]
 
 
@@ -196,6 +204,11 @@ def learning_rate_at(epoch, config):
         return config["learning_rate"]
     progress = (epoch - 1) / config["epochs"]
     return config["learning_rate"] * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model, config):
+    """Adam with the released settings; fused: the same update in one kernel (about 10x faster on cpu)."""
+    return torch.optim.Adam(model.parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"], fused=True)
 
 
 def autocast(device, enabled):
@@ -296,7 +309,7 @@ def run(config, feature_set=None):
     device = resolve_device(config["device"])
     set_seed(config["seed"])
     model = build_model(feature_set, config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"])
+    optimizer = make_optimizer(model, config)
     generator = torch.Generator().manual_seed(config["seed"])
     weights = inverse_frequency_weights(feature_set.splits["train"], len(feature_set.class_names), device) \
         if config["class_weights"] else None
@@ -318,7 +331,7 @@ def run(config, feature_set=None):
         epoch_start = time.time()
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(epoch, config)
-        train_batches = make_batches(feature_set.splits["train"], config["batch_size"], generator)
+        train_batches = make_batches(feature_set.splits["train"], config["batch_size"], generator, config["bucket_batches"])
         try:
             train = train_epoch(model, optimizer, train_batches, device, config["amp"], weights)
         except NonFiniteLoss as error:

@@ -1,8 +1,10 @@
 import pytest
 import torch
 
+from torch.nn.utils.rnn import pack_padded_sequence
+
 from dataloader import Dialogue, collate
-from MALN_model_fix import MALN, MALNConfig, GradientReversal, difference_loss
+from MALN_model_fix import MALN, MALNConfig, GradientReversal, difference_loss, packed_bidirectional_gru
 
 SIZES = {"t": 12, "a": 6, "v": 8}
 
@@ -52,6 +54,19 @@ def test_speaker_vector_depends_only_on_own_utterances():
     party0 = d.speakers == 0
     assert torch.allclose(before[0, party0], after[0, party0], atol=1e-6)
     assert not torch.allclose(before[0, ~party0], after[0, ~party0], atol=1e-3)
+
+
+def test_cpu_gru_matches_nn_gru_outputs_and_gradients():
+    gru = torch.nn.GRU(6, 5, num_layers=2, bidirectional=True, batch_first=True).double()
+    x = torch.randn(5, 9, 6, dtype=torch.double, requires_grad=True)
+    packed = pack_padded_sequence(x, torch.tensor([5, 9, 1, 7, 9]), batch_first=True, enforce_sorted=False)
+    reference, ours = gru(packed)[0].data, packed_bidirectional_gru(gru, packed.data, packed.batch_sizes)
+    assert torch.allclose(ours, reference, atol=1e-12)
+    weights = torch.randn_like(reference)
+    inputs = [x, *gru.parameters()]
+    expected = torch.autograd.grad((reference * weights).sum(), inputs, retain_graph=True)
+    for got, want in zip(torch.autograd.grad((ours * weights).sum(), inputs), expected):
+        assert torch.allclose(got, want, atol=1e-12)
 
 
 def test_gradient_reversal_flips_and_scales_the_gradient():

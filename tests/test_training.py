@@ -84,3 +84,48 @@ def test_text_only_run_on_real_iemocap_text(tmp_path):
     assert metrics["test_weighted_f1"] > 15  # six epochs in: well above the majority guess (8.9 on this test set)
     summary = json.load(open(tmp_path / "real" / "metrics.json"))
     assert summary["test_weighted_f1"] == metrics["test_weighted_f1"]
+
+
+def test_bucketed_batches_hold_every_dialogue_once_with_less_padding():
+    dialogues = make_demo(0, n_dialogues=(40, 1, 1)).splits["train"]
+
+    def padding(batches):
+        return sum(b["utterance_mask"].numel() - int(b["lengths"].sum()) for _, b in batches)
+
+    bucketed = train_MALN.make_batches(dialogues, 4, torch.Generator().manual_seed(0), bucket=True)
+    shuffled = train_MALN.make_batches(dialogues, 4, torch.Generator().manual_seed(0))
+    assert sorted(d.dialogue_id for group, _ in bucketed for d in group) == sorted(d.dialogue_id for d in dialogues)
+    assert padding(bucketed) < padding(shuffled) / 2
+
+
+def test_batch_loss_does_not_depend_on_which_dialogues_share_the_batch_order():
+    feature_set = demo_subset("tav", (8, 1, 1))
+    model = train_MALN.build_model(feature_set, train_MALN.parse_overrides([])).eval()
+    dialogues = feature_set.splits["train"]
+
+    def loss(group):
+        batch = collate(group)
+        return model(batch["features"], batch["speakers"], batch["utterance_mask"], batch["lengths"], batch["labels"])["losses"]
+
+    forward, backward = loss(dialogues), loss(dialogues[::-1])
+    for name in forward:
+        assert torch.allclose(forward[name], backward[name], rtol=1e-5, atol=1e-6), name
+
+
+def test_fused_adam_takes_the_released_adam_step():
+    feature_set = demo_subset("tav", (4, 1, 1))
+    models = [train_MALN.build_model(feature_set, train_MALN.parse_overrides([])) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    config = train_MALN.parse_overrides([])
+    optimizers = [train_MALN.make_optimizer(models[0], config),
+                  torch.optim.Adam(models[1].parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"])]
+    batch = collate(feature_set.splits["train"])
+    for model, optimizer in zip(models, optimizers):
+        for _ in range(3):
+            torch.manual_seed(0)
+            loss = model(batch["features"], batch["speakers"], batch["utterance_mask"], batch["lengths"], batch["labels"])["losses"]["total"]
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    for fused, reference in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.allclose(fused, reference, atol=1e-6)
