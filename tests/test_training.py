@@ -26,8 +26,10 @@ def config(tmp_path, *overrides):
 
 
 def test_demo_run_learns_and_fusion_beats_a_single_modality(tmp_path):
-    fused = train_MALN.run(config(tmp_path, "--epochs=12", "--learning_rate=2e-3", "--run_name=tav"), demo_subset("tav"))
-    text = train_MALN.run(config(tmp_path, "--epochs=12", "--learning_rate=2e-3", "--run_name=t", "--export_features=False"),
+    fused = train_MALN.run(config(tmp_path, "--epochs=12", "--learning_rate=2e-3", "--lr_schedule=constant", "--run_name=tav"),
+                           demo_subset("tav"))
+    text = train_MALN.run(config(tmp_path, "--epochs=12", "--learning_rate=2e-3", "--lr_schedule=constant", "--run_name=t",
+                                 "--export_features=False"),
                           demo_subset("t"))
     assert fused["test_weighted_f1"] > 60       # chance is 25 on four balanced classes
     assert fused["test_weighted_f1"] > text["test_weighted_f1"] + 10
