@@ -13,7 +13,6 @@ Modalities are named 't' (text), 'a' (audio) and 'v' (visual); any non-empty sub
 Feature sizes and the class count come from the data through MALNConfig.
 """
 
-import math
 from dataclasses import asdict, dataclass, field, fields
 
 import torch

@@ -1,7 +1,6 @@
 import os
 import sys
 
-import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import train_MALN
