@@ -40,6 +40,8 @@ valid_fraction = 0.1        # share of training dialogues held out when the file
 split_seed = 100            # seed of that held-out share (the same for every training seed)
 demo_seed = 0               # seed of the generated demo data set
 trust_pickle = False        # load feature pickles without the restricted unpickler (only for files you trust)
+# model: input
+standardize = True          # standardise every feature dimension with training-set statistics (released: False)
 # model: SCLM
 sclm_mode = "speaker"       # 'speaker' (per-party, the paper), 'release' (two whole-dialogue Transformers), 'off'
 sclm_layers = 1             # Transformer layers of SCLM
@@ -91,7 +93,8 @@ predict_split = ""          # 'train', 'valid' or 'test' of the data; empty = ev
 # named groups of settings, applied under the command line: --preset=released gives the authors' values
 preset = ""                 # '' (the values above), 'released' or 'demo' (the default with --dataset=demo)
 PRESETS = {
-    "released": {"epochs": 60, "batch_size": 32, "learning_rate": 4e-4, "lr_schedule": "constant", "dropout": 0.66},
+    "released": {"standardize": False, "epochs": 60, "batch_size": 32, "learning_rate": 4e-4, "lr_schedule": "constant",
+                 "dropout": 0.66},
     "demo": {"epochs": 15, "batch_size": 16, "learning_rate": 2e-3},  # the small synthetic set: about 1.5 minutes on 2 cores
 }
 resume = ""                 # run directory of an interrupted run: continue it from its last.pt
@@ -175,10 +178,14 @@ def parse_overrides(argv, defaults=HYPERPARAMETERS):
 
 
 def build_model(feature_set, config):
+    """A new MALN for this feature set's sizes and classes; its standardisation (when on) fitted on the training split."""
     model_args = {k: config[k] for k in MODEL_KEYS}
     model_args.update(feature_sizes=feature_set.feature_sizes, n_classes=len(feature_set.class_names),
                       max_positions=max(128, feature_set.max_length + 1))
-    return MALN(MALNConfig(**model_args))
+    model = MALN(MALNConfig(**model_args))
+    if model.config.standardize:
+        model.fit_standardizer(feature_set.splits["train"])
+    return model
 
 
 def make_batches(dialogues, batch_size, generator=None, bucket=False):

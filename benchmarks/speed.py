@@ -18,7 +18,8 @@ epoch of each phase being a warm-up that is not counted), the process's CPU seco
 max_memory_allocated; cpu: growth of the process's peak resident set, getrusage ru_maxrss,
 over the phase, measured inference first), and utilisation: the model's analytic FLOPs
 on real utterances per second (see dialogue_flops) divided by the FLOP/s of a dense
-1024x1024 matmul measured in the same run on the same device and dtype.
+1024x1024 matmul measured in the same run on the same device and dtype. The last column is
+the ceiling that rate sets: utterances per second if every FLOP ran as fast as that matmul.
 """
 
 import os
@@ -203,7 +204,8 @@ def measure(name, run_epoch, options, device, n_utterances, flops, matmul_rate):
     return {"phase": name, "utterances/s": n_utterances / epoch, "s/epoch": epoch,
             "epochs (s)": " ".join(f"{s:.2f}" for s in seconds), "process CPU s/epoch": statistics.median(cpu_seconds),
             "peak memory (MiB)": (peak_memory(device) - before) / 2 ** 20,
-            "GFLOP/utterance": flops / n_utterances / 1e9, "utilisation": flops / epoch / matmul_rate}
+            "GFLOP/utterance": flops / n_utterances / 1e9, "utilisation": flops / epoch / matmul_rate,
+            "utterances/s at the matmul rate": matmul_rate * n_utterances / flops}
 
 
 def markdown(rows):

@@ -45,6 +45,24 @@ def test_padding_changes_no_real_output(options):
     assert torch.allclose(alone["fused"][0], padded["fused"][0, :5], atol=1e-5)
 
 
+def test_standardizer_uses_training_statistics_and_keeps_padding_inert():
+    torch.manual_seed(0)
+    train = [dialogue(n, 2) for n in (6, 9, 14)]
+    for d in train:
+        d.features["t"] = 5 + 3 * d.features["t"]
+        d.features["t"][:, 0] = 2.0                                  # a constant dimension
+    model = model_for(standardize=True)
+    model.fit_standardizer(train)
+    standardized = model.standardizer["t"](torch.cat([d.features["t"] for d in train]))
+    assert torch.allclose(standardized[:, 1:].mean(0), torch.zeros(11), atol=1e-5)
+    assert torch.allclose(standardized[:, 1:].std(0, correction=0), torch.ones(11), atol=1e-4)
+    assert torch.all(standardized[:, 0] == 0)
+    short = train[0]
+    alone, padded = forward(model, [short]), forward(model, [short, train[2]])
+    assert torch.allclose(alone["log_probs"][0], padded["log_probs"][0, :6], atol=1e-5)
+    assert "standardizer.t.mean" in model.state_dict()                # travels with the checkpoint
+
+
 def test_speaker_vector_depends_only_on_own_utterances():
     model = model_for()
     d = dialogue(10, 2)
