@@ -412,8 +412,8 @@ class CrossModalAttention(nn.Module):
 
 
 class MALN(nn.Module):
-    """The whole network: SCLM -> context encoders -> AMDM -> cross-modal attention -> classifier
-    (paper, stages 1-3). forward() returns log-probabilities, named losses (when labels are
+    """The whole network: [standardisation] -> SCLM -> context encoders -> AMDM -> cross-modal
+    attention -> classifier (paper, stages 1-3). forward() returns log-probabilities, named losses (when labels are
     given) and the fused, common and specific vectors."""
 
     def __init__(self, config):
