@@ -5,9 +5,9 @@ Ren, Huang, Liu, Liu, Li, Liu. IEEE Transactions on Circuits and Systems for Vid
 Technology 33(11):6965-6980, 2023. The whole model is in this file, modules in the order
 the data flows through them:
 
-    [standardisation]  ->  SCLM (stage 1)  ->  context encoders  ->  AMDM (stage 2: specific / common encoders,
-    gradient reversal, modality discriminator, orthogonality)  ->  cross-modal attention
-    ->  emotion classifier (stage 3)
+    [input standardisation]  ->  SCLM (stage 1)  ->  context encoders  ->  AMDM (stage 2:
+    specific / common encoders, gradient reversal, modality discriminator, orthogonality)
+    ->  cross-modal attention  ->  emotion classifier (stage 3)
 
 Modalities are named 't' (text), 'a' (audio) and 'v' (visual); any non-empty subset runs.
 Feature sizes and the class count come from the data through MALNConfig.
@@ -285,8 +285,8 @@ def packed_bidirectional_gru(gru, data, batch_sizes):
         gates = torch.stack([F.linear(data, weights[0], weights[1]),                                      # (2, n, 3G), the second
                              F.linear(data[reverse], weights[4], weights[5])])                            # direction in reversed time
         hidden = GRURecurrence.apply(gates, torch.stack([weights[2], weights[6]]), torch.stack([weights[3], weights[7]]), sizes)
-        in_order, reversed_hidden = hidden.unbind(0)                                                         # (n, G) each
-        data = torch.cat([in_order, reversed_hidden[reverse]], -1)                                           # (n, 2G)
+        in_order, reversed_hidden = hidden.unbind(0)                                                      # (n, G) each
+        data = torch.cat([in_order, reversed_hidden[reverse]], -1)                                        # (n, 2G)
     return data
 
 
@@ -412,9 +412,9 @@ class CrossModalAttention(nn.Module):
 
 
 class MALN(nn.Module):
-    """The whole network: [standardisation] -> SCLM -> context encoders -> AMDM -> cross-modal
-    attention -> classifier (paper, stages 1-3). forward() returns log-probabilities, named losses (when labels are
-    given) and the fused, common and specific vectors."""
+    """The whole network: [input standardisation] -> SCLM -> context encoders -> AMDM ->
+    cross-modal attention -> classifier (paper, stages 1-3). forward() returns log-probabilities,
+    named losses (when labels are given) and the fused, common and specific vectors."""
 
     def __init__(self, config):
         super().__init__()
