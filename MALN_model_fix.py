@@ -478,7 +478,9 @@ class MALN(nn.Module):
         return losses
 
     def fit_standardizer(self, dialogues):
-        """Set the standardisation statistics from these (training) dialogues; needs config.standardize."""
+        """Set the standardisation statistics from these (training) dialogues."""
+        if self.standardizer is None:
+            raise ValueError("this model was built with standardize=False: it has no statistics to fit")
         for m, standardizer in self.standardizer.items():
             standardizer.fit(torch.cat([d.features[m] for d in dialogues]))
 
