@@ -25,7 +25,6 @@ import torch
 from sklearn.metrics import classification_report, confusion_matrix
 from tqdm import tqdm
 
-import utils
 from dataloader import DataError, collate, load_dataset, require_training_labels, to_device
 from MALN_model_fix import MALN, MALNConfig
 from utils import atomic_write, load_checkpoint, load_model_state, save_checkpoint, scores, set_seed, write_json
@@ -458,12 +457,45 @@ def report(names, labels, predictions):
     print(pd.DataFrame(matrix, index=names, columns=names).to_string())
 
 
+@torch.no_grad()
+def predict(model, feature_set, split="", batch_size=32):
+    """A table with one row per utterance of `split` (every split when empty): split, dialogue_id,
+    position, speaker, the predicted class, its probability, and the gold label ('' where
+    unlabelled). `model` comes from MALN.from_checkpoint, whose checkpoint names the classes;
+    the feature set must have the checkpoint's modalities and feature sizes."""
+    needed, given = model.config.feature_sizes, feature_set.feature_sizes
+    if any(given.get(m) != size for m, size in needed.items()):
+        raise DataError(f"{feature_set.source}: its feature sizes {given} do not fit the checkpoint's {needed}")
+    if split not in ("", *feature_set.splits):
+        raise ValueError(f"the split to predict is one of {', '.join(feature_set.splits)}, or empty for all; got {split!r}")
+    chosen = [(name, d) for name, dialogues in feature_set.splits.items() if split in ("", name) for d in dialogues]
+    if not chosen:
+        raise DataError(f"{feature_set.source}: no {split} dialogue to predict")
+    model.eval()
+    device = next(model.parameters()).device
+    tables = []
+    for start in range(0, len(chosen), batch_size):
+        group = chosen[start:start + batch_size]
+        batch = to_device(collate([d for _, d in group]), device)
+        log_probs = model(batch["features"], batch["speakers"], batch["utterance_mask"], batch["lengths"])["log_probs"]
+        probability, prediction = log_probs.float().exp().max(-1)                                # (B, N) each
+        for b, (name, d) in enumerate(group):
+            tables.append(pd.DataFrame({
+                "split": name, "dialogue_id": d.dialogue_id, "position": range(len(d)),
+                "speaker": d.speaker_names or d.speakers.tolist(),
+                "prediction": [model.checkpoint["class_names"][k] for k in prediction[b, :len(d)].tolist()],
+                "probability": probability[b, :len(d)].tolist(),
+                "label": [feature_set.class_names[k] if k >= 0 else "" for k in d.labels.tolist()],
+            }))
+    return pd.concat(tables, ignore_index=True)
+
+
 def write_predictions(config):
     """--predict=CHECKPOINT: the checkpoint's class and its probability for every utterance, as a CSV."""
     model = MALN.from_checkpoint(config["predict"], resolve_device(config["device"]))
     feature_set = load_dataset(config["dataset"], config["features"], config["av_features"], "".join(model.config.modalities),
                                config["valid_fraction"], config["split_seed"], config["trust_pickle"], config["demo_seed"])
-    table = utils.predict(model, feature_set, config["predict_split"], config["batch_size"])
+    table = predict(model, feature_set, config["predict_split"], config["batch_size"])
     path = config["predictions"] or os.path.join(os.path.dirname(config["predict"]), "predictions.csv")
     atomic_write(path, lambda temporary: table.to_csv(temporary, index=False))
     labelled = table[table["label"] != ""]

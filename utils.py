@@ -1,4 +1,4 @@
-"""What several files of this repository need: seeding, metrics, checkpoint io, and predictions."""
+"""What several files of this repository need: seeding, metrics and checkpoint io. It imports no other file of the repository."""
 
 import json
 import os
@@ -6,7 +6,6 @@ import random
 import tempfile
 
 import numpy as np
-import pandas as pd
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
@@ -73,37 +72,3 @@ def load_model_state(model, state, source):
         raise ValueError(f"{source}: saved by a model of other settings or feature sizes; {len(differences)} "
                          f"difference(s): " + "; ".join(differences[:3]) + ("; ..." if len(differences) > 3 else ""))
     model.load_state_dict(state)
-
-
-@torch.no_grad()
-def predict(model, feature_set, split="", batch_size=32):
-    """A table with one row per utterance of `split` (every split when empty): split, dialogue_id,
-    position, speaker, the predicted class, its probability, and the gold label ('' where
-    unlabelled). `model` comes from MALN.from_checkpoint, whose checkpoint names the classes;
-    the feature set must have the checkpoint's modalities and feature sizes."""
-    from dataloader import DataError, collate, to_device  # here, not at the top: dataloader imports utils
-    needed, given = model.config.feature_sizes, feature_set.feature_sizes
-    if any(given.get(m) != size for m, size in needed.items()):
-        raise DataError(f"{feature_set.source}: its feature sizes {given} do not fit the checkpoint's {needed}")
-    if split not in ("", *feature_set.splits):
-        raise ValueError(f"the split to predict is one of {', '.join(feature_set.splits)}, or empty for all; got {split!r}")
-    chosen = [(name, d) for name, dialogues in feature_set.splits.items() if split in ("", name) for d in dialogues]
-    if not chosen:
-        raise DataError(f"{feature_set.source}: no {split} dialogue to predict")
-    model.eval()
-    device = next(model.parameters()).device
-    tables = []
-    for start in range(0, len(chosen), batch_size):
-        group = chosen[start:start + batch_size]
-        batch = to_device(collate([d for _, d in group]), device)
-        log_probs = model(batch["features"], batch["speakers"], batch["utterance_mask"], batch["lengths"])["log_probs"]
-        probability, prediction = log_probs.float().exp().max(-1)                                # (B, N) each
-        for b, (name, d) in enumerate(group):
-            tables.append(pd.DataFrame({
-                "split": name, "dialogue_id": d.dialogue_id, "position": range(len(d)),
-                "speaker": d.speaker_names or d.speakers.tolist(),
-                "prediction": [model.checkpoint["class_names"][k] for k in prediction[b, :len(d)].tolist()],
-                "probability": probability[b, :len(d)].tolist(),
-                "label": [feature_set.class_names[k] if k >= 0 else "" for k in d.labels.tolist()],
-            }))
-    return pd.concat(tables, ignore_index=True)

@@ -6,7 +6,6 @@ import torch
 import dataloader
 import layouts
 import train_MALN
-import utils
 from dataloader import CLASS_NAMES, SPLITS, DataError, build_features, load_dataset, load_features, split_validation
 from MALN_model_fix import MALN
 
@@ -183,8 +182,8 @@ def test_unlabelled_file_gets_the_same_predictions(trained, tmp_path):
     table, arrays = trained["table"], trained["arrays"]
     build_features(table.assign(label="", split="test"), arrays, tmp_path / "new.pkl")
     model = MALN.from_checkpoint(trained["checkpoint"])
-    new = utils.predict(model, load_features(str(tmp_path / "new.pkl")))
-    known = utils.predict(model, load_features(trained["features"]))
+    new = train_MALN.predict(model, load_features(str(tmp_path / "new.pkl")))
+    known = train_MALN.predict(model, load_features(trained["features"]))
     assert (new["label"] == "").all() and len(new) == len(table)
     joined = new.merge(known, on=["dialogue_id", "position"], validate="one_to_one")
     assert (joined["prediction_x"] == joined["prediction_y"]).all()
