@@ -9,10 +9,20 @@ the data flows through them:
     specific / common encoders, gradient reversal, modality discriminator, orthogonality)
     ->  cross-modal attention  ->  emotion classifier (stage 3)
 
+The layers are the authors' release (github rmjrmj/MALN, commit 7ff1318), and
+MALN.from_release loads its weights: with `sclm_mode="release"` and padding-free dialogues this
+model computes what the release computes (tests/test_release.py). What differs is corrected on
+purpose and holds for every setting: padding is excluded everywhere (attention keys, the GRUs
+run on packed sequences, the losses), SCLM's release mode works for any number of parties, a
+single-modality run does not fuse its common vector twice. Options that are not the release's
+(input standardisation, the paper's per-party SCLM) are switches of MALNConfig.
+
 Modalities are named 't' (text), 'a' (audio) and 'v' (visual); any non-empty subset runs.
 Feature sizes and the class count come from the data through MALNConfig.
 """
 
+import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -32,7 +42,7 @@ class MALNConfig:
     max_positions: int = 128        # longest dialogue + 1 ([CLS]) the position table holds
     standardize: bool = False       # standardise each input dimension with training-set statistics (not in the release)
     # stage 1: speaker-characteristic learning module
-    sclm_mode: str = "speaker"      # 'speaker' (per-party, the paper), 'release' (two whole-dialogue Transformers), 'off'
+    sclm_mode: str = "release"      # 'release' (two whole-dialogue Transformers), 'speaker' (per-party, the paper), 'off'
     sclm_layers: int = 1
     sclm_heads: int = 1
     sclm_feedforward: int = 128
@@ -41,6 +51,7 @@ class MALNConfig:
     # context encoders
     gru_layers: int = 2
     context_hidden: int = 0         # GRU hidden size; 0 = the modality's input size (released)
+    context_dropout: float = 0.5    # between the GRU layers and on the context output (released: GRUModel's 0.5)
     # stage 2: adversarial multimodal decomposition module
     hidden_size: int = 100          # size of specific and common vectors
     specific_dropout: float = 0.1
@@ -53,9 +64,8 @@ class MALNConfig:
     cross_attention: bool = True    # cross-modal attention on/off
     cross_input: str = "common"     # 'common' (the release) or 'specific' (the paper's wording)
     cross_heads: int = 4
-    cross_feedforward: int = 200
     # stage 3 and shared
-    dropout: float = 0.66           # classifier, context and cross-attention dropout
+    dropout: float = 0.66           # classifier, unimodal classifiers and cross-modal attention (released: 0.66)
     # loss weights (released)
     unimodal_weight: float = 0.1
     adversarial_weight: float = 0.01
@@ -100,35 +110,36 @@ class Standardizer(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head scaled dot-product attention with a boolean `allowed` mask (True = may attend)."""
+    """Multi-head scaled dot-product attention as released: query, key and value projections,
+    dropout on the attention weights, no output projection. `allowed` is a boolean mask
+    (True = may attend); the release has none, so it also attends to padding."""
 
     def __init__(self, size, heads, dropout):
         super().__init__()
         assert size % heads == 0, f"size {size} is not divisible by {heads} heads"
         self.heads, self.dropout = heads, dropout
-        self.query = nn.Linear(size, size)
-        self.key_value = nn.Linear(size, 2 * size)
-        self.out = nn.Linear(size, size)
+        self.query, self.key, self.value = nn.Linear(size, size), nn.Linear(size, size), nn.Linear(size, size)
 
     def forward(self, queries, keys, allowed):
         # queries (B, Lq, D), keys (B, Lk, D), allowed (B, Lq, Lk) or (B, 1, Lk)
         B, Lq, D = queries.shape
         q = self.query(queries).view(B, Lq, self.heads, D // self.heads).transpose(1, 2)   # (B, H, Lq, D/H)
-        k, v = self.key_value(keys).view(B, -1, 2, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # (B, H, Lk, D/H) each
+        k = self.key(keys).view(B, -1, self.heads, D // self.heads).transpose(1, 2)        # (B, H, Lk, D/H)
+        v = self.value(keys).view(B, -1, self.heads, D // self.heads).transpose(1, 2)      # (B, H, Lk, D/H)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed.unsqueeze(1),
                                            dropout_p=self.dropout if self.training else 0.0)
-        return self.out(y.transpose(1, 2).reshape(B, Lq, D))                               # (B, Lq, D)
+        return y.transpose(1, 2).reshape(B, Lq, D)                                         # (B, Lq, D)
 
 
 class EncoderLayer(nn.Module):
-    """Post-LayerNorm Transformer encoder layer (attention and ReLU feed-forward, residuals)."""
+    """Post-LayerNorm encoder layer as released: attention, then `feedforward`, each with dropout,
+    residual and LayerNorm."""
 
-    def __init__(self, size, heads, feedforward, dropout):
+    def __init__(self, size, heads, dropout, feedforward):
         super().__init__()
         self.attention = Attention(size, heads, dropout)
         self.norm1, self.norm2 = nn.LayerNorm(size), nn.LayerNorm(size)
-        self.feedforward = nn.Sequential(nn.Linear(size, feedforward), nn.ReLU(), nn.Dropout(dropout),
-                                         nn.Linear(feedforward, size))
+        self.feedforward = feedforward
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x, allowed, n_queries=None):
@@ -140,7 +151,8 @@ class EncoderLayer(nn.Module):
 
 
 class SpeakerTransformer(nn.Module):
-    """The Transformer of SCLM: input LayerNorm, learned [CLS] and positions, encoder layers.
+    """The Transformer of SCLM as released: learned [CLS] and positions, input LayerNorm, encoder
+    layers each with an outer residual (x + layer(x)).
 
     Reads `n_summaries` [CLS] tokens followed by the utterances and returns the [CLS] outputs;
     the last layer computes only those rows, since nothing reads the utterance rows after it.
@@ -148,13 +160,13 @@ class SpeakerTransformer(nn.Module):
 
     def __init__(self, size, config):
         super().__init__()
-        self.cls = nn.Parameter(torch.zeros(size))
+        self.cls = nn.Parameter(torch.randn(size))                                          # N(0, 1), as released
         self.positions = nn.Embedding(config.max_positions, size)
         self.norm = nn.LayerNorm(size)
-        self.layers = nn.ModuleList(EncoderLayer(size, config.sclm_heads, config.sclm_feedforward, config.sclm_dropout)
-                                    for _ in range(config.sclm_layers))
-        self.dropout = nn.Dropout(config.sclm_dropout)
-        nn.init.normal_(self.cls, std=0.02)
+        self.layers = nn.ModuleList(
+            EncoderLayer(size, config.sclm_heads, config.sclm_dropout,
+                         nn.Sequential(nn.Linear(size, config.sclm_feedforward), nn.ReLU(), nn.Linear(config.sclm_feedforward, size)))
+            for _ in range(config.sclm_layers))
 
     def forward(self, features, n_summaries, allowed):
         # features (B, N, D); allowed (B, S+N, S+N) over the token sequence [CLS x S ; utterances]
@@ -163,20 +175,22 @@ class SpeakerTransformer(nn.Module):
             raise ValueError(f"a dialogue of {N} utterances exceeds max_positions={self.positions.num_embeddings}")
         position = self.positions(torch.arange(N + 1, device=features.device))          # (N+1, D)
         summaries = (self.cls + position[0]).expand(B, n_summaries, D)                  # (B, S, D)
-        x = self.dropout(self.norm(torch.cat([summaries, features + position[1:]], dim=1)))  # (B, S+N, D)
+        x = self.norm(torch.cat([summaries, features + position[1:]], dim=1))           # (B, S+N, D)
         for i, layer in enumerate(self.layers):
-            x = layer(x, allowed, n_queries=n_summaries if i == len(self.layers) - 1 else None)
+            n_queries = n_summaries if i == len(self.layers) - 1 else None
+            x = (x if n_queries is None else x[:, :n_queries]) + layer(x, allowed, n_queries)
         return x                                                                         # (B, S, D)
 
 
 class SCLM(nn.Module):
     """Speaker-characteristic learning module (paper, stage 1), one per modality.
 
-    'speaker': one [CLS] per party, attending only over that party's own utterances
-    (padding and other parties masked), so every utterance gets the vector of its own
-    speaker, for any number of parties. 'release': the authors' variant, two Transformers
-    ("speaker", "listener") that both read the whole dialogue; party 0 takes the first
-    summary, every other party the second. The summary is projected to `speaker_size`.
+    'release': the authors' module, two Transformers that both read the whole dialogue (padding
+    masked); party 0 takes the first one's summary (the release's `*_Lisener`), party 1 the
+    second's (`*_Speaker`), and so does every further party (the release would scale the second
+    summary by the party index). 'speaker': the paper's intent, one [CLS] per party attending only
+    over that party's own utterances, so every utterance gets its own speaker's vector, for any
+    number of parties. The summary is projected to `speaker_size`.
     """
 
     def __init__(self, size, config):
@@ -192,14 +206,14 @@ class SCLM(nn.Module):
         if self.mode == "speaker":
             party = torch.where(utterance_mask, speakers, -1)                                   # (B, N), padding = -1
             token_party = torch.cat([torch.arange(n_parties, device=speakers.device).expand(B, -1), party], 1)  # (B, P+N)
-            speaker_mask = token_party.unsqueeze(2) == token_party.unsqueeze(1)                 # (B, P+N, P+N)
-            summaries = self.transformers[0](features, n_parties, speaker_mask)                # (B, P, D)
+            same_party = token_party.unsqueeze(2) == token_party.unsqueeze(1)                   # (B, P+N, P+N)
+            summaries = self.transformers[0](features, n_parties, same_party)                  # (B, P, D)
             vectors = torch.gather(summaries, 1, speakers.unsqueeze(-1).expand(-1, -1, summaries.size(-1)))  # (B, N, D)
         else:
-            keys = torch.cat([utterance_mask.new_ones(B, 1), utterance_mask], 1)               # (B, 1+N)
-            allowed = keys.unsqueeze(1).expand(B, N + 1, N + 1)
-            speaker, listener = (t(features, 1, allowed) for t in self.transformers)          # (B, 1, D) each
-            vectors = torch.where((speakers == 0).unsqueeze(-1), speaker, listener)            # (B, N, D)
+            real_tokens = torch.cat([utterance_mask.new_ones(B, 1), utterance_mask], 1)        # (B, 1+N)
+            allowed = real_tokens.unsqueeze(1).expand(B, N + 1, N + 1)
+            first, second = (t(features, 1, allowed) for t in self.transformers)              # (B, 1, D) each
+            vectors = torch.where((speakers == 0).unsqueeze(-1), first, second)                # (B, N, D)
         return self.project(vectors)                                                           # (B, N, speaker_size)
 
 
@@ -276,7 +290,8 @@ def reversed_rows(batch_sizes):
 
 def packed_bidirectional_gru(gru, data, batch_sizes):
     """A bidirectional nn.GRU over packed rows with its own weights, for cpu: input matmuls over
-    all rows at once, then GRURecurrence. data (n, I), batch_sizes (T,) cpu -> (n, 2G)."""
+    all rows at once, then GRURecurrence; dropout between layers as nn.GRU applies it.
+    data (n, I), batch_sizes (T,) cpu -> (n, 2G)."""
     reverse = reversed_rows(batch_sizes).to(data.device)
     sizes = batch_sizes.tolist()
     for layer in range(gru.num_layers):
@@ -287,19 +302,23 @@ def packed_bidirectional_gru(gru, data, batch_sizes):
         hidden = GRURecurrence.apply(gates, torch.stack([weights[2], weights[6]]), torch.stack([weights[3], weights[7]]), sizes)
         in_order, reversed_hidden = hidden.unbind(0)                                                      # (n, G) each
         data = torch.cat([in_order, reversed_hidden[reverse]], -1)                                        # (n, 2G)
+        if layer < gru.num_layers - 1:
+            data = F.dropout(data, gru.dropout, gru.training)
     return data
 
 
 class ContextEncoder(nn.Module):
-    """Context encoder (paper, stage 1 input to AMDM): a bidirectional GRU over the dialogue,
-    then Linear back to the input size, ReLU and dropout. Runs on packed sequences, so no
-    work is done on padding: cuDNN's GRU on cuda, packed_bidirectional_gru on cpu."""
+    """Context encoder (the release's GRUModel): a bidirectional GRU over the dialogue, dropout
+    between its layers, then Linear back to the input size, ReLU and dropout. Runs on packed
+    sequences, so no work is done on padding and padding does not reach the backward direction:
+    cuDNN's GRU on cuda, packed_bidirectional_gru on cpu."""
 
     def __init__(self, size, config):
         super().__init__()
         hidden = config.context_hidden or size
-        self.gru = nn.GRU(size, hidden, num_layers=config.gru_layers, bidirectional=True, batch_first=True)
-        self.project = nn.Sequential(nn.Linear(2 * hidden, size), nn.ReLU(), nn.Dropout(config.dropout))
+        self.gru = nn.GRU(size, hidden, num_layers=config.gru_layers, bidirectional=True, batch_first=True,
+                          dropout=config.context_dropout if config.gru_layers > 1 else 0.0)
+        self.project = nn.Sequential(nn.Linear(2 * hidden, size), nn.ReLU(), nn.Dropout(config.context_dropout))
 
     def forward(self, features, lengths):
         # features (B, N, D), lengths (B,) on cpu
@@ -326,11 +345,11 @@ class GradientReversal(torch.autograd.Function):
 
 
 def difference_loss(a, b, utterance_mask):
-    """Sum over dialogues of ||A B^T||_F^2 over real utterances, as the Gram product
-    sum((A^T A) * (B^T B)), which costs (N x D^2) instead of (N^2 x D)."""
+    """The release's orthogonality loss, mean over dialogues of ||A B^T||_F^2, over real utterances
+    only; computed as the Gram product sum((A^T A) * (B^T B)), which costs (N x D^2), not (N^2 x D)."""
     mask = utterance_mask.unsqueeze(-1).to(a.dtype)
     a, b = a * mask, b * mask                                              # (B, N, D), padding zeroed
-    return ((a.transpose(1, 2) @ a) * (b.transpose(1, 2) @ b)).sum()
+    return ((a.transpose(1, 2) @ a) * (b.transpose(1, 2) @ b)).sum((1, 2)).mean()
 
 
 class AMDM(nn.Module):
@@ -363,7 +382,8 @@ class AMDM(nn.Module):
         return specific, common, unimodal
 
     def adversarial_losses(self, specific, common, utterance_mask):
-        """Cross-entropy of the modality discriminator on specific and (reversed) common vectors."""
+        """Cross-entropy of the modality discriminator on specific and (reversed) common vectors,
+        summed over the modalities; the target of modality m is its index in config.modalities."""
         real = utterance_mask.reshape(-1)
         losses = {}
         for name, vectors, scale in (("adversarial_specific", specific, None), ("adversarial_common", common, self.config.gradient_reversal)):
@@ -386,10 +406,11 @@ class AMDM(nn.Module):
 
 
 class CrossModalAttention(nn.Module):
-    """Cross-modal attention layer of AMDM (paper, stage 2). The first modality (text when
-    present) attends to the projected concatenation of the others and they attend to it;
-    the two results (2H) pass self-attention and a ReLU feed-forward, each with residual and
-    LayerNorm. With `enabled=False` (ablation) the two inputs are only concatenated."""
+    """Cross-modal attention layer of AMDM (paper, stage 2; the release's CrossAttentionLayer).
+    The first modality (text when present) attends to the projected concatenation of the others
+    and they attend to it; the two results (2H) pass self-attention and a ReLU feed-forward,
+    each with residual and LayerNorm. With `enabled=False` (ablation) the two inputs are only
+    concatenated."""
 
     def __init__(self, config):
         super().__init__()
@@ -399,7 +420,7 @@ class CrossModalAttention(nn.Module):
         if self.enabled:
             self.to_others = Attention(H, config.cross_heads, config.dropout)
             self.from_others = Attention(H, config.cross_heads, config.dropout)
-            self.fuse = EncoderLayer(2 * H, config.cross_heads, config.cross_feedforward, config.dropout)
+            self.fuse = EncoderLayer(2 * H, config.cross_heads, config.dropout, nn.Sequential(nn.Linear(2 * H, 2 * H), nn.ReLU()))
 
     def forward(self, primary, others, utterance_mask):
         # primary (B, N, H); others list of (B, N, H)
@@ -413,8 +434,9 @@ class CrossModalAttention(nn.Module):
 
 class MALN(nn.Module):
     """The whole network: [input standardisation] -> SCLM -> context encoders -> AMDM ->
-    cross-modal attention -> classifier (paper, stages 1-3). forward() returns log-probabilities,
-    named losses (when labels are given) and the fused, common and specific vectors."""
+    cross-modal attention -> classifier (paper, stages 1-3). forward() returns log-probabilities
+    (fused and unimodal), named losses (when labels are given) and the fused, common and
+    specific vectors."""
 
     def __init__(self, config):
         super().__init__()
@@ -426,8 +448,15 @@ class MALN(nn.Module):
         self.amdm = AMDM(config)
         H = config.hidden_size
         self.cross = CrossModalAttention(config) if len(sizes) > 1 else None
-        fused_size = 3 * H if self.cross is not None else 2 * H
-        self.classifier = nn.Sequential(nn.Linear(fused_size, H), nn.ReLU(), nn.Dropout(config.dropout), nn.Linear(H, config.n_classes))
+        self.classifier = nn.Sequential(nn.Linear(self.fused_size(), H), nn.ReLU(), nn.Dropout(config.dropout), nn.Linear(H, config.n_classes))
+
+    def fused_size(self):
+        """[cross-modal output (2H) ; commonality (H)]; with one modality the commonality alone, or
+        beside the specific vector when cross_input is 'specific'."""
+        H = self.config.hidden_size
+        if self.cross is not None:
+            return 3 * H
+        return 2 * H if self.config.cross_input == "specific" else H
 
     def forward(self, features, speakers, utterance_mask, lengths, labels=None, class_weights=None):
         """features {m: (B, N, D_m)}, speakers (B, N) party index, utterance_mask (B, N) bool,
@@ -446,11 +475,13 @@ class MALN(nn.Module):
         first, *rest = self.config.modalities
         if self.cross is not None:
             diversity = self.cross(cross_inputs[first], [cross_inputs[m] for m in rest], utterance_mask)  # (B, N, 2H)
+            fused = torch.cat([diversity, commonality], -1)                                         # (B, N, 3H)
+        elif self.config.cross_input == "specific":
+            fused = torch.cat([specific[first], commonality], -1)                                   # (B, N, 2H)
         else:
-            diversity = cross_inputs[first]                                                         # (B, N, H)
-        fused = torch.cat([diversity, commonality], -1)                                            # (B, N, 3H) or (B, N, 2H)
+            fused = commonality                                                                     # (B, N, H)
         log_probs = F.log_softmax(self.classifier(fused), -1)                                       # (B, N, C)
-        output = {"log_probs": log_probs, "fused": fused, "common": common, "specific": specific}
+        output = {"log_probs": log_probs, "unimodal": unimodal, "fused": fused, "common": common, "specific": specific}
         if labels is not None:
             output["losses"] = self.losses(log_probs, unimodal, specific, common, utterance_mask, labels, class_weights)
         return output
@@ -501,5 +532,89 @@ class MALN(nn.Module):
         model.checkpoint = {k: v for k, v in checkpoint.items() if k not in ("model", "optimizer")}
         return model.to(map_location).eval()
 
+    @classmethod
+    def from_release(cls, source, max_positions=128, **settings):
+        """A ready model in eval mode that computes what the authors' release computes, from the
+        state dict of the release's MALN: a dict, or the path of a torch.save file holding one,
+        bare or as {'model_state_dict': ...} (what the release's train script saves). Feature
+        sizes, the class count and the layer sizes are read from the tensors; position tables
+        are cut to `max_positions` rows; the release's unused modules are ignored. `settings`
+        change other MALNConfig fields (the heads, which the tensors do not tell, or dropouts)."""
+        name = source if isinstance(source, (str, os.PathLike)) else "the release state dict"
+        state = load_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
+        if isinstance(state, dict) and isinstance(state.get("model_state_dict"), dict):
+            state = state["model_state_dict"]
+        if not isinstance(state, dict):
+            raise ValueError(f"{name}: not a state dict of the release's MALN")
+        missing = [key for key in RELEASE_REQUIRED_KEYS if key not in state]
+        if missing:
+            raise ValueError(f"{name}: not a state dict of the release's MALN (no {missing[0]!r})")
+        sizes = {m: state[f"{RELEASE_NAMES[m][0]}TopicFc.weight"].shape[1] for m in MODALITY_ORDER}
+        transformer = "Text_Topic_Transformer_Speaker.encoder.layers."
+        config = MALNConfig(**{
+            "feature_sizes": sizes, "n_classes": state["fc.3.weight"].shape[0],
+            "max_positions": min(max_positions, state["Text_Topic_Transformer_Speaker.pos_encoder.weight"].shape[0]),
+            "sclm_mode": "release", "speaker_size": state["TextTopicFc.weight"].shape[0],
+            "sclm_layers": len({key[len(transformer):].split(".")[0] for key in state if key.startswith(transformer)}),
+            "sclm_feedforward": state[transformer + "0.fc.0.weight"].shape[0],
+            "context_hidden": state["TexGRU.gru.weight_hh_l0"].shape[1] if state["TexGRU.gru.weight_hh_l0"].shape[1] != sizes["t"] else 0,
+            "hidden_size": state["fc_text.0.weight"].shape[0],
+            "discriminator_hidden": state["modal_discriminator.0.weight"].shape[0], **settings})
+        model = cls(config)
+        mapped = {}
+        for key, own in model.state_dict().items():
+            release = release_key(key)
+            if release not in state:
+                raise ValueError(f"{name}: not a state dict of the release's MALN (no {release!r})")
+            value = state[release]
+            if key.endswith(".cls"):
+                value = value.reshape(-1)                                                     # (1, 1, D) -> (D,)
+            elif key.endswith("positions.weight"):
+                value = value[:config.max_positions]
+            elif key.startswith("amdm.discriminator.3."):
+                value = value[[RELEASE_MODALITY_INDEX[m] for m in config.modalities]]         # the release's rows are t, v, a
+            mapped[key] = value
+        load_model_state(model, mapped, name)
+        return model.eval()
+
     def model_args(self):
         return asdict(self.config)
+
+
+# ----------------------------------------------------------------------------- the release's key names
+RELEASE_NAMES = {  # modality -> (Transformer / projection prefix, GRUModel, encoder suffix, unimodal classifier)
+    "t": ("Text", "TexGRU", "text", "fc_text"),
+    "a": ("Acoustic", "AcousticGRU", "acoustic", "fc_audio"),
+    "v": ("Visual", "VisualGRU", "visual", "fc_visual"),
+}
+RELEASE_MODALITY_INDEX = {"t": 0, "v": 1, "a": 2}  # the release's modality-discriminator targets
+RELEASE_REQUIRED_KEYS = ["fc.3.weight", "modal_discriminator.3.weight", "av_fc.weight", "TexGRU.gru.weight_hh_l0",
+                         "fc_text.0.weight", "Text_Topic_Transformer_Speaker.pos_encoder.weight",
+                         "Text_Topic_Transformer_Speaker.encoder.layers.0.fc.0.weight",
+                         *(f"{names[0]}TopicFc.weight" for names in RELEASE_NAMES.values())]
+
+
+def release_prefixes():
+    """This model's state-dict prefixes -> the release's (its layers are named differently)."""
+    prefixes = {"amdm.shared_common.": "common_feature_extractor_share.", "amdm.discriminator.": "modal_discriminator.",
+                "cross.project_others.": "av_fc.", "cross.to_others.": "L_AV.layers.0.src_cross_attention.",
+                "cross.from_others.": "L_AV.layers.0.context_cross_attention.", "cross.fuse.": "L_AV.layers.0.",
+                "classifier.": "fc."}
+    for m, (name, gru, encoder, unimodal) in RELEASE_NAMES.items():
+        for index, party in enumerate(("Lisener", "Speaker")):                     # party 0 takes the release's Lisener
+            transformer = f"{name}_Topic_Transformer_{party}."
+            prefixes.update({f"sclm.{m}.transformers.{index}.layers.": transformer + "encoder.layers.",
+                             f"sclm.{m}.transformers.{index}.cls": transformer + "cls_token",
+                             f"sclm.{m}.transformers.{index}.positions.": transformer + "pos_encoder.",
+                             f"sclm.{m}.transformers.{index}.norm.": transformer + "norm."})
+        prefixes.update({f"sclm.{m}.project.": f"{name}TopicFc.", f"context.{m}.gru.": f"{gru}.gru.",
+                         f"context.{m}.project.0.": f"{gru}.linear.", f"amdm.specific.{m}.": f"specific_feature_extractor_{encoder}.",
+                         f"amdm.common.{m}.": f"common_feature_extractor_{encoder}.", f"amdm.unimodal.{m}.": f"{unimodal}."})
+    return prefixes
+
+
+def release_key(key):
+    """The release's name of this model's state-dict entry `key`."""
+    prefix = next(p for p in sorted(release_prefixes(), key=len, reverse=True) if key.startswith(p))
+    rest = re.sub(r"(^|\.)attention\.", r"\1self_attention.", key[len(prefix):])
+    return release_prefixes()[prefix] + re.sub(r"(^|\.)feedforward\.", r"\1fc.", rest)

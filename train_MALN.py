@@ -7,6 +7,7 @@ demo set. Every hyperparameter below can be overridden on the command line:
     python train_MALN.py --dataset=IEMOCAP --modalities=t --seeds=1,2,3
     python train_MALN.py --predict=saved_models/RUN/best.pt --features=Features/mydata.pkl
     python train_MALN.py --resume=saved_models/<run>     # continue an interrupted run
+    python train_MALN.py --from_release=release.pkl --dataset=IEMOCAP --run_name=release   # the authors' weights
 
 The epoch is selected on validation weighted-F1 and test is reported at that epoch; the
 release's optimistic figure (best test epoch) is printed too, labelled as such.
@@ -25,7 +26,7 @@ import torch
 from sklearn.metrics import classification_report, confusion_matrix
 from tqdm import tqdm
 
-from dataloader import DataError, collate, load_dataset, require_training_labels, to_device
+from dataloader import CLASS_NAMES, DataError, collate, load_dataset, require_training_labels, to_device
 from MALN_model_fix import MALN, MALNConfig
 from utils import atomic_write, load_checkpoint, load_model_state, save_checkpoint, scores, set_seed, write_json
 
@@ -42,7 +43,7 @@ trust_pickle = False        # load feature pickles without the restricted unpick
 # model: input
 standardize = True          # standardise every feature dimension with training-set statistics (released: False)
 # model: SCLM
-sclm_mode = "speaker"       # 'speaker' (per-party, the paper), 'release' (two whole-dialogue Transformers), 'off'
+sclm_mode = "speaker"       # 'speaker' (per-party, the paper), 'release' (two whole-dialogue Transformers, released), 'off'
 sclm_layers = 1             # Transformer layers of SCLM
 sclm_heads = 1              # attention heads of SCLM
 sclm_feedforward = 128      # feed-forward size of SCLM
@@ -51,6 +52,7 @@ speaker_size = 100          # projected speaker-characteristic vector
 # model: context encoders
 gru_layers = 2              # bidirectional GRU layers
 context_hidden = 0          # GRU hidden size; 0 = the modality's feature size (released)
+context_dropout = 0.5       # dropout between the GRU layers and on the context encoder's output (released: 0.5)
 # model: AMDM
 hidden_size = 100           # specific and common vector size
 specific_dropout = 0.1      # dropout of the specific encoders
@@ -63,8 +65,7 @@ orthogonality = True        # orthogonality (difference) losses
 cross_attention = True      # cross-modal attention (False: plain concatenation)
 cross_input = "common"      # vectors fed to cross-modal attention: 'common' (release) or 'specific' (paper's wording)
 cross_heads = 4             # heads of the cross-modal attention
-cross_feedforward = 200     # feed-forward size after the cross-modal attention
-dropout = 0.3               # classifier, context-encoder and cross-attention dropout (released: 0.66)
+dropout = 0.3               # dropout of the classifiers and the cross-modal attention (released: 0.66)
 # loss
 unimodal_weight = 0.1       # weight of the unimodal auxiliary classification losses
 adversarial_weight = 0.01   # weight of the adversarial losses
@@ -77,6 +78,8 @@ bucket_batches = False      # training batches of similar-length dialogues (shuf
 learning_rate = 5e-4        # Adam learning rate (released: 4e-4, constant)
 lr_schedule = "cosine"      # 'cosine' (decays to zero over the epochs) or 'constant' (released)
 weight_decay = 3e-5         # Adam weight decay
+reseed_every_epoch = False  # reset every RNG to `seed` before each epoch, as the release does: the same batch order
+                            # and dropout masks every epoch (released: True)
 seed = 100                  # training seed
 seeds = ""                  # several seeds, e.g. '1,2,3': one run each, then mean and std
 device = "auto"             # 'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ...
@@ -89,11 +92,15 @@ export_features = True      # write fused, common and specific vectors of the se
 predict = ""                # checkpoint to predict with: writes the class of every utterance as a CSV, no training
 predictions = ""            # path of that CSV; empty = predictions.csv beside the checkpoint
 predict_split = ""          # 'train', 'valid' or 'test' of the data; empty = every dialogue
+# the authors' trained model as a checkpoint of this repository, instead of training
+from_release = ""           # a torch.save file of the release's MALN state dict: written as out_dir/run_name/best.pt
+class_names = ""            # its class names in order, comma-separated; empty = the names of --dataset
 # named groups of settings, applied under the command line: --preset=released gives the authors' values
 preset = ""                 # '' (the values above), 'released' or 'demo' (the default with --dataset=demo)
 PRESETS = {
-    "released": {"standardize": False, "epochs": 60, "batch_size": 32, "learning_rate": 4e-4, "lr_schedule": "constant",
-                 "dropout": 0.66},
+    "released": {"standardize": False, "sclm_mode": "release", "context_dropout": 0.5, "dropout": 0.66, "epochs": 60,
+                 "batch_size": 32, "learning_rate": 4e-4, "lr_schedule": "constant", "weight_decay": 3e-5,
+                 "reseed_every_epoch": True},
     "demo": {"epochs": 15, "batch_size": 16, "learning_rate": 2e-3},  # the small synthetic set: about 1.5 minutes on 2 cores
 }
 resume = ""                 # run directory of an interrupted run: continue it from its last.pt
@@ -112,11 +119,11 @@ CONSTRAINTS = {  # name -> (what a valid value is, test of the value given the w
     "cross_input": ("'common' or 'specific'", lambda v, c: v in ("common", "specific")),
     **{name: (">= 1", lambda v, c: v >= 1) for name in ("sclm_layers", "sclm_heads", "sclm_feedforward", "speaker_size",
                                                         "gru_layers", "hidden_size", "discriminator_hidden",
-                                                        "cross_feedforward", "epochs", "batch_size")},
+                                                        "epochs", "batch_size")},
     "cross_heads": (">= 1 and divide hidden_size", lambda v, c: v >= 1 and c["hidden_size"] % v == 0),
     "context_hidden": (">= 0 (0 = the feature size)", lambda v, c: v >= 0),
-    **{name: ("in [0, 1)", lambda v, c: 0 <= v < 1) for name in ("sclm_dropout", "specific_dropout", "common_dropout",
-                                                               "discriminator_dropout", "dropout")},
+    **{name: ("in [0, 1)", lambda v, c: 0 <= v < 1) for name in ("sclm_dropout", "context_dropout", "specific_dropout",
+                                                               "common_dropout", "discriminator_dropout", "dropout")},
     **{name: (">= 0 and finite", lambda v, c: 0 <= v < float("inf")) for name in ("gradient_reversal", "unimodal_weight",
                                                                                   "adversarial_weight", "orthogonality_weight",
                                                                                   "weight_decay")},
@@ -257,7 +264,7 @@ def summarise(loss, labels, predictions):
 
 @torch.no_grad()
 def evaluate(model, batches, device, amp, class_weights, keep_vectors=False):
-    """Loss and scores over the batches; with keep_vectors, also every real utterance's
+    """Loss (the fused output's NLL, as the release reports it) and scores over the batches; with keep_vectors, also every real utterance's
     fused, common and specific vectors, dialogue id, position, label and prediction."""
     model.eval()
     total, labels, predictions, vectors = [], [], [], []
@@ -266,7 +273,7 @@ def evaluate(model, batches, device, amp, class_weights, keep_vectors=False):
         with autocast(device, amp):
             output = model(batch["features"], batch["speakers"], batch["utterance_mask"], batch["lengths"],
                            batch["labels"], class_weights)
-        total.append(output["losses"]["total"].float() * batch["utterance_mask"].sum())
+        total.append(output["losses"]["classification"].float() * batch["utterance_mask"].sum())
         labels.append(batch["labels"].reshape(-1))
         predictions.append(output["log_probs"].argmax(-1).reshape(-1))
         if keep_vectors:
@@ -337,6 +344,9 @@ def run(config, feature_set=None):
         epoch_start = time.time()
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(epoch, config)
+        if config["reseed_every_epoch"]:
+            set_seed(config["seed"])
+            generator.manual_seed(config["seed"])
         train_batches = make_batches(feature_set.splits["train"], config["batch_size"], generator, config["bucket_batches"])
         try:
             train = train_epoch(model, optimizer, train_batches, device, config["amp"], weights)
@@ -503,8 +513,32 @@ def write_predictions(config):
     print(f"wrote {len(table)} predictions to {path} ({len(labelled)} utterances labelled{accuracy})")
 
 
+def convert_release(config):
+    """--from_release=FILE: the release's trained MALN as out_dir/run_name/best.pt, which --predict,
+    MALN.from_checkpoint and the exports accept."""
+    model = MALN.from_release(config["from_release"])
+    names = [name.strip() for name in config["class_names"].split(",")] if config["class_names"] \
+        else CLASS_NAMES.get(config["dataset"], [])
+    if len(names) != model.config.n_classes or not all(names):
+        raise SystemExit(f"--class_names: {config['from_release']} has {model.config.n_classes} classes; name them in "
+                         f"order, e.g. --class_names=hap,sad,neu,ang,exc,fru (IEMOCAP's)")
+    path = os.path.join(config["out_dir"], config["run_name"] or "release", "best.pt")
+    if os.path.exists(path):
+        raise SystemExit(f"{path} exists; choose another --run_name")
+    save_checkpoint({"model": model.state_dict(), "model_args": model.model_args(), "config": config,
+                     "class_names": names, "epoch": None, "metrics": {}, "release_file": config["from_release"]}, path)
+    print(f"wrote {path}: the release's model ({model.n_parameters() / 1e6:.2f}M parameters, feature sizes "
+          f"{model.config.feature_sizes}, classes {', '.join(names)})")
+
+
 def main(argv):
     config = parse_overrides(argv)
+    if config["from_release"]:
+        try:
+            convert_release(config)
+        except (FileNotFoundError, ValueError) as error:
+            raise SystemExit(f"error: {error}") from None
+        return
     if config["predict"]:
         try:
             write_predictions(config)

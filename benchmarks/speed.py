@@ -97,12 +97,13 @@ def linear(n_rows, n_in, n_out):
 
 
 def attention_flops(n_queries, n_keys, size, feedforward):
-    """One post-LN encoder layer for n_queries rows over n_keys real keys: query, key/value,
-    output projections, scores and weighted sum, feed-forward (biases, softmax, norms ignored)."""
-    projections = linear(n_queries, size, size) + linear(n_keys, size, 2 * size) + linear(n_queries, size, size)
+    """Attention for n_queries rows over n_keys real keys: query, key and value projections (the
+    release's attention has no output projection), scores and weighted sum (biases, softmax and
+    norms ignored), then a feed-forward of these widths (size -> ... -> size), if any."""
+    projections = linear(n_queries, size, size) + linear(n_keys, size, 2 * size)
     scores = 2 * linear(n_queries, size, n_keys)          # Q K^T and A V
-    return projections + scores + (linear(n_queries, size, feedforward) + linear(n_queries, feedforward, size)
-                                   if feedforward else 0)
+    widths = [size, *feedforward]
+    return projections + scores + sum(linear(n_queries, a, b) for a, b in zip(widths, widths[1:]))
 
 
 def dialogue_flops(config, n, n_parties):
@@ -128,8 +129,8 @@ def dialogue_flops(config, n, n_parties):
         if config.sclm_mode != "off":
             groups = [n // n_parties] * n_parties if config.sclm_mode == "speaker" else [n, n]   # utterances per [CLS]
             for group in groups:
-                total += (config.sclm_layers - 1) * attention_flops(group + 1, group + 1, D, config.sclm_feedforward)
-                total += attention_flops(1, group + 1, D, config.sclm_feedforward)
+                total += (config.sclm_layers - 1) * attention_flops(group + 1, group + 1, D, (config.sclm_feedforward, D))
+                total += attention_flops(1, group + 1, D, (config.sclm_feedforward, D))
             total += linear(n, D, S)
         extra = S if config.sclm_mode != "off" else 0
         total += 2 * linear(n, D + extra, H) + linear(n, H, H) + linear(n, H, H) + linear(n, H, C)
@@ -140,8 +141,8 @@ def dialogue_flops(config, n, n_parties):
     if M > 1:
         total += linear(n, H * (M - 1), H)
         if config.cross_attention:
-            total += 2 * attention_flops(n, n, H, 0) + attention_flops(n, n, 2 * H, config.cross_feedforward)
-    fused = 3 * H if M > 1 else 2 * H
+            total += 2 * attention_flops(n, n, H, ()) + attention_flops(n, n, 2 * H, (2 * H,))
+    fused = 3 * H if M > 1 else (2 * H if config.cross_input == "specific" else H)
     return total + linear(n, fused, H) + linear(n, H, C)
 
 

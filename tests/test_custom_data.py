@@ -10,7 +10,7 @@ from dataloader import CLASS_NAMES, SPLITS, DataError, build_features, load_data
 from MALN_model_fix import MALN
 
 CLASSES = ["angry", "calm", "happy"]
-TINY = ["--hidden_size=16", "--speaker_size=8", "--cross_feedforward=32", "--discriminator_hidden=8",
+TINY = ["--hidden_size=16", "--speaker_size=8", "--discriminator_hidden=8",
         "--sclm_feedforward=16", "--batch_size=4", "--export_features=False"]
 
 

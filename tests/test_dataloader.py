@@ -32,13 +32,14 @@ def test_each_reader_reads_its_layout(tmp_path, writer, layout, sizes, n_classes
     assert all(d.labels.max() < n_classes and d.labels.min() >= 0 for d in every)
 
 
-def test_cosmic_text_is_the_mean_of_the_four_vectors(tmp_path):
+@pytest.mark.parametrize("writer, first_vector", [(layouts.cosmic_iemocap, 2), (layouts.cosmic_meld, 3)])
+def test_cosmic_text_is_the_mean_of_the_four_vectors(tmp_path, writer, first_vector):
     path = str(tmp_path / "cosmic.pkl")
-    data = layouts.cosmic_iemocap(path)
-    dialogue = load_features(path).splits["test"][0]
-    key = dialogue.dialogue_id
-    expected = np.mean([np.asarray(data[k][key]) for k in range(2, 6)], axis=0)
-    assert np.allclose(dialogue.features["t"].numpy(), expected, atol=1e-6)
+    data = writer(path)
+    for dialogue in load_features(path).splits["test"]:
+        key = dialogue.dialogue_id if dialogue.dialogue_id in data[0] else int(dialogue.dialogue_id)
+        expected = np.mean([np.asarray(data[k][key]) for k in range(first_vector, first_vector + 4)], axis=0)
+        assert np.allclose(dialogue.features["t"].numpy(), expected, atol=1e-6)
 
 
 def test_speakers_map_m_f_to_parties_and_one_hot_to_its_index(tmp_path):

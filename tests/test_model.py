@@ -1,6 +1,6 @@
 import pytest
 import torch
-
+import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from dataloader import Dialogue, collate
@@ -16,7 +16,7 @@ def dialogue(n, n_parties, sizes=SIZES, n_classes=4):
 
 def model_for(sizes=SIZES, **kwargs):
     return MALN(MALNConfig(feature_sizes=sizes, n_classes=4, hidden_size=16, speaker_size=8, cross_heads=4,
-                           cross_feedforward=32, discriminator_hidden=8, **kwargs)).eval()
+                           discriminator_hidden=8, **kwargs)).eval()
 
 
 def forward(model, dialogues, **kwargs):
@@ -64,7 +64,7 @@ def test_standardizer_uses_training_statistics_and_keeps_padding_inert():
 
 
 def test_speaker_vector_depends_only_on_own_utterances():
-    model = model_for()
+    model = model_for(sclm_mode="speaker")
     d = dialogue(10, 2)
     before = model.sclm["t"](d.features["t"][None], d.speakers[None], 2, torch.ones(1, 10, dtype=torch.bool))
     d.features["t"][d.speakers == 1] += torch.randn(5, 12)  # change only party 1's utterances
@@ -95,10 +95,10 @@ def test_gradient_reversal_flips_and_scales_the_gradient():
     assert torch.allclose(x.grad, torch.full_like(x, -1.0))
 
 
-def test_difference_loss_is_frobenius_norm_over_real_utterances():
+def test_difference_loss_is_the_mean_over_dialogues_of_the_frobenius_norm_over_real_utterances():
     a, b = torch.randn(2, 6, 4), torch.randn(2, 6, 4)
     mask = torch.tensor([[1] * 6, [1] * 3 + [0] * 3], dtype=torch.bool)
-    expected = sum(((a[i, mask[i]] @ b[i, mask[i]].T) ** 2).sum() for i in range(2))
+    expected = sum(((a[i, mask[i]] @ b[i, mask[i]].T) ** 2).sum() for i in range(2)) / 2
     assert torch.allclose(difference_loss(a, b, mask), expected, rtol=1e-5)
     b_padding_changed = b.clone()
     b_padding_changed[1, 3:] = 100.0
@@ -160,3 +160,46 @@ def test_any_subset_of_modalities_runs(modalities):
 def test_ablation_switches_remove_their_losses():
     output = forward(model_for(adversarial=False, orthogonality=False), [dialogue(7, 2)])
     assert set(output["losses"]) == {"classification", "unimodal", "total"}
+
+
+def test_text_only_fuses_its_common_vector_once():
+    sizes = {"t": 12}
+    output = forward(model_for(sizes), [dialogue(7, 2, sizes)])
+    assert torch.equal(output["fused"], output["common"]["t"])
+    output = forward(model_for(sizes, cross_input="specific"), [dialogue(7, 2, sizes)])
+    assert torch.equal(output["fused"], torch.cat([output["specific"]["t"], output["common"]["t"]], -1))
+
+
+def test_each_loss_term_matches_a_hand_computation():
+    model = model_for(unimodal_weight=0.3, adversarial_weight=0.2, orthogonality_weight=0.05)
+    dialogues = [dialogue(7, 2), dialogue(4, 3)]
+    batch = collate(dialogues)
+    output = forward(model, dialogues)
+    losses, real, labels = output["losses"], batch["utterance_mask"], batch["labels"][batch["utterance_mask"]]
+    nll = {m: F.nll_loss(output["unimodal"][m][real], labels) for m in SIZES}
+    torch.testing.assert_close(losses["classification"], F.nll_loss(output["log_probs"][real], labels))
+    torch.testing.assert_close(losses["unimodal"], nll["t"] + nll["a"] + nll["v"])
+    for kind in ("specific", "common"):  # the target of every modality is its index in 'tav', on both branches
+        expected = sum(F.cross_entropy(model.amdm.discriminator(output[kind][m][real]), torch.full((11,), index))
+                       for index, m in enumerate("tav"))
+        torch.testing.assert_close(losses[f"adversarial_{kind}"], expected)
+
+    def frobenius(x, y):  # mean over the two dialogues of ||X Y^T||^2 over real utterances
+        return sum(((x[b, real[b]] @ y[b, real[b]].T) ** 2).sum() for b in range(2)) / 2
+
+    specific, common = output["specific"], output["common"]
+    torch.testing.assert_close(losses["orthogonal_specific"], frobenius(specific["t"], specific["a"])
+                               + frobenius(specific["t"], specific["v"]) + frobenius(specific["a"], specific["v"]))
+    torch.testing.assert_close(losses["orthogonal_common"], sum(frobenius(common[m], specific[m]) for m in SIZES))
+    torch.testing.assert_close(losses["total"], losses["classification"] + 0.3 * losses["unimodal"]
+                               + 0.2 * (losses["adversarial_specific"] + losses["adversarial_common"])
+                               + 0.05 * (losses["orthogonal_specific"] + losses["orthogonal_common"]))
+
+
+def test_cpu_gru_applies_dropout_between_layers_in_training_only():
+    gru = torch.nn.GRU(6, 5, num_layers=2, bidirectional=True, batch_first=True, dropout=0.5)
+    packed = pack_padded_sequence(torch.randn(3, 7, 6), torch.tensor([7, 4, 2]), batch_first=True, enforce_sorted=False)
+    evaluated = packed_bidirectional_gru(gru.eval(), packed.data, packed.batch_sizes)
+    assert torch.allclose(evaluated, gru(packed)[0].data, atol=1e-6)
+    trained = packed_bidirectional_gru(gru.train(), packed.data, packed.batch_sizes)
+    assert not torch.allclose(trained, evaluated, atol=1e-3)

@@ -241,7 +241,7 @@ def test_non_finite_loss_stops_naming_epoch_and_batch_and_keeps_the_last_good_ch
 
 SIZES = {"t": 6, "a": 4, "v": 5}
 MODELS = {mode: MALN(MALNConfig(feature_sizes=SIZES, n_classes=3, hidden_size=8, speaker_size=4, cross_heads=2,
-                                cross_feedforward=8, discriminator_hidden=4, sclm_mode=mode)).eval()
+                                discriminator_hidden=4, sclm_mode=mode)).eval()
           for mode in ("speaker", "release", "off")}
 
 

@@ -139,7 +139,7 @@ def test_truncated_pickle_is_a_read_error_not_a_refusal(tmp_path):
 
 
 def small_model(**options):
-    settings = {"hidden_size": 8, "speaker_size": 4, "cross_heads": 2, "cross_feedforward": 8, "discriminator_hidden": 4}
+    settings = {"hidden_size": 8, "speaker_size": 4, "cross_heads": 2, "discriminator_hidden": 4}
     return MALN(MALNConfig(feature_sizes={"t": 6, "a": 4}, n_classes=3, **{**settings, **options}))
 
 

@@ -11,6 +11,7 @@ import train_MALN
 from conftest import MINILM, ROOT
 from dataloader import collate, make_demo
 from MALN_model_fix import MALN
+from utils import scores
 
 
 def demo_subset(modalities, n_dialogues=(120, 20, 40)):
@@ -131,3 +132,34 @@ def test_fused_adam_takes_the_released_adam_step():
             optimizer.step()
     for fused, reference in zip(models[0].parameters(), models[1].parameters()):
         assert torch.allclose(fused, reference, atol=1e-6)
+
+
+def test_weighted_f1_weights_each_class_f1_by_its_support():
+    labels = [0] * 6 + [1] * 2 + [2] * 2
+    predictions = [0] * 6 + [0, 1] + [2, 2]
+    # F1 per class: 12/13 (support 6), 2/3 (support 2), 1 (support 2)
+    expected = 100 * (6 * 12 / 13 + 2 * 2 / 3 + 2 * 1) / 10
+    assert scores(labels, predictions) == pytest.approx({"accuracy": 90.0, "weighted_f1": expected})
+
+
+def test_epoch_is_selected_on_validation_not_on_test(tmp_path, monkeypatch):
+    feature_set = demo_subset("ta", (12, 4, 4))
+    scripted = {"valid": [10.0, 30.0, 20.0], "test": [50.0, 20.0, 40.0]}   # best valid epoch 2, best test epoch 1
+    calls = {"valid": 0, "test": 0}
+    split_of = {id(d): split for split, dialogues in feature_set.splits.items() for d in dialogues}
+    real_evaluate = train_MALN.evaluate
+
+    def scripted_evaluate(model, batches, *args, keep_vectors=False, **kwargs):  # the final evaluation keeps vectors
+        result = real_evaluate(model, batches, *args, keep_vectors=keep_vectors, **kwargs)
+        split = split_of[id(batches[0][0][0])]
+        if not keep_vectors and split in scripted:
+            result["weighted_f1"] = scripted[split][calls[split]]
+            calls[split] += 1
+        return result
+
+    monkeypatch.setattr(train_MALN, "evaluate", scripted_evaluate)
+    metrics = train_MALN.run(config(tmp_path, "--epochs=3", "--run_name=select"), feature_set)
+    assert calls == {"valid": 3, "test": 3}
+    assert metrics["best_epoch"] == 2 and metrics["valid_weighted_f1"] == 30.0
+    assert metrics["optimistic_best_test_epoch"] == 1 and metrics["optimistic_test_weighted_f1"] == 50.0
+    assert torch.load(tmp_path / "select" / "best.pt", weights_only=True)["epoch"] == 2
