@@ -47,8 +47,8 @@ def load_run(run_dir):
     if not os.path.exists(paths["metrics.json"]) and not os.path.exists(paths["history.csv"]):
         seeds = sorted(name for name in os.listdir(run_dir) if name.startswith("seed"))
         if seeds:
-            raise SystemExit(f"error: {run_dir} holds several seeds' runs; give one of them, e.g. {os.path.join(run_dir, seeds[0])}")
-        raise SystemExit(f"error: {run_dir} is not a run directory of train_MALN.py (it holds neither metrics.json nor history.csv)")
+            raise SystemExit(f"error: {run_dir} holds several seeds' runs; give one, e.g. {os.path.join(run_dir, seeds[0])}")
+        raise SystemExit(f"error: {run_dir} is not a run directory of train_MALN.py (no metrics.json, no history.csv)")
     try:
         metrics = json.load(open(paths["metrics.json"])) if os.path.exists(paths["metrics.json"]) else None
         history = pd.read_csv(paths["history.csv"]) if os.path.exists(paths["history.csv"]) else None
@@ -179,7 +179,8 @@ def tsne_common_specific(vectors, class_names, modalities):
     handles += [Line2D([], [], linestyle="", marker=MARKERS[k % len(MARKERS)], color="black", label=name)
                 for k, name in enumerate(class_names)]
     axes[1].legend(handles=handles, fontsize="small")
-    figure.suptitle(f"t-SNE of common and specific vectors, {len(chosen)} test utterances: colour = modality, marker = emotion")
+    figure.suptitle(f"t-SNE of common and specific vectors, {len(chosen)} test utterances: "
+                    "colour = modality, marker = emotion")
     figure.tight_layout()
     return figure
 

@@ -52,7 +52,8 @@ def test_exported_input_features_are_the_raw_inputs(three_modality_run):
     exported = np.load(run_dir / "features_test.npz")
     dialogues = {d.dialogue_id: d for d in feature_set.splits["test"]}
     for m in "tav":
-        expected = np.stack([dialogues[i].features[m][p].numpy() for i, p in zip(exported["dialogue_id"], exported["position"])])
+        expected = np.stack([dialogues[i].features[m][p].numpy()
+                             for i, p in zip(exported["dialogue_id"], exported["position"])])
         np.testing.assert_array_equal(exported[f"input_{m}"], expected)
 
 
