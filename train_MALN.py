@@ -18,12 +18,17 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import fields
 
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import classification_report, confusion_matrix
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 from dataloader import CLASS_NAMES, DataError, collate, load_dataset, require_training_labels, to_device
@@ -291,6 +296,8 @@ def evaluate(model, batches, device, amp, class_weights, keep_vectors=False):
 def real_utterance_vectors(dialogues, batch, output):
     mask = batch["utterance_mask"]
     vectors = {"fused": output["fused"][mask].float().cpu().numpy()}
+    for m, x in batch["features"].items():                    # the model's inputs, before its standardisation
+        vectors[f"input_{m}"] = x[mask].float().cpu().numpy()
     for kind in ("common", "specific"):
         for m, x in output[kind].items():
             vectors[f"{kind}_{m}"] = x[mask].float().cpu().numpy()
@@ -299,6 +306,85 @@ def real_utterance_vectors(dialogues, batch, output):
     vectors["label"] = batch["labels"][mask].cpu().numpy()
     vectors["prediction"] = output["log_probs"].argmax(-1)[mask].cpu().numpy()
     return vectors
+
+
+def decomposition_probes(train_vectors, test_vectors, max_train=5000, seed=0):
+    """How far the run split each modality into a common and a specific part, measured with
+    linear probes (logistic regression on standardised vectors, fitted on at most `max_train`
+    seeded train vectors, scored on every test vector). Fractions in [0, 1]:
+    - modality_from_{common,specific}_accuracy: which modality a vector came from, each
+      utterance's c_m (s_m) labelled m. Where AMDM works, common vectors sit near
+      modality_chance (1 / number of modalities) and specific ones far above it. None with one
+      modality, where it is undefined.
+    - emotion_from_{common,specific}_{accuracy,weighted_f1}: the emotion from the
+      concatenation of every modality's common (specific) vectors alone, labelled utterances.
+    - common_specific_abs_cosine: mean |cosine| of an utterance's common and specific vector
+      of the same modality on test, which the orthogonality loss pushes towards 0."""
+    modalities = [key[len("common_"):] for key in train_vectors if key.startswith("common_")]
+    result = {"modality_chance": None, "modality_from_common_accuracy": None, "modality_from_specific_accuracy": None}
+    if len(modalities) > 1:
+        result["modality_chance"] = 1 / len(modalities)
+        for kind in ("common", "specific"):
+            train_x, train_y = stack_by_modality(train_vectors, kind, modalities)
+            test_x, test_y = stack_by_modality(test_vectors, kind, modalities)
+            fitted = linear_probe(train_x, train_y, test_x, test_y, max_train, seed)
+            result[f"modality_from_{kind}_accuracy"] = fitted and fitted["accuracy"]
+    else:
+        result["note"] = "one modality: modality identification is undefined"
+    train_labelled, test_labelled = train_vectors["label"] >= 0, test_vectors["label"] >= 0
+    for kind in ("common", "specific"):
+        train_x = np.concatenate([train_vectors[f"{kind}_{m}"] for m in modalities], axis=1)[train_labelled]  # (n, M*H)
+        test_x = np.concatenate([test_vectors[f"{kind}_{m}"] for m in modalities], axis=1)[test_labelled]
+        fitted = linear_probe(train_x, train_vectors["label"][train_labelled], test_x, test_vectors["label"][test_labelled],
+                              max_train, seed)
+        for name in ("accuracy", "weighted_f1"):
+            result[f"emotion_from_{kind}_{name}"] = fitted and fitted[name]
+    cosines = [np.abs(cosine(test_vectors[f"common_{m}"], test_vectors[f"specific_{m}"])) for m in modalities]
+    result["common_specific_abs_cosine"] = float(np.mean(np.concatenate(cosines)))
+    return result
+
+
+def stack_by_modality(vectors, kind, modalities):
+    """Every modality's `kind` vectors one under the other, (n*M, H), and the modality index of each row, (n*M,)."""
+    stacked = np.concatenate([vectors[f"{kind}_{m}"] for m in modalities])
+    return stacked, np.repeat(np.arange(len(modalities)), len(vectors[f"{kind}_{modalities[0]}"]))
+
+
+def linear_probe(train_x, train_y, test_x, test_y, max_train, seed):
+    """Accuracy and weighted-F1 (fractions) on test of a logistic regression fitted on at most
+    max_train seeded training rows; None when train holds fewer than two classes or test is empty."""
+    if len(np.unique(train_y)) < 2 or len(test_y) == 0:
+        return None
+    if len(train_y) > max_train:
+        chosen = np.sort(np.random.default_rng(seed).choice(len(train_y), max_train, replace=False))
+        train_x, train_y = train_x[chosen], train_y[chosen]
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300))
+    with warnings.catch_warnings():  # a probe stopped at max_iter is still a probe
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        probe.fit(train_x, train_y)
+    return {name: value / 100 for name, value in scores(test_y, probe.predict(test_x)).items()}
+
+
+def cosine(a, b):
+    """Row-wise cosine similarity of two (n, H) arrays, (n,)."""
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return (a * b).sum(1) / np.maximum(norms, 1e-12)
+
+
+def decomposition_line(decomposition):
+    """The probe figures in one line of the run's report."""
+    d = decomposition
+    if d["modality_chance"] is None:
+        modality = "modality identification undefined (one modality)"
+    else:
+        modality = (f"modality from common {d['modality_from_common_accuracy']:.2f} (chance {d['modality_chance']:.2f}), "
+                    f"from specific {d['modality_from_specific_accuracy']:.2f}")
+    emotion = "; ".join(f"emotion from {kind} accuracy {d[f'emotion_from_{kind}_accuracy']:.2f} "
+                        f"wF1 {d[f'emotion_from_{kind}_weighted_f1']:.2f}"
+                        if d[f"emotion_from_{kind}_accuracy"] is not None else f"emotion from {kind} undefined"
+                        for kind in ("common", "specific"))
+    return (f"decomposition (linear probes, fitted on train, scored on test): {modality}; {emotion}; "
+            f"common-specific |cosine| {d['common_specific_abs_cosine']:.2f}")
 
 
 def inverse_frequency_weights(dialogues, n_classes, device):
@@ -371,9 +457,8 @@ def run(config, feature_set=None):
 
     model.load_state_dict(best_state)
     optimistic = max(history, key=lambda r: r["test_weighted_f1"])
-    exported = ("train", "valid", "test") if config["export_features"] else ("test",)
-    final = {split: evaluate(model, eval_batches[split], device, config["amp"], weights,
-                             keep_vectors=config["export_features"]) for split in exported}
+    exported = ("train", "valid", "test") if config["export_features"] else ("train", "test")  # probes: train and test
+    final = {split: evaluate(model, eval_batches[split], device, config["amp"], weights, keep_vectors=True) for split in exported}
     report(feature_set.class_names, final["test"]["labels"], final["test"]["predictions"])
     metrics = {
         "source": feature_set.source, "layout": feature_set.layout, "modalities": feature_set.modalities,
@@ -383,6 +468,7 @@ def run(config, feature_set=None):
         "optimistic_best_test_epoch": optimistic["epoch"], "optimistic_test_weighted_f1": optimistic["test_weighted_f1"],
         "optimistic_test_accuracy": optimistic["test_accuracy"], "parameters": model.n_parameters(),
         "seconds_per_epoch": float(np.mean([r["seconds"] for r in history])), "seconds": time.time() - started,
+        "decomposition": decomposition_probes(final["train"]["vectors"], final["test"]["vectors"]),
         "config": config, **feature_set.info,
     }
     write_json(os.path.join(run_dir, "metrics.json"), metrics)
@@ -393,6 +479,7 @@ def run(config, feature_set=None):
           f"test weighted-F1 {metrics['test_weighted_f1']:.2f}, accuracy {metrics['test_accuracy']:.2f}")
     print(f"[optimistic, the release's protocol] best test epoch {optimistic['epoch']}: "
           f"test weighted-F1 {optimistic['test_weighted_f1']:.2f}, accuracy {optimistic['test_accuracy']:.2f}")
+    print(decomposition_line(metrics["decomposition"]))
     return metrics
 
 

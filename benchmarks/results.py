@@ -6,11 +6,15 @@ summary.json files into Markdown tables.
     python benchmarks/results.py --suite=iemocap_text --seeds=1,2,3 --run --features=../shared/data/iemocap_text_minilm.pkl
     python benchmarks/results.py --suite=demo                              # tabulate what is there
     python benchmarks/results.py --suite=demo --run --rows="full model,without SCLM"   # only these rows
+    python benchmarks/results.py --suite=decomposition --seeds=1,2,3 --run           # the linear probes' table
 
 Each row is `train_MALN.py --seeds=... --run_name=results/<suite>/<row>` with the row's
-overrides; a row already trained (its summary.json exists) is not trained again.
+overrides; a row already trained (its summary.json exists) is not trained again. Below the
+accuracy table comes the table of the decomposition probes (metrics.json's "decomposition",
+see decomposition_probes in train_MALN.py) of every row whose runs have them.
 """
 
+import glob
 import json
 import os
 import subprocess
@@ -35,9 +39,21 @@ SUITES = {
     # text only: no adversarial loss or cross-modal attention to remove
     "iemocap_text": (["--dataset=IEMOCAP", "--modalities=t"],
                      {k: v for k, v in MODEL_ROWS.items() if k not in ("without adversarial loss", "without cross-modal attention")}),
+    # does the gradient-reversal discriminator make common vectors modality-invariant, and the orthogonality loss
+    # make specific vectors differ from common ones?
+    "decomposition": (["--dataset=demo"], {k: MODEL_ROWS[k] for k in ("full model", "without adversarial loss",
+                                                                      "without orthogonality")}),
 }
 COLUMNS = {"test_weighted_f1": "test wF1", "test_accuracy": "test acc", "valid_weighted_f1": "valid wF1",
            "optimistic_test_weighted_f1": "best-test-epoch wF1 (optimistic)"}
+
+PROBE_COLUMNS = {"modality_from_common_accuracy": "modality from common", "modality_chance": "modality chance",
+                 "modality_from_specific_accuracy": "modality from specific",
+                 "emotion_from_common_accuracy": "emotion acc from common",
+                 "emotion_from_common_weighted_f1": "emotion wF1 from common",
+                 "emotion_from_specific_accuracy": "emotion acc from specific",
+                 "emotion_from_specific_weighted_f1": "emotion wF1 from specific",
+                 "common_specific_abs_cosine": "common-specific abs cosine"}
 
 
 def run_dir(out_dir, suite, row):
@@ -72,6 +88,28 @@ def table(suite, out_dir):
     return pd.DataFrame(records)
 
 
+def decomposition_table(suite, out_dir):
+    """One row per setting whose runs hold probe figures: mean ± std over the seeds' metrics.json."""
+    records = []
+    for row in SUITES[suite][1]:
+        directory = run_dir(out_dir, suite, row)
+        paths = sorted(glob.glob(os.path.join(directory, "seed*", "metrics.json"))) or \
+            glob.glob(os.path.join(directory, "metrics.json"))
+        probes = [figures for figures in (json.load(open(path)).get("decomposition") for path in paths) if figures]
+        if probes:
+            records.append({"setting": row, "seeds": len(probes),
+                            **{name: mean_std([p[key] for p in probes]) for key, name in PROBE_COLUMNS.items()}})
+    return pd.DataFrame(records)
+
+
+def mean_std(values):
+    """'mean ± std' (n-1) of the values; 'n/a' where undefined (None, one modality)."""
+    if any(v is None for v in values):
+        return "n/a"
+    values = pd.Series(values, dtype=float)
+    return f"{values.mean():.2f} ± {values.std():.2f}" if len(values) > 1 else f"{values.mean():.2f}"
+
+
 def markdown(frame):
     """A pandas table as Markdown (without the optional 'tabulate' package)."""
     lines = ["| " + " | ".join(frame.columns) + " |", "|" + " --- |" * len(frame.columns)]
@@ -93,6 +131,10 @@ def main(argv):
                       [r for r in options["rows"].split(",") if r])
     frame = table(options["suite"], options["out_dir"])
     print(markdown(frame) if not frame.empty else "no finished runs yet")
+    probes = decomposition_table(options["suite"], options["out_dir"])
+    if not probes.empty:
+        print("\ndecomposition probes (fractions; linear probes fitted on train, scored on test):")
+        print(markdown(probes))
 
 
 if __name__ == "__main__":
