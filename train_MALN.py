@@ -89,6 +89,8 @@ export_features = True      # write fused, common and specific vectors of the se
 predict = ""                # checkpoint to predict with: writes the class of every utterance as a CSV, no training
 predictions = ""            # path of that CSV; empty = predictions.csv beside the checkpoint
 predict_split = ""          # 'train', 'valid' or 'test' of the data; empty = every dialogue
+# machine
+threads = 0                 # torch's cpu threads (torch.set_num_threads); 0 = torch's default. Jobs side by side: cores / jobs each
 # named groups of settings, applied under the command line: --preset=released gives the authors' values
 preset = ""                 # '' (the values above), 'released' or 'demo' (the default with --dataset=demo)
 PRESETS = {
@@ -123,6 +125,7 @@ CONSTRAINTS = {  # name -> (what a valid value is, test of the value given the w
     "learning_rate": ("> 0 and finite", lambda v, c: 0 < v < float("inf")),
     "lr_schedule": ("'cosine' or 'constant'", lambda v, c: v in ("cosine", "constant")),
     "seed": (">= 0", lambda v, c: v >= 0),
+    "threads": (">= 0 (0 = torch's default)", lambda v, c: v >= 0),
     "seeds": ("comma-separated integers >= 0, e.g. 1,2,3", lambda v, c: not v or all(s.strip().isdigit() for s in v.split(","))),
     "device": ("'auto', 'cpu', or an available 'cuda' / 'cuda:N' / 'mps'", lambda v, c: device_available(v)),
 }
@@ -300,6 +303,12 @@ def inverse_frequency_weights(dialogues, n_classes, device):
     return weights.to(device)
 
 
+def set_threads(config):
+    """torch's cpu thread count from --threads (0 leaves torch's default)."""
+    if config["threads"]:
+        torch.set_num_threads(config["threads"])
+
+
 def resolve_device(name):
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -309,6 +318,7 @@ def resolve_device(name):
 def run(config, feature_set=None):
     """Train one model with config['seed']; select the epoch on validation; save and return the metrics."""
     started = time.time()
+    set_threads(config)
     if feature_set is None:
         feature_set = load_dataset(config["dataset"], config["features"], config["av_features"], config["modalities"],
                                    config["valid_fraction"], config["split_seed"], config["trust_pickle"], config["demo_seed"])
@@ -435,10 +445,10 @@ def saved_note(run_dir):
 
 
 def resumed_config(config, given):
-    """The saved settings of the run in config['resume']; only --device and --epochs may change."""
-    changed = given - {"resume", "device", "epochs"}
+    """The saved settings of the run in config['resume']; only --device, --epochs and --threads may change."""
+    changed = given - {"resume", "device", "epochs", "threads"}
     if changed:
-        raise SystemExit(f"--resume continues a run with its own settings; only --device and --epochs may be given "
+        raise SystemExit(f"--resume continues a run with its own settings; only --device, --epochs and --threads may be given "
                          f"with it, not {', '.join('--' + name for name in sorted(changed))}")
     try:
         saved = load_checkpoint(os.path.join(config["resume"], "last.pt"))["config"]
@@ -505,6 +515,7 @@ def write_predictions(config):
 
 def main(argv):
     config = parse_overrides(argv)
+    set_threads(config)
     if config["predict"]:
         try:
             write_predictions(config)

@@ -135,6 +135,7 @@ def test_a_feature_file_without_dataset_takes_the_classes_of_its_layout(tmp_path
     ("--cross_heads=3", "--cross_heads=3: must be >= 1 and divide hidden_size"),
     ("--device=gpu0", "--device=gpu0: must be 'auto', 'cpu', or an available"),
     ("--seeds=1,two", "--seeds=1,two: must be comma-separated integers"),
+    ("--threads=-1", r"--threads=-1: must be >= 0 \(0 = torch's default\)"),
     ("--dataset=iemocap", "--dataset=iemocap: must be 'IEMOCAP', 'MELD' or 'demo'"),
 ])
 def test_out_of_range_hyperparameter_is_refused_before_training(argument, message):
@@ -150,8 +151,8 @@ def test_defaults_and_every_preset_satisfy_every_constraint():
     assert train_MALN.parse_overrides(["--preset=released", "--epochs=5"])["epochs"] == 5
 
 
-def test_resume_refuses_settings_other_than_device_and_epochs(tmp_path):
-    with pytest.raises(SystemExit, match="only --device and --epochs may be given with it, not --learning_rate"):
+def test_resume_refuses_settings_other_than_device_epochs_and_threads(tmp_path):
+    with pytest.raises(SystemExit, match="only --device, --epochs and --threads may be given with it, not --learning_rate"):
         train_MALN.main([f"--resume={tmp_path}", "--learning_rate=1e-3"])
     with pytest.raises(SystemExit, match="cannot resume: checkpoint not found: .*last.pt"):
         train_MALN.main([f"--resume={tmp_path}"])

@@ -63,6 +63,16 @@ def test_same_seed_gives_the_same_metrics(tmp_path):
     assert first["test_weighted_f1"] == second["test_weighted_f1"] and first["valid_weighted_f1"] == second["valid_weighted_f1"]
 
 
+def test_threads_sets_torchs_cpu_thread_count_and_zero_leaves_it(tmp_path, monkeypatch):
+    counts = []
+    monkeypatch.setattr(torch, "set_num_threads", counts.append)
+    feature_set = demo_subset("t", (4, 1, 1))
+    for threads in (3, 0):
+        train_MALN.run(config(tmp_path, "--epochs=1", f"--threads={threads}", f"--run_name=t{threads}", "--export_features=False"),
+                       feature_set)
+    assert counts == [3]
+
+
 def test_unknown_hyperparameter_lists_the_valid_names():
     with pytest.raises(SystemExit, match="(?s)unknown hyperparameter 'learning_rat'.*learning_rate"):
         train_MALN.parse_overrides(["--learning_rat=1"])
