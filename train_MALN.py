@@ -538,8 +538,12 @@ def main(argv):
     else:
         run_configs = [{**config, "seed": s, "run_name": os.path.join(config["run_name"], f"seed{s}")} for s in seed_list]
     results = [run_stopping_cleanly(run_config, feature_set) for run_config in run_configs]
-    if len(results) == 1:
-        return
+    if len(results) > 1:
+        write_seed_summary(config, seed_list, results)
+
+
+def write_seed_summary(config, seed_list, results):
+    """Mean and std over seeds of the runs' metrics, printed and written to out_dir/run_name/summary.json."""
     summary = {"seeds": seed_list, "config": config}
     for key in ("test_weighted_f1", "test_accuracy", "valid_weighted_f1", "optimistic_test_weighted_f1"):
         values = np.array([r[key] for r in results])
