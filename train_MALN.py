@@ -90,7 +90,7 @@ predict = ""                # checkpoint to predict with: writes the class of ev
 predictions = ""            # path of that CSV; empty = predictions.csv beside the checkpoint
 predict_split = ""          # 'train', 'valid' or 'test' of the data; empty = every dialogue
 # machine
-threads = 0                 # torch's cpu threads (torch.set_num_threads); 0 = torch's default. Jobs side by side: cores / jobs each
+threads = 0                 # torch's cpu threads; 0 = torch's default (every core). Runs side by side: cores / runs each
 # named groups of settings, applied under the command line: --preset=released gives the authors' values
 preset = ""                 # '' (the values above), 'released' or 'demo' (the default with --dataset=demo)
 PRESETS = {
