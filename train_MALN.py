@@ -100,6 +100,8 @@ predict_split = ""          # 'train', 'valid' or 'test' of the data; empty = ev
 # the authors' trained model as a checkpoint of this repository, instead of training
 from_release = ""           # a torch.save file of the release's MALN state dict: written as out_dir/run_name/best.pt
 class_names = ""            # its class names in order, comma-separated; empty = the names of --dataset
+# machine
+threads = 0                 # torch's cpu threads; 0 = torch's default (every core). Runs side by side: cores / runs each
 # named groups of settings, applied under the command line: --preset=released gives the authors' values
 preset = ""                 # '' (the values above), 'released' or 'demo' (the default with --dataset=demo)
 PRESETS = {
@@ -135,6 +137,7 @@ CONSTRAINTS = {  # name -> (what a valid value is, test of the value given the w
     "learning_rate": ("> 0 and finite", lambda v, c: 0 < v < float("inf")),
     "lr_schedule": ("'cosine' or 'constant'", lambda v, c: v in ("cosine", "constant")),
     "seed": (">= 0", lambda v, c: v >= 0),
+    "threads": (">= 0 (0 = torch's default)", lambda v, c: v >= 0),
     "seeds": ("comma-separated integers >= 0, e.g. 1,2,3", lambda v, c: not v or all(s.strip().isdigit() for s in v.split(","))),
     "device": ("'auto', 'cpu', or an available 'cuda' / 'cuda:N' / 'mps'", lambda v, c: device_available(v)),
 }
@@ -393,6 +396,12 @@ def inverse_frequency_weights(dialogues, n_classes, device):
     return weights.to(device)
 
 
+def set_threads(config):
+    """torch's cpu thread count from --threads (0 leaves torch's default)."""
+    if config["threads"]:
+        torch.set_num_threads(config["threads"])
+
+
 def resolve_device(name):
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -402,6 +411,7 @@ def resolve_device(name):
 def run(config, feature_set=None):
     """Train one model with config['seed']; select the epoch on validation; save and return the metrics."""
     started = time.time()
+    set_threads(config)
     if feature_set is None:
         feature_set = load_dataset(config["dataset"], config["features"], config["av_features"], config["modalities"],
                                    config["valid_fraction"], config["split_seed"], config["trust_pickle"], config["demo_seed"])
@@ -532,10 +542,10 @@ def saved_note(run_dir):
 
 
 def resumed_config(config, given):
-    """The saved settings of the run in config['resume']; only --device and --epochs may change."""
-    changed = given - {"resume", "device", "epochs"}
+    """The saved settings of the run in config['resume']; only --device, --epochs and --threads may change."""
+    changed = given - {"resume", "device", "epochs", "threads"}
     if changed:
-        raise SystemExit(f"--resume continues a run with its own settings; only --device and --epochs may be given "
+        raise SystemExit(f"--resume continues a run with its own settings; only --device, --epochs and --threads may be given "
                          f"with it, not {', '.join('--' + name for name in sorted(changed))}")
     try:
         saved = load_checkpoint(os.path.join(config["resume"], "last.pt"))["config"]
@@ -620,6 +630,7 @@ def convert_release(config):
 
 def main(argv):
     config = parse_overrides(argv)
+    set_threads(config)
     if config["from_release"]:
         try:
             convert_release(config)
@@ -648,8 +659,12 @@ def main(argv):
     else:
         run_configs = [{**config, "seed": s, "run_name": os.path.join(config["run_name"], f"seed{s}")} for s in seed_list]
     results = [run_stopping_cleanly(run_config, feature_set) for run_config in run_configs]
-    if len(results) == 1:
-        return
+    if len(results) > 1:
+        write_seed_summary(config, seed_list, results)
+
+
+def write_seed_summary(config, seed_list, results):
+    """Mean and std over seeds of the runs' metrics, printed and written to out_dir/run_name/summary.json."""
     summary = {"seeds": seed_list, "config": config}
     for key in ("test_weighted_f1", "test_accuracy", "valid_weighted_f1", "optimistic_test_weighted_f1"):
         values = np.array([r[key] for r in results])

@@ -7,11 +7,17 @@ summary.json files into Markdown tables.
     python benchmarks/results.py --suite=demo                              # tabulate what is there
     python benchmarks/results.py --suite=demo --run --rows="full model,without SCLM"   # only these rows
     python benchmarks/results.py --suite=decomposition --seeds=1,2,3 --run           # the linear probes' table
+    python benchmarks/results.py --suite=demo --seeds=1,2,3 --run --jobs=2  # two runs at a time, half the cores each
 
-Each row is `train_MALN.py --seeds=... --run_name=results/<suite>/<row>` with the row's
-overrides; a row already trained (its summary.json exists) is not trained again. Below the
-accuracy table comes the table of the decomposition probes (metrics.json's "decomposition",
-see decomposition_probes in train_MALN.py) of every row whose runs have them.
+Each (row, seed) is one `train_MALN.py --seed=S --run_name=results/<suite>/<row>/seedS` with the
+row's overrides, its output in that directory's train.log; `--jobs=N` runs N of them at a time,
+each with --threads=cores/N (torch's threads of several processes would otherwise fight over the
+cores). When a row's seeds have all finished, its summary.json is written as `train_MALN.py
+--seeds=...` writes it. A row with a summary.json, or a seed with a metrics.json, is not trained
+again; a seed interrupted earlier (last.pt but no metrics.json) continues with --resume. A failed
+run is named, with the end of its log, and the script exits non-zero after the others finish.
+Below the accuracy table comes the table of the decomposition probes (metrics.json's
+"decomposition", see decomposition_probes in train_MALN.py) of every row whose runs have them.
 """
 
 import glob
@@ -19,10 +25,15 @@ import json
 import os
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import pandas as pd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import train_MALN  # noqa: E402
+
 MODEL_ROWS = {
     "full model": [],
     "without input standardisation": ["--standardize=False"],
@@ -60,18 +71,85 @@ def run_dir(out_dir, suite, row):
     return os.path.join(out_dir, "results", suite, row.replace(" ", "_").replace("(", "").replace(")", ""))
 
 
-def train_missing(suite, seeds, out_dir, extra, only):
+def available_cores():
+    """Cores this process may run on (its affinity where the system says, else every core)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def row_arguments(suite, row, out_dir, extra, threads):
+    """train_MALN.py arguments that a row's seeds share."""
     base, rows = SUITES[suite]
-    for row, overrides in rows.items():
-        if only and row not in only:
-            continue
-        directory = run_dir(out_dir, suite, row)
-        if os.path.exists(os.path.join(directory, "summary.json")):
-            continue
-        command = [sys.executable, os.path.join(ROOT, "train_MALN.py"), *base, *extra, *overrides, f"--seeds={seeds}",
-                   f"--out_dir={out_dir}", f"--run_name={os.path.relpath(directory, out_dir)}", "--export_features=False"]
+    return [*base, f"--threads={threads}", *extra, *rows[row], f"--out_dir={out_dir}", "--export_features=False"]
+
+
+def seed_command(arguments, seed, seed_dir, out_dir, threads):
+    """The command line training one seed of a row into seed_dir, or continuing it when interrupted earlier."""
+    train = os.path.join(ROOT, "train_MALN.py")
+    if os.path.exists(os.path.join(seed_dir, "last.pt")):
+        return [sys.executable, train, f"--resume={seed_dir}", f"--threads={threads}"]
+    return [sys.executable, train, *arguments, f"--seed={seed}", f"--run_name={os.path.relpath(seed_dir, out_dir)}"]
+
+
+def train_missing(suite, seeds, out_dir, extra, only, jobs=1):
+    """Train every unfinished (row, seed) of the suite, `jobs` at a time, each with cores/jobs
+    threads, then write each finished row's summary.json; -> one message per failed run."""
+    seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    threads = max(1, available_cores() // jobs)
+    rows = {row: row_arguments(suite, row, out_dir, extra, threads) for row in SUITES[suite][1]
+            if (not only or row in only) and not os.path.exists(os.path.join(run_dir(out_dir, suite, row), "summary.json"))}
+    configs = {row: train_MALN.parse_overrides([*arguments, f"--seeds={seeds}",   # as --seeds=... would run the row;
+                                                f"--run_name={os.path.relpath(run_dir(out_dir, suite, row), out_dir)}"])
+               for row, arguments in rows.items()}                                 # bad arguments stop here
+    runs = []  # (name, command, directory) of every seed without a finished metrics.json
+    for row, arguments in rows.items():
+        for seed in seed_list:
+            seed_dir = os.path.join(run_dir(out_dir, suite, row), f"seed{seed}")
+            if not os.path.exists(os.path.join(seed_dir, "metrics.json")):
+                runs.append((f"{row!r} seed {seed}", seed_command(arguments, seed, seed_dir, out_dir, threads), seed_dir))
+    print(f"{len(runs)} run(s) to train, {jobs} at a time with --threads={threads} each ({available_cores()} cores)", flush=True)
+    started = time.time()
+    failures = run_side_by_side(runs, jobs)
+    for row, config in configs.items():
+        directories = [os.path.join(run_dir(out_dir, suite, row), f"seed{seed}") for seed in seed_list]
+        if all(os.path.exists(os.path.join(d, "metrics.json")) for d in directories):
+            print(row)
+            train_MALN.write_seed_summary(config, seed_list, [json.load(open(os.path.join(d, "metrics.json"))) for d in directories])
+    print(f"whole table: {len(runs)} run(s) in {time.time() - started:.0f} s wall time (--jobs={jobs}, --threads={threads})")
+    return failures
+
+
+def run_side_by_side(runs, jobs):
+    """Run (name, command, directory) subprocesses `jobs` at a time, each writing its output to
+    directory/train.log; -> one message per run that exited non-zero. Ctrl-C starts no new run."""
+    def launch(command, directory):
+        os.makedirs(directory, exist_ok=True)
         print(" ".join(command[1:]), flush=True)
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        start = time.time()
+        with open(os.path.join(directory, "train.log"), "a") as log:
+            return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode, time.time() - start
+
+    failures = []
+    with ThreadPoolExecutor(jobs) as pool:
+        futures = {pool.submit(launch, command, directory): (name, directory) for name, command, directory in runs}
+        try:
+            for future in as_completed(futures):
+                (name, directory), (status, seconds) = futures[future], future.result()
+                if status == 0:
+                    print(f"finished {name} in {seconds:.0f} s", flush=True)
+                else:
+                    failures.append(failure_message(name, directory, status))
+                    print(failures[-1], file=sys.stderr, flush=True)
+        except KeyboardInterrupt:
+            pool.shutdown(cancel_futures=True)
+            raise SystemExit("interrupted: finished runs are kept; the same command continues the others") from None
+    return failures
+
+
+def failure_message(name, directory, status, n_lines=5):
+    """A failed run's name, exit status and the end of its log."""
+    log = os.path.join(directory, "train.log")
+    tail = open(log).read().splitlines()[-n_lines:] if os.path.exists(log) else []
+    return f"failed: {name} (exit status {status}); end of {log}:\n    " + "\n    ".join(tail)
 
 
 def table(suite, out_dir):
@@ -118,7 +196,8 @@ def markdown(frame):
 
 
 def main(argv):
-    options = {"suite": "demo", "seeds": "1,2,3", "out_dir": os.path.join(ROOT, "saved_models"), "run": False, "rows": ""}
+    options = {"suite": "demo", "seeds": "1,2,3", "out_dir": os.path.join(ROOT, "saved_models"), "run": False, "rows": "",
+               "jobs": "1"}
     extra = []
     for argument in argv:
         name, _, value = argument[2:].partition("=")
@@ -126,15 +205,20 @@ def main(argv):
             options[name] = value if name != "run" else value.lower() in ("", "true", "1")
         else:
             extra.append(argument)  # passed on to train_MALN.py, e.g. --features=... --epochs=...
+    if not options["jobs"].isdigit() or int(options["jobs"]) < 1:
+        raise SystemExit(f"--jobs={options['jobs']}: must be a whole number >= 1")
+    failures = []
     if options["run"]:
-        train_missing(options["suite"], options["seeds"], options["out_dir"], extra,
-                      [r for r in options["rows"].split(",") if r])
+        failures = train_missing(options["suite"], options["seeds"], options["out_dir"], extra,
+                                 [r for r in options["rows"].split(",") if r], int(options["jobs"]))
     frame = table(options["suite"], options["out_dir"])
     print(markdown(frame) if not frame.empty else "no finished runs yet")
     probes = decomposition_table(options["suite"], options["out_dir"])
     if not probes.empty:
         print("\ndecomposition probes (fractions; linear probes fitted on train, scored on test):")
         print(markdown(probes))
+    if failures:
+        raise SystemExit(f"{len(failures)} run(s) failed:\n" + "\n".join(failures))
 
 
 if __name__ == "__main__":

@@ -17,9 +17,12 @@ epoch of each phase being a warm-up that is not counted), the process's CPU seco
 (all threads; on a shared machine it moves less with other jobs' load than wall time), the peak memory (cuda:
 max_memory_allocated; cpu: growth of the process's peak resident set, getrusage ru_maxrss,
 over the phase, measured inference first), and utilisation: the model's analytic FLOPs
-on real utterances per second (see dialogue_flops) divided by the FLOP/s of a dense
-1024x1024 matmul measured in the same run on the same device and dtype. The last column is
-the ceiling that rate sets: utterances per second if every FLOP ran as fast as that matmul.
+on real utterances per second (see dialogue_flops) divided by the FLOP/s of a dense square
+matmul (1024 on cpu, 8192 on cuda, where a 1024 matmul leaves most of a large GPU idle)
+measured in the same run on the same device, in fp32, or in bf16 with --amp=True. The last
+column is the ceiling that rate sets: utterances per second if every FLOP ran as fast as that
+matmul. On cuda the description names the card and the fp32 precision of cuBLAS and of
+cuDNN's GRU (PyTorch lets cuDNN's RNNs use TF32 for fp32 by default, the matmuls not).
 """
 
 import os
@@ -50,6 +53,7 @@ train_dialogues = 120
 test_utterances = 1623      # IEMOCAP: 31 test dialogues, 1,623 utterances
 test_dialogues = 31
 seed = 0                    # seed of the generated inputs
+matmul_size = 0             # side of the reference dense matmul; 0 = 1024 on cpu, 8192 on cuda
 # -----------------------------------------------------------------------------
 OPTIONS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
 
@@ -157,7 +161,7 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def matmul_flops_per_second(device, dtype, seconds=2.0, size=1024):
+def matmul_flops_per_second(device, dtype, size, seconds=2.0):
     """FLOP/s of a loop of dense size x size matmuls (best of 5 rounds)."""
     a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     for _ in range(3):
@@ -225,7 +229,8 @@ def benchmark(options):
         torch.set_num_threads(options["threads"])
     device = train_MALN.resolve_device(options["device"])
     use_amp = options["amp"] and device.type == "cuda"
-    matmul_rate = matmul_flops_per_second(device, torch.bfloat16 if use_amp else torch.float32)
+    matmul_size = options["matmul_size"] or (8192 if device.type == "cuda" else 1024)
+    matmul_rate = matmul_flops_per_second(device, torch.bfloat16 if use_amp else torch.float32, matmul_size)
     feature_set = make_feature_set(options)
     torch.manual_seed(options["seed"])
     model = train_MALN.build_model(feature_set, train_MALN.HYPERPARAMETERS).to(device)
@@ -244,11 +249,25 @@ def benchmark(options):
 
     rows = [measure("inference", inference_epoch, options, device, n_utterances, flops, matmul_rate),
             measure("training", training_epoch, options, device, n_utterances, 3 * flops, matmul_rate)]
-    description = (f"{device}{' bf16 autocast' if use_amp else ''}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-                   f"{model.n_parameters() / 1e6:.1f}M parameters; {len(train)} dialogues, {n_utterances} utterances, "
-                   f"batch {options['batch_size']}, bucket_batches={options['bucket_batches']}; "
-                   f"dense 1024x1024 matmul {matmul_rate / 1e9:.0f} GFLOP/s")
+    description = (f"{device_name(device)}{' bf16 autocast' if use_amp else ''}, {torch.get_num_threads()} threads, "
+                   f"torch {torch.__version__}; {model.n_parameters() / 1e6:.1f}M parameters; {len(train)} dialogues, "
+                   f"{n_utterances} utterances, batch {options['batch_size']}, bucket_batches={options['bucket_batches']}; "
+                   f"dense {matmul_size}x{matmul_size} {'bf16' if use_amp else 'fp32'} matmul {matmul_rate / 1e9:.0f} GFLOP/s")
     return rows, description
+
+
+def device_name(device):
+    """The device; on cuda also the card, its memory, the fp32 precision of matmuls and of cuDNN's
+    GRU, and the dtype that GRU computes in under train_MALN's bf16 autocast."""
+    if device.type != "cuda":
+        return str(device)
+    properties = torch.cuda.get_device_properties(device)
+    gru = torch.nn.GRU(8, 8, device=device)
+    with train_MALN.autocast(device, True):
+        autocast_dtype = gru(torch.zeros(2, 1, 8, device=device))[0].dtype
+    return (f"{device} ({properties.name}, {properties.total_memory / 2 ** 30:.0f} GiB; fp32 precision: matmul "
+            f"{torch.get_float32_matmul_precision()}, cuDNN GRU {torch.backends.cudnn.rnn.fp32_precision}; "
+            f"cuDNN GRU under bf16 autocast: {autocast_dtype})")
 
 
 def main(argv):

@@ -16,3 +16,9 @@ torch.set_num_threads(1)  # the test models are small: a second thread only adds
 @pytest.fixture(autouse=True)
 def seeded():
     torch.manual_seed(0)
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no cuda device"))])
+def device(request):
+    """A test taking `device` runs on cpu, and on cuda when there is one (select those with `pytest -k cuda`)."""
+    return request.param

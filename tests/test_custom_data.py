@@ -156,15 +156,15 @@ def test_built_file_trains(trained):
     assert MALN.from_checkpoint(trained["checkpoint"]).checkpoint["class_names"] == CLASSES
 
 
-def test_predictions_csv_agrees_with_evaluate(trained, tmp_path):
+def test_predictions_csv_agrees_with_evaluate(trained, tmp_path, device):
     train_MALN.main([f"--predict={trained['checkpoint']}", f"--features={trained['features']}",
-                     f"--predictions={tmp_path / 'predictions.csv'}"])
+                     f"--predictions={tmp_path / 'predictions.csv'}", f"--device={device}"])
     csv = pd.read_csv(tmp_path / "predictions.csv", keep_default_na=False)
     feature_set = load_features(trained["features"])
     assert len(csv) == len(trained["table"]) and set(csv["split"]) == set(SPLITS)
-    model = MALN.from_checkpoint(trained["checkpoint"])
+    model = MALN.from_checkpoint(trained["checkpoint"], device)
     batches = train_MALN.make_batches(feature_set.splits["test"], 4)
-    evaluated = train_MALN.evaluate(model, batches, torch.device("cpu"), False, None, keep_vectors=True)
+    evaluated = train_MALN.evaluate(model, batches, torch.device(device), False, None, keep_vectors=True)
     expected = pd.DataFrame({"dialogue_id": evaluated["vectors"]["dialogue_id"], "position": evaluated["vectors"]["position"],
                              "expected": [CLASSES[k] for k in evaluated["vectors"]["prediction"]]})
     test = csv[csv["split"] == "test"].merge(expected, on=["dialogue_id", "position"], validate="one_to_one")

@@ -6,6 +6,7 @@ from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import results  # noqa: E402
+import train_MALN  # noqa: E402
 
 
 def test_table_gathers_each_rows_summary_as_mean_and_std(tmp_path):
@@ -39,3 +40,66 @@ def test_decomposition_table_gives_each_rows_probe_figures_over_seeds(tmp_path):
     assert frame["modality from common"].tolist() == ["0.50 ± 0.14", "0.90"]
     assert frame["emotion wF1 from specific"].tolist() == ["0.50 ± 0.00", "0.50"]
     assert results.mean_std([None, None]) == "n/a"
+FAKE_RUN = """
+import json, os, sys
+directory, seed, fail = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "fail"
+if fail:
+    sys.exit("error: this seed went wrong")
+metrics = {key: 50.0 + seed for key in ("test_weighted_f1", "test_accuracy", "valid_weighted_f1", "optimistic_test_weighted_f1")}
+json.dump(metrics, open(os.path.join(directory, "metrics.json"), "w"))
+"""
+
+
+def test_each_seed_runs_as_its_own_process_and_finished_rows_get_a_summary(tmp_path, monkeypatch):
+    launched = []
+
+    def fake_command(arguments, seed, seed_dir, out_dir, threads):
+        launched.append(threads)
+        fail = "--sclm_mode=off" in arguments and seed == 2
+        return [sys.executable, "-c", FAKE_RUN, seed_dir, str(seed), "fail" if fail else "ok"]
+
+    monkeypatch.setattr(results, "seed_command", fake_command)
+    monkeypatch.setattr(results, "available_cores", lambda: 4)
+    failures = results.train_missing("demo", "1,2,3", str(tmp_path), ["--epochs=2"], ["full model", "without SCLM"], jobs=2)
+    assert launched == [2] * 6                                                    # 4 cores, 2 jobs: 2 threads each
+    assert len(failures) == 1 and "'without SCLM' seed 2 (exit status 1)" in failures[0]
+    assert "this seed went wrong" in failures[0]                                  # the end of its log
+    summary = json.load(open(os.path.join(results.run_dir(str(tmp_path), "demo", "full model"), "summary.json")))
+    assert summary["seeds"] == [1, 2, 3] and summary["test_weighted_f1"]["values"] == [51.0, 52.0, 53.0]
+    assert summary["test_weighted_f1"]["std"] == 1.0 and summary["config"]["epochs"] == 2
+    assert not os.path.exists(os.path.join(results.run_dir(str(tmp_path), "demo", "without SCLM"), "summary.json"))
+    launched.clear()
+    results.train_missing("demo", "1,2,3", str(tmp_path), ["--epochs=2"], ["full model", "without SCLM"], jobs=2)
+    assert len(launched) == 1                                                     # only the failed seed runs again
+
+
+WAIT_FOR_THE_OTHER = """
+import os, sys, time
+mine, other = sys.argv[1:3]
+open(mine, "w").close()
+deadline = time.time() + 10
+while not os.path.exists(other) and time.time() < deadline:
+    time.sleep(0.05)
+sys.exit(0 if os.path.exists(other) else 3)
+"""
+
+
+def test_jobs_run_side_by_side(tmp_path):
+    marks = [str(tmp_path / "first"), str(tmp_path / "second")]
+    runs = [(f"run {i}", [sys.executable, "-c", WAIT_FOR_THE_OTHER, marks[i], marks[1 - i]], str(tmp_path / f"run{i}"))
+            for i in range(2)]
+    assert results.run_side_by_side(runs, jobs=2) == []                          # each saw the other running
+
+
+def test_seed_command_splits_threads_and_continues_an_interrupted_seed(tmp_path):
+    arguments = results.row_arguments("demo", "without SCLM", str(tmp_path), ["--epochs=2"], threads=3)
+    seed_dir = os.path.join(results.run_dir(str(tmp_path), "demo", "without SCLM"), "seed7")
+    command = results.seed_command(arguments, 7, seed_dir, str(tmp_path), 3)
+    config = train_MALN.parse_overrides(command[2:])
+    assert (config["threads"], config["seed"], config["sclm_mode"], config["epochs"]) == (3, 7, "off", 2)
+    assert os.path.join(config["out_dir"], config["run_name"]) == seed_dir
+    given = results.row_arguments("demo", "full model", str(tmp_path), ["--threads=1"], threads=3)
+    assert train_MALN.parse_overrides(given)["threads"] == 1                       # a --threads given to results.py wins
+    os.makedirs(seed_dir)
+    open(os.path.join(seed_dir, "last.pt"), "w").close()
+    assert results.seed_command(arguments, 7, seed_dir, str(tmp_path), 3)[2:] == [f"--resume={seed_dir}", "--threads=3"]

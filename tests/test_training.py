@@ -9,7 +9,7 @@ import torch
 
 import train_MALN
 from conftest import MINILM, ROOT
-from dataloader import collate, make_demo
+from dataloader import collate, make_demo, to_device
 from MALN_model_fix import MALN
 from utils import scores
 
@@ -43,16 +43,16 @@ def test_demo_run_learns_and_fusion_beats_a_single_modality(tmp_path):
     assert 100 * np.mean(exported["prediction"] == exported["label"]) == pytest.approx(fused["test_accuracy"])
 
 
-def test_checkpoint_rebuilds_the_model_with_identical_predictions(tmp_path):
+def test_checkpoint_rebuilds_the_model_with_identical_predictions(tmp_path, device):
     feature_set = demo_subset("tav", (16, 4, 4))
-    train_MALN.run(config(tmp_path, "--epochs=2", "--run_name=ckpt", "--export_features=False"), feature_set)
+    train_MALN.run(config(tmp_path, "--epochs=2", "--run_name=ckpt", "--export_features=False", f"--device={device}"), feature_set)
     checkpoint = torch.load(tmp_path / "ckpt" / "best.pt", weights_only=True)
     model = MALN(train_MALN.build_model(feature_set, checkpoint["config"]).config)
     model.load_state_dict(checkpoint["model"])
-    model.eval()
-    loaded = MALN.from_checkpoint(str(tmp_path / "ckpt" / "best.pt"))
+    model.to(device).eval()
+    loaded = MALN.from_checkpoint(str(tmp_path / "ckpt" / "best.pt"), device)
     assert not loaded.training and loaded.checkpoint["class_names"] == feature_set.class_names
-    batch = collate(feature_set.splits["test"])
+    batch = to_device(collate(feature_set.splits["test"]), device)
     args = (batch["features"], batch["speakers"], batch["utterance_mask"], batch["lengths"])
     assert torch.equal(model(*args)["log_probs"], loaded(*args)["log_probs"])
 
@@ -62,6 +62,16 @@ def test_same_seed_gives_the_same_metrics(tmp_path):
     first, second = (train_MALN.run(config(tmp_path, "--epochs=2", f"--run_name=r{i}", "--export_features=False"), feature_set)
                      for i in range(2))
     assert first["test_weighted_f1"] == second["test_weighted_f1"] and first["valid_weighted_f1"] == second["valid_weighted_f1"]
+
+
+def test_threads_sets_torchs_cpu_thread_count_and_zero_leaves_it(tmp_path, monkeypatch):
+    counts = []
+    monkeypatch.setattr(torch, "set_num_threads", counts.append)
+    feature_set = demo_subset("t", (4, 1, 1))
+    for threads in (3, 0):
+        train_MALN.run(config(tmp_path, "--epochs=1", f"--threads={threads}", f"--run_name=t{threads}", "--export_features=False"),
+                       feature_set)
+    assert counts == [3]
 
 
 def test_unknown_hyperparameter_lists_the_valid_names():
