@@ -231,8 +231,10 @@ def test_non_finite_loss_stops_naming_epoch_and_batch_and_keeps_the_last_good_ch
 
     monkeypatch.setattr(MALN, "forward", diverging)
     with pytest.raises(SystemExit, match=r"error: epoch 2, batch 2 of 2: the training loss is nan\. Stopped; .*last\.pt "
-                                         r"holds the last finished epoch"):
+                                         r"holds epoch 1, the last good one\. Resuming would meet the same loss: .*lower "
+                                         r"--learning_rate \(this one: 0.002\), or check the features") as stop:
         train_MALN.main(arguments(tmp_path, "run", epochs=3))
+    assert "--resume" not in str(stop.value)
     last = load_checkpoint(tmp_path / "run" / "last.pt")
     assert last["epoch"] == 1 and all(torch.isfinite(x).all() for x in last["model"].values())
 

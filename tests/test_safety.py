@@ -1,6 +1,7 @@
 """Untrusted files: feature pickles and checkpoints never run code; interrupted saves lose nothing."""
 
 import copyreg
+import errno
 import io
 import os
 import pickle
@@ -16,7 +17,7 @@ import layouts
 from conftest import ROOT
 from dataloader import DataError, load_features, read_pickle
 from MALN_model_fix import MALN, MALNConfig
-from utils import load_checkpoint, load_model_state, save_checkpoint
+from utils import OutputError, load_checkpoint, load_model_state, save_checkpoint
 
 
 PLANTED = {  # what a malicious pickle asks to call, given a file the call would create
@@ -169,17 +170,16 @@ def test_checkpoint_of_other_settings_is_one_clear_message(tmp_path):
         MALN.from_checkpoint(str(path))
 
 
-def test_a_save_that_fails_midway_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+def test_a_save_that_fails_midway_keeps_the_previous_checkpoint_and_leaves_no_temporary_file(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     save_checkpoint({"epoch": 1, "weights": torch.ones(3)}, path)
 
-    def write_half_then_fail(checkpoint, target):
-        with open(target, "wb") as f:
-            f.write(b"PK\x03\x04 half a zip")
-        raise OSError("disk full")
+    def write_half_then_fail(checkpoint, file):
+        file.write(b"PK\x03\x04 half a zip")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(torch, "save", write_half_then_fail)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match=r"^cannot write .*last.pt: No space left on device$"):
         save_checkpoint({"epoch": 2, "weights": torch.zeros(3)}, path)
     assert load_checkpoint(path)["epoch"] == 1
     assert os.listdir(tmp_path) == ["last.pt"]
