@@ -16,6 +16,7 @@ A 'maln' file from a table of your own utterances and one array per modality:
     python dataloader.py --table=utterances.csv --t=text.npy --a=audio.npy --v=visual.npy --out=Features/mydata.pkl
 """
 
+import csv
 import math
 import os
 import pickle
@@ -201,14 +202,14 @@ def read_pickle(path, trust=False):
                         f"pass --trust_pickle=True") from None
     except TooLarge as error:
         raise DataError(f"{path}: {error} from {os.path.getsize(path) / 2 ** 20:.1f} MiB on disk (at most "
-                        f"{budget / 2 ** 30:.1f} GiB allowed); refused before allocating it") from None
+                        f"{budget / 2 ** 20:,.0f} MiB allowed); refused before allocating it") from None
     except Exception as error:  # truncated, not a pickle at all, or unreadable
         raise DataError(f"{path}: cannot be read as a feature pickle ({type(error).__name__}: {error})") from None
     values = expanded_values(data, budget // 4, path)
     if 4 * values > budget:
-        raise DataError(f"{path}: holds {values:,} values ({4 * values / 2 ** 30:.1f} GiB as float32) once its repeated "
-                        f"references are expanded, from {os.path.getsize(path) / 2 ** 20:.1f} MiB on disk (at most "
-                        f"{budget / 2 ** 30:.1f} GiB allowed); refused before converting it")
+        raise DataError(f"{path}: holds at least {values:,} values ({4 * values / 2 ** 30:.1f} GiB as float32) once its "
+                        f"repeated references are expanded, from {os.path.getsize(path) / 2 ** 20:.1f} MiB on disk (at most "
+                        f"{budget / 2 ** 20:,.0f} MiB allowed); refused before converting it")
     return data
 
 
@@ -306,8 +307,7 @@ MALN_FIELDS = {  # key of a 'maln' file -> (what it must be, test)
     "labels": ("a dict keyed by dialogue id", lambda v: isinstance(v, dict)),
     "features": ("a dict of modality -> dict keyed by dialogue id",
                  lambda v: isinstance(v, dict) and len(v) > 0 and all(isinstance(x, dict) for x in v.values())),
-    "splits": ("a dict of 'train', 'valid' and 'test' -> list of dialogue ids (valid may be empty)",
-               lambda v: isinstance(v, dict) and all(s in v and _is_id_collection(v[s]) for s in SPLITS)),
+    "splits": ("a dict of 'train', 'valid' and 'test' -> list of dialogue ids", lambda v: isinstance(v, dict)),
 }
 
 
@@ -319,6 +319,10 @@ def check_fields(data, layout, path):
                 raise DataError(f"{path}: field '{name}' must be {kind}, got {type(data[name]).__name__} {str(data[name])[:60]!r}")
         if len(set(data["class_names"])) != len(data["class_names"]):
             raise DataError(f"{path}: field 'class_names' repeats a name: {list(data['class_names'])}")
+        for split in SPLITS:
+            if not _is_id_collection(data["splits"].get(split)):
+                raise DataError(f"{path}: field 'splits' has no list of {split} dialogue ids "
+                                f"(got {type(data['splits'].get(split)).__name__}){'; give [] to hold out a share of training' if split == 'valid' else ''}")
     for index, (name, value) in enumerate(zip(FIELDS.get(layout, ()), data)):
         is_split = name.endswith("split")
         if not (_is_id_collection(value) if is_split else isinstance(value, dict)):
@@ -548,11 +552,7 @@ def read_table(table):
     else:
         if not os.path.isfile(table):
             raise DataError(f"table not found: {table}" if not os.path.exists(table) else f"{table}: is a directory, not a table")
-        try:
-            frame = pd.read_csv(table, dtype=str, keep_default_na=False)
-        except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as error:
-            raise DataError(f"{table}: cannot be read as a UTF-8 CSV table ({type(error).__name__}: "
-                            f"{str(error).strip().splitlines()[0]})") from None
+        frame = read_csv(table)
         def where(i):
             return f"{table} row {i} (line {i + 2})"
     missing = [c for c in TABLE_COLUMNS if c not in frame.columns]
@@ -561,6 +561,25 @@ def read_table(table):
     if frame.empty:
         raise DataError("the table has no rows")
     return {c: [str(value).strip() for value in frame[c]] for c in TABLE_COLUMNS}, where
+
+
+def read_csv(path):
+    """A UTF-8 CSV file as a DataFrame of strings; every line has the header's number of fields."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f)
+            lines = [(reader.line_num, line) for line in reader if line]
+    except (UnicodeDecodeError, csv.Error, OSError) as error:
+        raise DataError(f"{path}: cannot be read as a UTF-8 CSV table ({type(error).__name__}: {error})") from None
+    if not lines:
+        raise DataError(f"{path}: is empty; a table starts with the header line {','.join(TABLE_COLUMNS)}")
+    (_, header), body = lines[0], lines[1:]
+    if len(set(header)) != len(header):
+        raise DataError(f"{path}: the header repeats a column: {header}")
+    for number, line in body:
+        if len(line) != len(header):
+            raise DataError(f"{path} line {number}: {len(line)} fields, the header has {len(header)}")
+    return pd.DataFrame([line for _, line in body], columns=header, dtype=str)
 
 
 def group_utterances(rows, where, class_index):
@@ -619,11 +638,12 @@ def read_npy(path, name):
     """A .npy array of numbers; its header is checked against the file's size before anything is allocated."""
     if not os.path.isfile(path):
         raise DataError(f"{name}: {'file not found' if not os.path.exists(path) else 'is a directory, not a .npy file'}")
+    with open(path, "rb") as f:
+        is_archive = f.read(4) == b"PK\x03\x04"
+    if is_archive:
+        raise DataError(f"{name}: an .npz archive; give one .npy array per modality (numpy.save)")
     try:
         with open(path, "rb") as f:
-            if f.read(4) == b"PK\x03\x04":
-                raise DataError(f"{name}: an .npz archive; give one .npy array per modality (numpy.save)")
-            f.seek(0)
             version = np.lib.format.read_magic(f)
             read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             shape, _, dtype = read_header(f)

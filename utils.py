@@ -117,7 +117,9 @@ def load_checkpoint(path, map_location="cpu"):
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
-        raise ValueError(f"{path}: not a MALN checkpoint that loads safely ({type(error).__name__}: {error})") from None
+        detail = str(error).split("WeightsUnpickler error:")[-1].strip().splitlines()  # torch's own advice is many lines
+        raise ValueError(f"{path}: not a MALN checkpoint that loads safely ({type(error).__name__}: "
+                         f"{detail[0] if detail else ''})") from None
     check_checkpoint(checkpoint, path)
     return checkpoint
 
