@@ -100,6 +100,10 @@ EXPANSION_FACTOR = 16                 # a file may hold at most this many bytes 
 EXPANSION_FLOOR = 256 * 2 ** 20       # ... or this many, for small files (the known layouts expand to about their size)
 
 
+def size_text(n_bytes):
+    return f"{n_bytes / 2 ** 30:,.1f} GiB" if n_bytes >= 2 ** 30 else f"{n_bytes / 2 ** 20:.2f} MiB"
+
+
 def expansion_budget(n_bytes):
     """Bytes of values a file of n_bytes may expand to."""
     return max(EXPANSION_FLOOR, EXPANSION_FACTOR * n_bytes)
@@ -108,8 +112,8 @@ def expansion_budget(n_bytes):
 class RestrictedUnpickler(pickle._Unpickler):
     """Admits only what the known layouts contain: numpy arrays, dtypes and scalars (as numpy 1
     and 2 write them at pickle protocols 0-5, from Python 2 or 3), sets, and bytes (Python 3
-    writes them through _codecs.encode at protocols 0-2). Lists, tuples, dicts, str, numbers,
-    bool and None need no name. Any other name is refused before anything is called.
+    writes them through _codecs.encode at protocols 0-2, and empty ones as bytes()). Lists,
+    tuples, dicts, str, numbers, bool and None need no name. Any other name is refused before anything is called.
 
     It is pickle's Python implementation, so that every call and every state is checked before
     numpy sees it: arrays may claim `budget` bytes in all (numpy allocates a claimed shape before
@@ -122,6 +126,7 @@ class RestrictedUnpickler(pickle._Unpickler):
         ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
         ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
         ("builtins", "set"), ("builtins", "frozenset"), ("__builtin__", "set"), ("__builtin__", "frozenset"),
+        ("builtins", "bytes"), ("__builtin__", "bytes"),
     }
     dispatch = dict(pickle._Unpickler.dispatch)
 
@@ -142,7 +147,7 @@ class RestrictedUnpickler(pickle._Unpickler):
         count = math.prod(shape)
         self.claimed += count * np.dtype(dtype).itemsize
         if self.claimed > self.budget:
-            raise TooLarge(f"claims arrays of {self.claimed / 2 ** 30:.1f} GiB")
+            raise TooLarge(f"claims arrays of {size_text(self.claimed)}")
         return count
 
     def load_reduce(self):
@@ -156,6 +161,8 @@ class RestrictedUnpickler(pickle._Unpickler):
             self.claim(arguments[1], arguments[2])
         if function is np.dtype and not (arguments and isinstance(arguments[0], str)):
             raise RefusedPickle(f"refused a dtype built from {arguments[:1]!r}")
+        if function is bytes and arguments:  # bytes(n) would allocate n bytes
+            raise RefusedPickle(f"refused bytes{arguments!r:.40}")
         self.stack[-1] = function(*arguments)
     dispatch[pickle.REDUCE[0]] = load_reduce
 
@@ -201,15 +208,15 @@ def read_pickle(path, trust=False):
         raise DataError(f"{path}: {error}. It is not a plain feature file; if you trust it, "
                         f"pass --trust_pickle=True") from None
     except TooLarge as error:
-        raise DataError(f"{path}: {error} from {os.path.getsize(path) / 2 ** 20:.1f} MiB on disk (at most "
-                        f"{budget / 2 ** 20:,.0f} MiB allowed); refused before allocating it") from None
+        raise DataError(f"{path}: {error} from {size_text(os.path.getsize(path))} on disk (at most {size_text(budget)} "
+                        f"allowed); refused before allocating it") from None
     except Exception as error:  # truncated, not a pickle at all, or unreadable
         raise DataError(f"{path}: cannot be read as a feature pickle ({type(error).__name__}: {error})") from None
     values = expanded_values(data, budget // 4, path)
     if 4 * values > budget:
-        raise DataError(f"{path}: holds at least {values:,} values ({4 * values / 2 ** 30:.1f} GiB as float32) once its "
-                        f"repeated references are expanded, from {os.path.getsize(path) / 2 ** 20:.1f} MiB on disk (at most "
-                        f"{budget / 2 ** 20:,.0f} MiB allowed); refused before converting it")
+        raise DataError(f"{path}: holds at least {values:,} values ({size_text(4 * values)} as float32) once its repeated "
+                        f"references are expanded, from {size_text(os.path.getsize(path))} on disk (at most "
+                        f"{size_text(budget)} allowed); refused before converting it")
     return data
 
 
@@ -654,7 +661,7 @@ def read_npy(path, name):
         raise DataError(f"{name}: an array of Python objects (dtype {dtype}); save an array of numbers")
     claimed = math.prod(shape) * dtype.itemsize
     if claimed > stored:
-        raise DataError(f"{name}: its header claims shape {shape} of {dtype} ({claimed / 2 ** 30:.2f} GiB), the file holds "
+        raise DataError(f"{name}: its header claims shape {shape} of {dtype} ({size_text(claimed)}), the file holds "
                         f"{stored} bytes of data")
     return np.load(path, allow_pickle=False)
 
