@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from utils import atomic_write, check_output_path
+from utils import atomic_write, check_output_path, expansion_budget, size_text
 
 CLASS_NAMES = {
     "IEMOCAP": ["hap", "sad", "neu", "ang", "exc", "fru"],
@@ -94,19 +94,6 @@ class RefusedPickle(pickle.UnpicklingError):
 
 class TooLarge(pickle.UnpicklingError):
     """A file claims more memory than its size allows; refused before anything that large is allocated."""
-
-
-EXPANSION_FACTOR = 16                 # a file may hold at most this many bytes of float32 values per byte on disk ...
-EXPANSION_FLOOR = 256 * 2 ** 20       # ... or this many, for small files (the known layouts expand to about their size)
-
-
-def size_text(n_bytes):
-    return f"{n_bytes / 2 ** 30:,.1f} GiB" if n_bytes >= 2 ** 30 else f"{n_bytes / 2 ** 20:.2f} MiB"
-
-
-def expansion_budget(n_bytes):
-    """Bytes of values a file of n_bytes may expand to."""
-    return max(EXPANSION_FLOOR, EXPANSION_FACTOR * n_bytes)
 
 
 class RestrictedUnpickler(pickle._Unpickler):

@@ -7,6 +7,7 @@ import math
 import os
 import random
 import tempfile
+import zipfile
 
 import numpy as np
 import torch
@@ -110,10 +111,24 @@ def save_checkpoint(checkpoint, path):
     atomic_write(path, write)
 
 
+EXPANSION_FACTOR = 16                 # a file may expand to at most this many bytes per byte on disk ...
+EXPANSION_FLOOR = 256 * 2 ** 20       # ... or this many, for small files (the files of this repository expand to about their size)
+
+
+def expansion_budget(n_bytes):
+    """Bytes a file of n_bytes may expand to once read."""
+    return max(EXPANSION_FLOOR, EXPANSION_FACTOR * n_bytes)
+
+
+def size_text(n_bytes):
+    return f"{n_bytes / 2 ** 30:,.1f} GiB" if n_bytes >= 2 ** 30 else f"{n_bytes / 2 ** 20:.2f} MiB"
+
+
 def load_checkpoint(path, map_location="cpu"):
     """A checkpoint dict, loaded without running any code stored in the file; the fields it has are checked."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    check_checkpoint_size(path)
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
@@ -122,6 +137,22 @@ def load_checkpoint(path, map_location="cpu"):
                          f"{detail[0] if detail else ''})") from None
     check_checkpoint(checkpoint, path)
     return checkpoint
+
+
+def check_checkpoint_size(path):
+    """A checkpoint is a zip archive (what torch.save writes) whose entries expand to at most
+    expansion_budget(its size): torch would allocate them before reading (a compressed entry,
+    or the legacy format's claimed storage sizes)."""
+    on_disk = os.path.getsize(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            claimed = sum(entry.file_size for entry in archive.infolist())
+    except (zipfile.BadZipFile, OSError) as error:
+        raise ValueError(f"{path}: not a MALN checkpoint that loads safely (not a zip archive as torch.save writes: "
+                         f"{error})") from None
+    if claimed > expansion_budget(on_disk):
+        raise ValueError(f"{path}: its entries expand to {size_text(claimed)} from {size_text(on_disk)} on disk (at most "
+                         f"{size_text(expansion_budget(on_disk))} allowed); refused before loading it")
 
 
 def _is_int(value, low=0):

@@ -9,14 +9,15 @@ import pickle
 import signal
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
 import torch
 
-import dataloader
 import layouts
 import train_MALN
+import utils
 from conftest import ROOT
 from dataloader import DataError, load_features, read_pickle
 from MALN_model_fix import MALN, MALNConfig
@@ -220,7 +221,7 @@ def maln_dict(features, ids):
 
 
 def test_a_pickle_repeating_references_to_one_array_is_refused_before_it_expands(tmp_path, monkeypatch):
-    monkeypatch.setattr(dataloader, "EXPANSION_FLOOR", 2 ** 20)
+    monkeypatch.setattr(utils, "EXPANSION_FLOOR", 2 ** 20)
     shared, ids = np.zeros((4, 1000), np.float32), [f"d{i}" for i in range(1000)]  # 16 kB, referenced 1000 times
     path = tmp_path / "repeats.pkl"
     path.write_bytes(pickle.dumps(maln_dict({i: shared for i in ids}, ids)))
@@ -323,6 +324,18 @@ def test_predict_with_a_checkpoint_of_wrong_fields_stops_with_one_line_naming_th
 
 def test_a_corrupted_checkpoint_is_one_line(tmp_path):
     (tmp_path / "best.pt").write_bytes(b"PK\x03\x04 not a zip at all" * 10)
-    with pytest.raises(ValueError, match=r"best.pt: not a MALN checkpoint that loads safely \(RuntimeError: .*\)$") as error:
+    with pytest.raises(ValueError, match=r"best.pt: not a MALN checkpoint that loads safely \(not a zip archive .*\)$") as error:
         load_checkpoint(tmp_path / "best.pt")
     assert "\n" not in str(error.value)
+
+
+def test_a_checkpoint_that_expands_beyond_its_size_is_refused_before_loading(tmp_path, monkeypatch):
+    monkeypatch.setattr(utils, "EXPANSION_FLOOR", 2 ** 20)
+    save_checkpoint({"model": {"weight": torch.zeros(2 ** 20)}}, tmp_path / "stored.pt")  # 4 MiB of zeros
+    with zipfile.ZipFile(tmp_path / "stored.pt") as stored, zipfile.ZipFile(tmp_path / "bomb.pt", "w", zipfile.ZIP_DEFLATED) as bomb:
+        for entry in stored.infolist():
+            bomb.writestr(entry.filename, stored.read(entry.filename))
+    assert load_checkpoint(tmp_path / "stored.pt")["model"]["weight"].shape == (2 ** 20,)
+    with pytest.raises(ValueError, match=r"bomb.pt: its entries expand to 4.\d\d MiB from 0.0\d MiB on disk \(at most "
+                                         r"1.00 MiB allowed\); refused before loading it"):
+        load_checkpoint(tmp_path / "bomb.pt")
