@@ -186,7 +186,7 @@ def read_pickle(path, trust=False):
     if not os.path.exists(path):
         raise DataError(f"feature file not found: {path}\n{SOURCES}.\n`python train_MALN.py --dataset=demo` runs without any file.")
     if not os.path.isfile(path):
-        raise DataError(f"{path}: is a directory, not a feature file")
+        raise DataError(f"{path}: is {'a directory' if os.path.isdir(path) else 'no regular file'}, not a feature file")
     budget = expansion_budget(os.path.getsize(path))
     try:
         with open(path, "rb") as f:
@@ -314,9 +314,12 @@ def check_fields(data, layout, path):
         if len(set(data["class_names"])) != len(data["class_names"]):
             raise DataError(f"{path}: field 'class_names' repeats a name: {list(data['class_names'])}")
         for split in SPLITS:
-            if not _is_id_collection(data["splits"].get(split)):
-                raise DataError(f"{path}: field 'splits' has no list of {split} dialogue ids "
-                                f"(got {type(data['splits'].get(split)).__name__}){'; give [] to hold out a share of training' if split == 'valid' else ''}")
+            if split not in data["splits"]:
+                raise DataError(f"{path}: field 'splits' has no '{split}' list"
+                                + ("; give [] to hold out a share of training for validation" if split == "valid" else ""))
+            if not _is_id_collection(data["splits"][split]):
+                raise DataError(f"{path}: field 'splits': '{split}' must be a list of dialogue ids, got "
+                                f"{type(data['splits'][split]).__name__}")
     for index, (name, value) in enumerate(zip(FIELDS.get(layout, ()), data)):
         is_split = name.endswith("split")
         if not (_is_id_collection(value) if is_split else isinstance(value, dict)):
@@ -478,6 +481,8 @@ def _load_features(path, dataset, av_path, modalities, valid_fraction, split_see
     else:
         class_names = CLASS_NAMES["MELD" if "meld" in layout else "IEMOCAP"]
     available = "".join(m for m in "tav" if m in streams)
+    if not available:
+        raise DataError(f"{source}: has no modality 't', 'a' or 'v' (its features are {list(streams)[:5]})")
     modalities = modalities or available
     missing = [m for m in modalities if m not in available]
     if missing:

@@ -479,11 +479,15 @@ def restore(run_dir, model, optimizer, generator, device):
     last = load_checkpoint(path)
     check_checkpoint(last, path, LAST_CHECKPOINT_FIELDS)
     load_model_state(model, last["model"], path)
-    optimizer.load_state_dict(last["optimizer"])
-    torch.set_rng_state(last["rng"]["torch"])
-    generator.set_state(last["rng"]["generator"])
-    if "cuda" in last["rng"] and device.type == "cuda":
-        torch.cuda.set_rng_state(last["rng"]["cuda"], device)
+    try:
+        optimizer.load_state_dict(last["optimizer"])
+        torch.set_rng_state(last["rng"]["torch"])
+        generator.set_state(last["rng"]["generator"])
+        if "cuda" in last["rng"] and device.type == "cuda":
+            torch.cuda.set_rng_state(last["rng"]["cuda"], device)
+    except (ValueError, KeyError, TypeError, RuntimeError) as error:
+        raise ValueError(f"{path}: its optimizer or random-number states do not fit this run "
+                         f"({type(error).__name__}: {error})") from None
     best = last["best"]
     if best["epoch"] == last["epoch"]:
         return last["history"], best, last["model"]
@@ -522,9 +526,18 @@ def resumed_config(config, given):
         last = load_checkpoint(path)
         check_checkpoint(last, path, LAST_CHECKPOINT_FIELDS)
         saved = last["config"]
+        check_saved_config(saved, path)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: cannot resume: {error}") from None
     return check_config({**HYPERPARAMETERS, **saved, **{name: config[name] for name in given}})
+
+
+def check_saved_config(saved, path):
+    """Every saved hyperparameter this version knows has its type (an int where a float is expected is fine)."""
+    for name, value in saved.items():
+        kind = type(HYPERPARAMETERS.get(name, value))
+        if not (type(value) is kind or (kind is float and type(value) is int)):
+            raise ValueError(f"{path}: its saved setting {name}={value!r} is not a {kind.__name__}")
 
 
 def report(names, labels, predictions):

@@ -323,7 +323,9 @@ def test_class_names_must_be_a_list_of_strings(tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     (lambda data: data.update(splits=[["call0"], [], ["call9"]]), r"field 'splits' must be a dict .* got list"),
-    (lambda data: data["splits"].pop("valid"), r"field 'splits' has no list of valid dialogue ids \(got NoneType\); give \[\]"),
+    (lambda data: data["splits"].pop("valid"), r"field 'splits' has no 'valid' list; give \[\] to hold out a share of training"),
+    (lambda data: data["splits"].update(test="call9"), r"field 'splits': 'test' must be a list of dialogue ids, got str"),
+    (lambda data: data.update(features={"x": data["features"]["t"]}), r"has no modality 't', 'a' or 'v' \(its features are \['x'\]\)"),
     (lambda data: data["splits"]["test"].append({"call1": 1}), r"the test split lists \"\{'call1': 1\}\", a dict"),
     (lambda data: data.update(features={"t": []}), r"field 'features' must be a dict of modality -> dict"),
 ])

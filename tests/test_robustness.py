@@ -337,6 +337,9 @@ def test_resume_of_a_wrong_or_corrupted_checkpoint_is_one_line(tmp_path, monkeyp
     with pytest.raises(SystemExit, match=r"^error: cannot resume: .*last.pt: not a checkpoint of the kind needed here: "
                                          r"it has no optimizer, history, best, rng \(best.pt has no optimizer state"):
         train_MALN.main([f"--resume={run}", "--epochs=3"])
+    save_checkpoint({**last, "config": {**last["config"], "learning_rate": "fast"}}, run / "last.pt")
+    with pytest.raises(SystemExit, match=r"^error: cannot resume: .*last.pt: its saved setting learning_rate='fast' is not a float$"):
+        train_MALN.main([f"--resume={run}", "--epochs=3"])
 
 
 # ----------------------------------------------------------------------------- padding and masks
