@@ -345,7 +345,7 @@ def run(config, feature_set=None):
         try:
             train = train_epoch(model, optimizer, train_batches, device, config["amp"], weights)
         except NonFiniteLoss as error:
-            raise NonFiniteLoss(f"epoch {epoch}, {error}. Stopped; {non_finite_note(run_dir, config)}") from None
+            raise NonFiniteLoss(f"epoch {epoch}, {error}. Stopped; {non_finite_note(run_dir, epoch, config)}") from None
         valid = evaluate(model, eval_batches["valid"], device, config["amp"], weights)
         test = evaluate(model, eval_batches["test"], device, config["amp"], weights)
         row = {"epoch": epoch, "seconds": time.time() - epoch_start}
@@ -413,18 +413,23 @@ def claim_run_directory(config):
     -> config with its run_name."""
     check_writable_place(os.path.abspath(config["out_dir"]), "--out_dir")
     stem = config["run_name"] or f"{config['dataset']}_{config['modalities'] or 'all'}_{time.strftime('%Y%m%d-%H%M%S')}"
-    for attempt in itertools.count(1):
-        name = stem if attempt == 1 else f"{stem}-{attempt}"
-        path = os.path.join(config["out_dir"], name)
-        try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            os.mkdir(path)
-            return {**config, "run_name": name}
-        except FileExistsError:
-            if config["run_name"]:
-                raise OutputError(run_taken(path)) from None
-        except OSError as error:
-            raise OutputError(f"--out_dir: cannot create the run directory {path}: {error.strerror or error}") from None
+    name = stem
+    path = os.path.join(config["out_dir"], name)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        for attempt in itertools.count(2):
+            try:
+                os.mkdir(path)
+                return {**config, "run_name": name}
+            except FileExistsError:
+                if config["run_name"]:
+                    raise OutputError(run_taken(path)) from None
+                name = f"{stem}-{attempt}"
+                path = os.path.join(config["out_dir"], name)
+    except OutputError:
+        raise
+    except OSError as error:
+        raise OutputError(f"--out_dir: cannot create the run directory {path}: {error.strerror or error}") from None
 
 
 def run_taken(path):
@@ -498,11 +503,9 @@ def restore(run_dir, model, optimizer, generator, device):
     return last["history"], best, best_checkpoint["model"]
 
 
-def non_finite_note(run_dir, config):
-    """What to do after a NaN or inf loss: resuming would repeat the same computation."""
-    path = os.path.join(run_dir, "last.pt")
-    kept = (f"{path} holds epoch {load_checkpoint(path)['epoch']}, the last good one" if os.path.exists(path)
-            else "no epoch had finished")
+def non_finite_note(run_dir, epoch, config):
+    """What to do after a NaN or inf loss in `epoch`: resuming would repeat the same computation."""
+    kept = f"{os.path.join(run_dir, 'last.pt')} holds epoch {epoch - 1}, the last good one" if epoch > 1 else "no epoch had finished"
     return (f"{kept}. Resuming would meet the same loss: start a new run with a lower --learning_rate (this one: "
             f"{config['learning_rate']:g}), or check the features for extreme values")
 
@@ -603,7 +606,7 @@ def load_prediction_model(path, device):
         model = MALN.from_checkpoint(path, device)
     except (TypeError, KeyError, AttributeError, RuntimeError) as error:
         raise ValueError(f"{path}: cannot build a model from this checkpoint ({type(error).__name__}: {error})") from None
-    check_checkpoint({**model.checkpoint, "model": {}}, path, ("model_args", "class_names"))
+    check_checkpoint(model.checkpoint, path, ("model_args", "class_names"))
     return model
 
 
