@@ -100,7 +100,8 @@ class RestrictedUnpickler(pickle._Unpickler):
     """Admits only what the known layouts contain: numpy arrays, dtypes and scalars (as numpy 1
     and 2 write them at pickle protocols 0-5, from Python 2 or 3), sets, and bytes (Python 3
     writes them through _codecs.encode at protocols 0-2, and empty ones as bytes()). Lists,
-    tuples, dicts, str, numbers, bool and None need no name. Any other name is refused before anything is called.
+    tuples, dicts, str, numbers, bool and None need no name. Any other name is refused before
+    anything is called.
 
     It is pickle's Python implementation, so that every call and every state is checked before
     numpy sees it: arrays may claim `budget` bytes in all (numpy allocates a claimed shape before
@@ -513,8 +514,7 @@ def build_features(table, arrays, path, class_names=None):
     Raises DataError naming the row that is wrong, OutputError for a path that is one of the
     inputs or exists (nothing is overwritten).
     """
-    check_output_path(path, "--out", [table] + list(arrays.values()) if isinstance(table, (str, os.PathLike))
-                      else [a for a in arrays.values() if isinstance(a, (str, os.PathLike))])
+    check_output_path(path, "--out", [x for x in (table, *arrays.values()) if isinstance(x, (str, os.PathLike))])
     if class_names is not None and (isinstance(class_names, str) or not all(isinstance(c, str) and c for c in class_names)):
         raise DataError(f"class_names must be a list of non-empty class-name strings, got {class_names!r}")
     rows, where = read_table(table)
