@@ -52,6 +52,10 @@ def train_missing(suite, seeds, out_dir, extra, only):
         directory = run_dir(out_dir, suite, row)
         if os.path.exists(os.path.join(directory, "summary.json")):
             continue
+        if os.path.exists(directory):  # train_MALN.py never overwrites a run's directory
+            print(f"skipping {row!r}: {directory} has no summary.json (interrupted?); continue its seeds with "
+                  f"train_MALN.py --resume=<its seed directory>, or remove it to train the row again", flush=True)
+            continue
         command = [sys.executable, os.path.join(ROOT, "train_MALN.py"), *base, *extra, *overrides, f"--seeds={seeds}",
                    f"--out_dir={out_dir}", f"--run_name={os.path.relpath(directory, out_dir)}", "--export_features=False"]
         print(" ".join(command[1:]), flush=True)
