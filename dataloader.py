@@ -188,6 +188,8 @@ def read_pickle(path, trust=False):
         raise DataError(f"feature file not found: {path}\n{SOURCES}.\n`python train_MALN.py --dataset=demo` runs without any file.")
     if not os.path.isfile(path):
         raise DataError(f"{path}: is {'a directory' if os.path.isdir(path) else 'no regular file'}, not a feature file")
+    if os.path.getsize(path) == 0:
+        raise DataError(f"{path}: is empty, not a feature file")
     budget = expansion_budget(os.path.getsize(path))
     try:
         with open(path, "rb") as f:
