@@ -16,6 +16,8 @@ A 'maln' file from a table of your own utterances and one array per modality:
     python dataloader.py --table=utterances.csv --t=text.npy --a=audio.npy --v=visual.npy --out=Features/mydata.pkl
 """
 
+import csv
+import math
 import os
 import pickle
 import sys
@@ -26,7 +28,7 @@ import pandas as pd
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from utils import atomic_write
+from utils import atomic_write, check_output_path, expansion_budget, size_text
 
 CLASS_NAMES = {
     "IEMOCAP": ["hap", "sad", "neu", "ang", "exc", "fru"],
@@ -87,14 +89,24 @@ class FeatureSet:
 # ----------------------------------------------------------------------------- pickles
 
 class RefusedPickle(pickle.UnpicklingError):
-    """A pickle asked for a name outside RestrictedUnpickler.ALLOWED."""
+    """A pickle asked for a name outside RestrictedUnpickler.ALLOWED, or for a call or state the known layouts never hold."""
 
 
-class RestrictedUnpickler(pickle.Unpickler):
+class TooLarge(pickle.UnpicklingError):
+    """A file claims more memory than its size allows; refused before anything that large is allocated."""
+
+
+class RestrictedUnpickler(pickle._Unpickler):
     """Admits only what the known layouts contain: numpy arrays, dtypes and scalars (as numpy 1
     and 2 write them at pickle protocols 0-5, from Python 2 or 3), sets, and bytes (Python 3
-    writes them through _codecs.encode at protocols 0-2). Lists, tuples, dicts, str, numbers,
-    bool and None need no name. Any other name is refused before anything is called."""
+    writes them through _codecs.encode at protocols 0-2, and empty ones as bytes()). Lists,
+    tuples, dicts, str, numbers, bool and None need no name. Any other name is refused before
+    anything is called.
+
+    It is pickle's Python implementation, so that every call and every state is checked before
+    numpy sees it: arrays may claim `budget` bytes in all (numpy allocates a claimed shape before
+    it finds the data short), an object array's state holds one item per element (numpy reads
+    past a short list), dtypes are plain ones, and nothing constructs a class directly."""
 
     ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
@@ -102,28 +114,143 @@ class RestrictedUnpickler(pickle.Unpickler):
         ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
         ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
         ("builtins", "set"), ("builtins", "frozenset"), ("__builtin__", "set"), ("__builtin__", "frozenset"),
+        ("builtins", "bytes"), ("__builtin__", "bytes"),
     }
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def __init__(self, file, budget, **options):
+        super().__init__(file, **options)
+        self.budget = budget    # bytes the arrays built may claim in all
+        self.claimed = 0
 
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:
             raise RefusedPickle(f"refused to load '{module}.{name}'")
         return super().find_class(module, name)
 
+    def claim(self, shape, dtype):
+        """Count an array's bytes against the budget before numpy allocates them; -> its number of elements."""
+        if not isinstance(shape, tuple) or not all(isinstance(n, int) and n >= 0 for n in shape):
+            raise RefusedPickle(f"refused an array of shape {shape!r}")
+        count = math.prod(shape)
+        self.claimed += count * np.dtype(dtype).itemsize
+        if self.claimed > self.budget:
+            raise TooLarge(f"claims arrays of {size_text(self.claimed)}")
+        return count
+
+    def load_reduce(self):
+        arguments = self.stack.pop()
+        function = self.stack[-1]
+        if not isinstance(arguments, tuple) or function is np.ndarray:
+            raise RefusedPickle(f"refused to call {getattr(function, '__name__', function)!r} with {type(arguments).__name__}")
+        if getattr(function, "__name__", "") == "_reconstruct":
+            if len(arguments) != 3 or arguments[0] is not np.ndarray:
+                raise RefusedPickle("refused to reconstruct anything but a plain numpy array")
+            self.claim(arguments[1], arguments[2])
+        if function is np.dtype and not (arguments and isinstance(arguments[0], str)):
+            raise RefusedPickle(f"refused a dtype built from {arguments[:1]!r}")
+        if function is bytes and arguments:  # bytes(n) would allocate n bytes
+            raise RefusedPickle(f"refused bytes{arguments!r:.40}")
+        self.stack[-1] = function(*arguments)
+    dispatch[pickle.REDUCE[0]] = load_reduce
+
+    def load_build(self):
+        state, instance = self.stack[-1], self.stack[-2]
+        if isinstance(instance, np.ndarray):
+            self.check_array_state(state)
+        elif isinstance(instance, np.dtype):
+            if not isinstance(state, tuple) or any(isinstance(x, (tuple, list, dict)) for x in state):
+                raise RefusedPickle("refused a dtype with fields or sub-arrays")
+        else:
+            raise RefusedPickle(f"refused to set the state of a {type(instance).__name__}")
+        super().load_build()
+    dispatch[pickle.BUILD[0]] = load_build
+
+    def check_array_state(self, state):
+        """numpy's state: ([version,] shape, dtype, is_fortran, data), data the bytes or, for objects, a list."""
+        if not isinstance(state, tuple) or len(state) not in (4, 5) or not isinstance(state[-3], np.dtype):
+            raise RefusedPickle("refused an array state of an unknown form")
+        shape, dtype, _, data = state[-4:]
+        count = self.claim(shape, dtype)
+        if dtype.hasobject and not (isinstance(data, list) and len(data) == count):
+            raise RefusedPickle(f"refused an object array of shape {shape} whose state does not hold {count} items")
+
+    def refuse_instance(self):
+        raise RefusedPickle("refused to construct a class instance (NEWOBJ / INST / OBJ)")
+    for _opcode in (pickle.NEWOBJ, pickle.NEWOBJ_EX, pickle.INST, pickle.OBJ):
+        dispatch[_opcode[0]] = refuse_instance
+
 
 def read_pickle(path, trust=False):
-    """Load a feature pickle; refuse anything but data unless `trust` is set."""
+    """Load a feature pickle; refuse anything but data unless `trust` is set, and any file whose
+    values would take more memory than its size allows (expansion_budget)."""
     if not os.path.exists(path):
         raise DataError(f"feature file not found: {path}\n{SOURCES}.\n`python train_MALN.py --dataset=demo` runs without any file.")
-    with open(path, "rb") as f:
-        try:
-            if trust:
-                return pickle.load(f, encoding="latin1")
-            return RestrictedUnpickler(f, encoding="latin1").load()
-        except RefusedPickle as error:
-            raise DataError(f"{path}: {error}. It is not a plain feature file; if you trust it, "
-                            f"pass --trust_pickle=True") from None
-        except Exception as error:  # truncated or not a pickle at all
-            raise DataError(f"{path}: cannot be read as a feature pickle ({type(error).__name__}: {error})") from None
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: is {'a directory' if os.path.isdir(path) else 'no regular file'}, not a feature file")
+    if os.path.getsize(path) == 0:
+        raise DataError(f"{path}: is empty, not a feature file")
+    budget = expansion_budget(os.path.getsize(path))
+    try:
+        with open(path, "rb") as f:
+            data = pickle.load(f, encoding="latin1") if trust else RestrictedUnpickler(f, budget, encoding="latin1").load()
+    except RefusedPickle as error:
+        raise DataError(f"{path}: {error}. It is not a plain feature file; if you trust it, "
+                        f"pass --trust_pickle=True") from None
+    except TooLarge as error:
+        raise DataError(f"{path}: {error} from {size_text(os.path.getsize(path))} on disk (at most {size_text(budget)} "
+                        f"allowed); refused before allocating it") from None
+    except Exception as error:  # truncated, not a pickle at all, or unreadable
+        raise DataError(f"{path}: cannot be read as a feature pickle ({type(error).__name__}: {error})") from None
+    values = expanded_values(data, budget // 4, path)
+    if 4 * values > budget:
+        raise DataError(f"{path}: holds at least {values:,} values ({size_text(4 * values)} as float32) once its repeated "
+                        f"references are expanded, from {size_text(os.path.getsize(path))} on disk (at most "
+                        f"{size_text(budget)} allowed); refused before converting it")
+    return data
+
+
+SCALARS = (int, float, bool, str, bytes, type(None), np.generic)
+
+
+def expanded_values(data, limit, path):
+    """How many values `data` holds when every repeated reference is counted each time it occurs,
+    as converting it to arrays materialises them; counting stops once past `limit`. Containers
+    are visited once (their counts memoised), so a file of shared references costs no time either."""
+    counts, in_progress, stack = {}, set(), [data]
+
+    def children(node):
+        if isinstance(node, dict):
+            return [*node.keys(), *node.values()]
+        if isinstance(node, (list, tuple, set, frozenset)):
+            return node
+        if isinstance(node, np.ndarray) and node.dtype.hasobject:
+            return node.ravel().tolist()
+        return None
+
+    def count(node):
+        if isinstance(node, np.ndarray) and not node.dtype.hasobject:
+            return node.size
+        return counts.get(id(node), 1)
+
+    while stack:
+        node = stack[-1]
+        items = None if id(node) in counts else children(node)
+        if items is None:
+            stack.pop()
+            continue
+        if id(node) not in in_progress:
+            in_progress.add(id(node))
+            pending = [x for x in items if not isinstance(x, SCALARS) and id(x) not in counts and children(x) is not None]
+            if any(id(x) in in_progress for x in pending):
+                raise DataError(f"{path}: holds a structure that contains itself; not a feature file")
+            stack.extend(pending)
+            continue
+        counts[id(node)] = sum(1 if isinstance(x, SCALARS) else count(x) for x in items)
+        if counts[id(node)] > limit:
+            return counts[id(node)]
+        stack.pop()
+    return count(data)
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -170,8 +297,32 @@ def detect_layout(data, path):
                        + "; ".join(f"{name} ({len(names)})" for name, names in FIELDS.items())))
 
 
+MALN_FIELDS = {  # key of a 'maln' file -> (what it must be, test)
+    "class_names": ("a list of class-name strings (empty in a file without labels)",
+                    lambda v: isinstance(v, (list, tuple)) and all(isinstance(c, str) for c in v)),
+    "speakers": ("a dict keyed by dialogue id", lambda v: isinstance(v, dict)),
+    "labels": ("a dict keyed by dialogue id", lambda v: isinstance(v, dict)),
+    "features": ("a dict of modality -> dict keyed by dialogue id",
+                 lambda v: isinstance(v, dict) and len(v) > 0 and all(isinstance(x, dict) for x in v.values())),
+    "splits": ("a dict of 'train', 'valid' and 'test' -> list of dialogue ids", lambda v: isinstance(v, dict)),
+}
+
+
 def check_fields(data, layout, path):
-    """Each field of a tuple layout has its type; COSMIC's four vectors agree per dialogue."""
+    """Each field of the layout has its type; COSMIC's four vectors agree per dialogue."""
+    if layout == "maln":
+        for name, (kind, valid) in MALN_FIELDS.items():
+            if not valid(data[name]):
+                raise DataError(f"{path}: field '{name}' must be {kind}, got {type(data[name]).__name__} {str(data[name])[:60]!r}")
+        if len(set(data["class_names"])) != len(data["class_names"]):
+            raise DataError(f"{path}: field 'class_names' repeats a name: {list(data['class_names'])}")
+        for split in SPLITS:
+            if split not in data["splits"]:
+                raise DataError(f"{path}: field 'splits' has no '{split}' list"
+                                + ("; give [] to hold out a share of training for validation" if split == "valid" else ""))
+            if not _is_id_collection(data["splits"][split]):
+                raise DataError(f"{path}: field 'splits': '{split}' must be a list of dialogue ids, got "
+                                f"{type(data['splits'][split]).__name__}")
     for index, (name, value) in enumerate(zip(FIELDS.get(layout, ()), data)):
         is_split = name.endswith("split")
         if not (_is_id_collection(value) if is_split else isinstance(value, dict)):
@@ -216,7 +367,7 @@ def _parse(data, layout):
     elif layout == "maln":
         speakers, labels, streams = data["speakers"], data["labels"], data["features"]
         train, valid, test = (data["splits"][s] for s in SPLITS)
-        valid = valid if len(valid) else None  # no validation dialogues: hold out a share of train, as for the other layouts
+    valid = valid if valid is not None and len(valid) else None  # no validation dialogues: a share of train is held out
     return speakers, labels, streams, {"train": list(train), "valid": None if valid is None else list(valid), "test": list(test)}
 
 
@@ -235,12 +386,18 @@ def speaker_indices(speakers):
 def make_dialogue(dialogue_id, streams, speakers, labels, n_classes, path):
     """Check one dialogue's fields against each other and convert them to tensors."""
     where = f"{path}: dialogue {dialogue_id!r}"
+    if not isinstance(speakers, (list, tuple, np.ndarray)) or not isinstance(labels, (list, tuple, np.ndarray)):
+        raise DataError(f"{where}: speakers and labels must be lists, got {type(speakers).__name__} and {type(labels).__name__}")
     n = len(speakers)
     if n == 0:
         raise DataError(f"{where}: has no utterances")
     features = {m: torch.from_numpy(feature_matrix(x, n, f"{where}: modality '{m}'")) for m, x in streams.items()}
     names = [str(s) for s in speakers] if isinstance(speakers[0], str) else None
-    return Dialogue(str(dialogue_id), features, torch.from_numpy(speaker_indices(speakers)),
+    try:
+        parties = speaker_indices(speakers)
+    except (ValueError, TypeError, IndexError) as error:
+        raise DataError(f"{where}: speakers are not party names, 'M'/'F' or one-hot vectors ({error})") from None
+    return Dialogue(str(dialogue_id), features, torch.from_numpy(parties),
                     torch.from_numpy(label_indices(labels, n, n_classes, where)), names)
 
 
@@ -252,10 +409,24 @@ def feature_matrix(x, n, where):
         raise DataError(f"{where} is not a matrix of numbers ({error})") from None
     if x.ndim != 2 or len(x) != n:
         raise DataError(f"{where} has shape {x.shape}, expected ({n}, D) for its {n} speakers")
-    bad = np.flatnonzero(~np.isfinite(x).all(1))
-    if len(bad):
-        raise DataError(f"{where} contains NaN or inf (utterances {bad[:5].tolist()})")
+    if x.shape[1] == 0:
+        raise DataError(f"{where} has shape {x.shape}: no feature columns")
+    not_finite, too_large = bad_rows(x)
+    if len(not_finite):
+        raise DataError(f"{where} contains NaN or inf (utterances {not_finite[:5].tolist()})")
+    if len(too_large):
+        raise DataError(f"{where} has values beyond ±{LARGEST_FEATURE:g} (utterance {too_large[0]}: "
+                        f"{np.abs(x[too_large[0]]).max():.3g}), which overflow in training; rescale the features")
     return x
+
+
+LARGEST_FEATURE = 1e6  # larger features overflow float32 in training; real ones are far smaller (encoders' outputs, openSMILE)
+
+
+def bad_rows(x):
+    """Rows of a float32 (n, D) array holding NaN or inf, and rows holding values beyond ±LARGEST_FEATURE."""
+    finite = np.isfinite(x).all(1)
+    return np.flatnonzero(~finite), np.flatnonzero(finite & (np.abs(x).max(1) > LARGEST_FEATURE))
 
 
 def label_indices(labels, n, n_classes, where):
@@ -270,16 +441,28 @@ def label_indices(labels, n, n_classes, where):
 
 
 def split_validation(train_ids, fraction, seed):
-    """A seeded share of the training dialogues, held out for model selection."""
+    """A seeded share of the training dialogues, held out for model selection; at least one, and
+    none from a single training dialogue (training then refuses an empty validation split)."""
     ids = sorted(train_ids, key=str)
     order = np.random.default_rng(seed).permutation(len(ids))
-    n_valid = max(1, round(fraction * len(ids)))
+    n_valid = min(len(ids) - 1, max(1, round(fraction * len(ids))))
     valid = {ids[i] for i in order[:n_valid]}
     return [i for i in ids if i not in valid], [ids[i] for i in sorted(order[:n_valid])]
 
 
 def load_features(path, dataset=None, av_path=None, modalities="", valid_fraction=0.1, split_seed=100, trust=False):
-    """Read a feature file (and optionally the audio/visual file joined to it) into a FeatureSet."""
+    """Read a feature file (and optionally the audio/visual file joined to it) into a FeatureSet.
+    Whatever is wrong with a file is one DataError naming it."""
+    try:
+        return _load_features(path, dataset, av_path, modalities, valid_fraction, split_seed, trust)
+    except DataError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as error:  # a check above missed it
+        raise DataError(f"{path}{' + ' + av_path if av_path else ''}: not a feature file of a known layout "
+                        f"({type(error).__name__}: {error})") from None
+
+
+def _load_features(path, dataset, av_path, modalities, valid_fraction, split_seed, trust):
     data = read_pickle(path, trust)
     layout = detect_layout(data, path)
     check_fields(data, layout, path)
@@ -301,11 +484,14 @@ def load_features(path, dataset=None, av_path=None, modalities="", valid_fractio
     else:
         class_names = CLASS_NAMES["MELD" if "meld" in layout else "IEMOCAP"]
     available = "".join(m for m in "tav" if m in streams)
+    if not available:
+        raise DataError(f"{source}: has no modality 't', 'a' or 'v' (its features are {list(streams)[:5]})")
     modalities = modalities or available
     missing = [m for m in modalities if m not in available]
     if missing:
         raise DataError(f"{source}: has no modality {''.join(missing)!r} (it has {available!r}); "
                         f"choose --modalities= among those, or join audio/visual with --av_features=")
+    check_ids(ids, source)
     check_splits(ids, {"speakers": speakers, "labels": labels, **{m: streams[m] for m in modalities}}, source)
     if ids["valid"] is None:
         ids["train"], ids["valid"] = split_validation(ids["train"], valid_fraction, split_seed)
@@ -327,10 +513,14 @@ def build_features(table, arrays, path, class_names=None):
     (rows in any order; positions 0..n-1 in each dialogue; label a class name, empty where
     unlabelled; split train / valid / test). arrays: {modality: (rows, D) array or .npy path},
     row i belonging to the table's row i. class_names: the class order; default sorted labels.
-    Raises DataError naming the row that is wrong.
+    Raises DataError naming the row that is wrong, OutputError for a path that is one of the
+    inputs or exists (nothing is overwritten).
     """
+    check_output_path(path, "--out", [x for x in (table, *arrays.values()) if isinstance(x, (str, os.PathLike))])
+    if class_names is not None and (isinstance(class_names, str) or not all(isinstance(c, str) and c for c in class_names)):
+        raise DataError(f"class_names must be a list of non-empty class-name strings, got {class_names!r}")
     rows, where = read_table(table)
-    class_names = [str(c) for c in class_names] if class_names else sorted({label for label in rows["label"] if label})
+    class_names = list(class_names) if class_names else sorted({label for label in rows["label"] if label})
     if len(set(class_names)) != len(class_names):
         raise DataError(f"class names repeat: {class_names}")
     class_index = {name: k for k, name in enumerate(class_names)}
@@ -361,9 +551,9 @@ def read_table(table):
         def where(i):
             return f"table row {i}"
     else:
-        if not os.path.exists(table):
-            raise DataError(f"table not found: {table}")
-        frame = pd.read_csv(table, dtype=str, keep_default_na=False)
+        if not os.path.isfile(table):
+            raise DataError(f"table not found: {table}" if not os.path.exists(table) else f"{table}: is a directory, not a table")
+        frame = read_csv(table)
         def where(i):
             return f"{table} row {i} (line {i + 2})"
     missing = [c for c in TABLE_COLUMNS if c not in frame.columns]
@@ -372,6 +562,25 @@ def read_table(table):
     if frame.empty:
         raise DataError("the table has no rows")
     return {c: [str(value).strip() for value in frame[c]] for c in TABLE_COLUMNS}, where
+
+
+def read_csv(path):
+    """A UTF-8 CSV file as a DataFrame of strings; every line has the header's number of fields."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f)
+            lines = [(reader.line_num, line) for line in reader if line]
+    except (UnicodeDecodeError, csv.Error, OSError) as error:
+        raise DataError(f"{path}: cannot be read as a UTF-8 CSV table ({type(error).__name__}: {error})") from None
+    if not lines:
+        raise DataError(f"{path}: is empty; a table starts with the header line {','.join(TABLE_COLUMNS)}")
+    (_, header), body = lines[0], lines[1:]
+    if len(set(header)) != len(header):
+        raise DataError(f"{path}: the header repeats a column: {header}")
+    for number, line in body:
+        if len(line) != len(header):
+            raise DataError(f"{path} line {number}: {len(line)} fields, the header has {len(header)}")
+    return pd.DataFrame([line for _, line in body], columns=header, dtype=str)
 
 
 def group_utterances(rows, where, class_index):
@@ -408,21 +617,83 @@ def read_array(modality, array, n_rows):
         raise DataError(f"modality {modality!r}: modalities are 't' (text), 'a' (audio) and 'v' (visual)")
     is_file = isinstance(array, (str, os.PathLike))
     name = f"modality '{modality}'" + (f" ({array})" if is_file else "")
-    x = np.load(array) if is_file else np.asarray(array)
+    x = read_npy(array, name) if is_file else np.asarray(array)
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"{name}: dtype {x.dtype}, expected numbers (float or int)")
     if x.ndim != 2 or len(x) != n_rows:
         raise DataError(f"{name}: shape {x.shape}, expected ({n_rows}, D): one row per row of the table")
+    if x.shape[1] == 0:
+        raise DataError(f"{name}: shape {x.shape}: no feature columns")
     x = x.astype(np.float32)
-    bad = np.flatnonzero(~np.isfinite(x).all(1))
-    if len(bad):
-        raise DataError(f"{name}: row {bad[0]} (the table's row {bad[0]}) has NaN or inf features ({len(bad)} such rows)")
+    not_finite, too_large = bad_rows(x)
+    if len(not_finite):
+        raise DataError(f"{name}: row {not_finite[0]} (the table's row {not_finite[0]}) has NaN or inf features "
+                        f"({len(not_finite)} such rows)")
+    if len(too_large):
+        raise DataError(f"{name}: row {too_large[0]} (the table's row {too_large[0]}) has values beyond ±{LARGEST_FEATURE:g}, "
+                        f"which overflow in training; rescale the features")
     return x
 
 
-def require_training_labels(feature_set):
-    """Training needs labelled training utterances (predicting does not)."""
-    if not any((d.labels >= 0).any() for d in feature_set.splits["train"]):
-        raise DataError(f"{feature_set.source}: no labelled training utterance; training needs labels "
-                        f"(--predict=CHECKPOINT does not)")
+def read_npy(path, name):
+    """A .npy array of numbers; its header is checked against the file's size before anything is allocated."""
+    if not os.path.isfile(path):
+        raise DataError(f"{name}: {'file not found' if not os.path.exists(path) else 'is a directory, not a .npy file'}")
+    with open(path, "rb") as f:
+        is_archive = f.read(4) == b"PK\x03\x04"
+    if is_archive:
+        raise DataError(f"{name}: an .npz archive; give one .npy array per modality (numpy.save)")
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+            stored = os.fstat(f.fileno()).st_size - f.tell()
+    except (ValueError, OSError, EOFError) as error:
+        raise DataError(f"{name}: not a .npy array ({error})") from None
+    if dtype.hasobject:
+        raise DataError(f"{name}: an array of Python objects (dtype {dtype}); save an array of numbers")
+    claimed = math.prod(shape) * dtype.itemsize
+    if claimed > stored:
+        raise DataError(f"{name}: its header claims shape {shape} of {dtype} ({size_text(claimed)}), the file holds "
+                        f"{stored} bytes of data")
+    return np.load(path, allow_pickle=False)
+
+
+def check_training_splits(feature_set):
+    """Training needs dialogues in every split and labelled utterances in train and valid (an epoch
+    is selected on valid); test may be unlabelled (the run reports no test scores then).
+    Predicting needs none of this."""
+    source, splits = feature_set.source, feature_set.splits
+    for split in SPLITS:
+        if not splits[split]:
+            held_out = (" (a file without validation dialogues has a share of its training dialogues held out, "
+                        "which needs at least 2 of them)" if split == "valid" else "")
+            raise DataError(f"{source}: the {split} split has no dialogue{held_out}; training needs train, valid and "
+                            f"test dialogues")
+    if not any((d.labels >= 0).any() for d in splits["train"]):
+        raise DataError(f"{source}: no labelled training utterance; training needs labels (--predict=CHECKPOINT does not)")
+    if not any((d.labels >= 0).any() for d in splits["valid"]):
+        raise DataError(f"{source}: the valid split ({len(splits['valid'])} dialogues) has no labelled utterance, so no "
+                        f"epoch could be selected on it; label some of its utterances, or list no valid dialogue so "
+                        f"that a seeded --valid_fraction of the training dialogues is held out")
+
+
+def check_ids(ids, source):
+    """Dialogue ids are hashable, and no two of them read the same as text (1 and '1'): the
+    predictions and exported vectors write ids as text."""
+    as_text = {}
+    for split, split_ids in ids.items():
+        for i in split_ids or ():
+            try:
+                hash(i)
+            except TypeError:
+                raise DataError(f"{source}: the {split} split lists {str(i)[:60]!r}, a {type(i).__name__}, "
+                                f"which cannot be a dialogue id (use a str or an int)") from None
+            other = as_text.setdefault(str(i), i)
+            if other is not i and other != i:  # equal ids: check_splits names the repeat
+                raise DataError(f"{source}: dialogue ids {other!r} ({type(other).__name__}) and {i!r} ({type(i).__name__}) "
+                                f"are different ids that read the same as text; rename one of them")
 
 
 def check_splits(ids, fields, source):
@@ -579,7 +850,7 @@ def main(argv):
     class_names = options["class_names"].split(",") if "class_names" in options else None
     try:
         data = build_features(options["table"], {m: options[m] for m in "tav" if m in options}, options["out"], class_names)
-    except DataError as error:
+    except (DataError, OSError) as error:  # OSError: OutputError, or an input that cannot be read
         raise SystemExit(f"error: {error}") from None
     labels = [y for dialogue in data["labels"].values() for y in dialogue]
     sizes = {m: next(iter(streams.values())).shape[1] for m, streams in data["features"].items()}

@@ -14,6 +14,7 @@ release's optimistic figure (best test epoch) is printed too, labelled as such.
 """
 
 import copy
+import itertools
 import math
 import os
 import sys
@@ -31,9 +32,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
-from dataloader import CLASS_NAMES, DataError, collate, load_dataset, require_training_labels, to_device
+from dataloader import CLASS_NAMES, DataError, check_training_splits, collate, load_dataset, to_device
 from MALN_model_fix import MALN, MALNConfig
-from utils import atomic_write, load_checkpoint, load_model_state, save_checkpoint, scores, set_seed, write_json
+from utils import (LAST_CHECKPOINT_FIELDS, OutputError, atomic_write, check_checkpoint, check_output_path,
+                   check_writable_place, load_checkpoint, load_model_state, remove_stale_temporaries, save_checkpoint,
+                   scores, set_seed, write_json)
 
 # ----------------------------------------------------------------------------- hyperparameters
 # data
@@ -415,6 +418,7 @@ def run(config, feature_set=None):
     if feature_set is None:
         feature_set = load_dataset(config["dataset"], config["features"], config["av_features"], config["modalities"],
                                    config["valid_fraction"], config["split_seed"], config["trust_pickle"], config["demo_seed"])
+    check_training_splits(feature_set)
     device = resolve_device(config["device"])
     set_seed(config["seed"])
     model = build_model(feature_set, config).to(device)
@@ -423,8 +427,8 @@ def run(config, feature_set=None):
     weights = inverse_frequency_weights(feature_set.splits["train"], len(feature_set.class_names), device) \
         if config["class_weights"] else None
     eval_batches = {split: make_batches(feature_set.splits[split], config["batch_size"]) for split in ("train", "valid", "test")}
+    config = open_run_directory(config)
     run_dir = run_directory(config)
-    os.makedirs(run_dir, exist_ok=True)
     print(f"{feature_set.source} ({feature_set.layout}): modalities {feature_set.modalities} {feature_set.feature_sizes}, "
           f"{len(feature_set.class_names)} classes, dialogues train/valid/test "
           f"{'/'.join(str(len(feature_set.splits[s])) for s in ('train', 'valid', 'test'))}; "
@@ -447,7 +451,7 @@ def run(config, feature_set=None):
         try:
             train = train_epoch(model, optimizer, train_batches, device, config["amp"], weights)
         except NonFiniteLoss as error:
-            raise NonFiniteLoss(f"epoch {epoch}, {error}. Stopped; {saved_note(run_dir)}") from None
+            raise NonFiniteLoss(f"epoch {epoch}, {error}. Stopped; {non_finite_note(run_dir, epoch, config)}") from None
         valid = evaluate(model, eval_batches["valid"], device, config["amp"], weights)
         test = evaluate(model, eval_batches["test"], device, config["amp"], weights)
         row = {"epoch": epoch, "seconds": time.time() - epoch_start}
@@ -466,7 +470,7 @@ def run(config, feature_set=None):
         atomic_write(os.path.join(run_dir, "history.csv"), lambda path: pd.DataFrame(history).to_csv(path, index=False))
 
     model.load_state_dict(best_state)
-    optimistic = max(history, key=lambda r: r["test_weighted_f1"])
+    optimistic = best_test_epoch(history)
     exported = ("train", "valid", "test") if config["export_features"] else ("train", "test")  # probes: train and test
     final = {split: evaluate(model, eval_batches[split], device, config["amp"], weights, keep_vectors=True) for split in exported}
     report(feature_set.class_names, final["test"]["labels"], final["test"]["predictions"])
@@ -485,12 +489,80 @@ def run(config, feature_set=None):
     if config["export_features"]:
         for split, result in final.items():
             atomic_write(os.path.join(run_dir, f"features_{split}.npz"), lambda path: np.savez(path, **result["vectors"]))
-    print(f"selected epoch {best['epoch']} on validation weighted-F1 {best['valid_weighted_f1']:.2f}: "
-          f"test weighted-F1 {metrics['test_weighted_f1']:.2f}, accuracy {metrics['test_accuracy']:.2f}")
+    print_outcome(best, metrics, optimistic)
+    return metrics
+
+
+def best_test_epoch(history):
+    """The row of the best test weighted-F1 (the release's optimistic protocol); NaN scores and no
+    epoch when the test split has no labels."""
+    scored = [row for row in history if math.isfinite(row["test_weighted_f1"])]
+    if not scored:
+        return {"epoch": None, "test_weighted_f1": float("nan"), "test_accuracy": float("nan")}
+    return max(scored, key=lambda row: row["test_weighted_f1"])
+
+
+def print_outcome(best, metrics, optimistic):
+    selected = f"selected epoch {best['epoch']} on validation weighted-F1 {best['valid_weighted_f1']:.2f}"
+    if optimistic["epoch"] is None:
+        print(f"{selected}; the test split has no labelled utterance, so there are no test scores (null in metrics.json)")
+        return
+    print(f"{selected}: test weighted-F1 {metrics['test_weighted_f1']:.2f}, accuracy {metrics['test_accuracy']:.2f}")
     print(f"[optimistic, the release's protocol] best test epoch {optimistic['epoch']}: "
           f"test weighted-F1 {optimistic['test_weighted_f1']:.2f}, accuracy {optimistic['test_accuracy']:.2f}")
     print(decomposition_line(metrics["decomposition"]))
     return metrics
+
+
+def claim_run_directory(config):
+    """Create the run's directory; it must not exist, so a finished (or running) run is never
+    overwritten. Creating it is atomic: two runs never share one. An empty run_name becomes
+    <dataset>_<modalities>_<date-time>, with -2, -3, ... appended while that is taken.
+    -> config with its run_name."""
+    check_writable_place(os.path.abspath(config["out_dir"]), "--out_dir")
+    stem = config["run_name"] or f"{config['dataset']}_{config['modalities'] or 'all'}_{time.strftime('%Y%m%d-%H%M%S')}"
+    name = stem
+    path = os.path.join(config["out_dir"], name)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        for attempt in itertools.count(2):
+            try:
+                os.mkdir(path)
+                return {**config, "run_name": name}
+            except FileExistsError:
+                if config["run_name"]:
+                    raise OutputError(run_taken(path)) from None
+                name = f"{stem}-{attempt}"
+                path = os.path.join(config["out_dir"], name)
+    except OutputError:
+        raise
+    except OSError as error:
+        raise OutputError(f"--out_dir: cannot create the run directory {path}: {error.strerror or error}") from None
+
+
+def run_taken(path):
+    return (f"{path} exists: a run's directory is never overwritten; continue that run with --resume={path}, "
+            f"or choose another --run_name")
+
+
+def check_run_name_free(config):
+    """Before the data is loaded: refuse a --run_name that is taken and an --out_dir that cannot hold runs."""
+    check_writable_place(os.path.abspath(config["out_dir"]), "--out_dir")
+    path = os.path.join(config["out_dir"], config["run_name"])
+    if config["run_name"] and os.path.lexists(path):
+        raise OutputError(run_taken(path))
+
+
+def open_run_directory(config):
+    """The directory of run(): an interrupted run's (cleared of the temporary files a killed write
+    left), an empty one main() claimed, or a new one claimed here. -> config with its run_name."""
+    if config["resume"]:
+        remove_stale_temporaries(config["resume"])
+        return config
+    path = run_directory(config)
+    if config["run_name"] and os.path.isdir(path) and not os.listdir(path):
+        return config
+    return claim_run_directory(config)
 
 
 def run_directory(config):
@@ -518,19 +590,32 @@ def restore(run_dir, model, optimizer, generator, device):
     """Load an interrupted run's last.pt into model, optimizer and the RNGs; -> history, best row, best state."""
     path = os.path.join(run_dir, "last.pt")
     last = load_checkpoint(path)
+    check_checkpoint(last, path, LAST_CHECKPOINT_FIELDS)
     load_model_state(model, last["model"], path)
-    optimizer.load_state_dict(last["optimizer"])
-    torch.set_rng_state(last["rng"]["torch"])
-    generator.set_state(last["rng"]["generator"])
-    if "cuda" in last["rng"] and device.type == "cuda":
-        torch.cuda.set_rng_state(last["rng"]["cuda"], device)
+    try:
+        optimizer.load_state_dict(last["optimizer"])
+        torch.set_rng_state(last["rng"]["torch"])
+        generator.set_state(last["rng"]["generator"])
+        if "cuda" in last["rng"] and device.type == "cuda":
+            torch.cuda.set_rng_state(last["rng"]["cuda"], device)
+    except (ValueError, KeyError, TypeError, RuntimeError) as error:
+        raise ValueError(f"{path}: its optimizer or random-number states do not fit this run "
+                         f"({type(error).__name__}: {error})") from None
     best = last["best"]
     if best["epoch"] == last["epoch"]:
         return last["history"], best, last["model"]
     best_checkpoint = load_checkpoint(os.path.join(run_dir, "best.pt"))
+    check_checkpoint(best_checkpoint, os.path.join(run_dir, "best.pt"), ("model", "epoch"))
     if best_checkpoint["epoch"] != best["epoch"]:
         raise ValueError(f"{run_dir}: best.pt holds epoch {best_checkpoint['epoch']}, last.pt expects epoch {best['epoch']}")
     return last["history"], best, best_checkpoint["model"]
+
+
+def non_finite_note(run_dir, epoch, config):
+    """What to do after a NaN or inf loss in `epoch`: resuming would repeat the same computation."""
+    kept = f"{os.path.join(run_dir, 'last.pt')} holds epoch {epoch - 1}, the last good one" if epoch > 1 else "no epoch had finished"
+    return (f"{kept}. Resuming would meet the same loss: start a new run with a lower --learning_rate (this one: "
+            f"{config['learning_rate']:g}), or check the features for extreme values")
 
 
 def saved_note(run_dir):
@@ -547,16 +632,31 @@ def resumed_config(config, given):
     if changed:
         raise SystemExit(f"--resume continues a run with its own settings; only --device, --epochs and --threads may be given "
                          f"with it, not {', '.join('--' + name for name in sorted(changed))}")
+    path = os.path.join(config["resume"], "last.pt")
     try:
-        saved = load_checkpoint(os.path.join(config["resume"], "last.pt"))["config"]
+        last = load_checkpoint(path)
+        check_checkpoint(last, path, LAST_CHECKPOINT_FIELDS)
+        saved = last["config"]
+        check_saved_config(saved, path)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: cannot resume: {error}") from None
     return check_config({**HYPERPARAMETERS, **saved, **{name: config[name] for name in given}})
 
 
+def check_saved_config(saved, path):
+    """Every saved hyperparameter this version knows has its type (an int where a float is expected is fine)."""
+    for name, value in saved.items():
+        kind = type(HYPERPARAMETERS.get(name, value))
+        if not (type(value) is kind or (kind is float and type(value) is int)):
+            raise ValueError(f"{path}: its saved setting {name}={value!r} is not a {kind.__name__}")
+
+
 def report(names, labels, predictions):
     """Classification report and confusion matrix, with class names, over labelled utterances."""
     labelled = labels >= 0
+    if not labelled.any():
+        print("no labelled test utterance: no classification report")
+        return
     print(classification_report(labels[labelled], predictions[labelled], labels=range(len(names)), target_names=names,
                                 digits=4, zero_division=0))
     matrix = confusion_matrix(labels[labelled], predictions[labelled], labels=range(len(names)))
@@ -578,6 +678,7 @@ def predict(model, feature_set, split="", batch_size=32):
     chosen = [(name, d) for name, dialogues in feature_set.splits.items() if split in ("", name) for d in dialogues]
     if not chosen:
         raise DataError(f"{feature_set.source}: no {split} dialogue to predict")
+    check_dialogue_lengths(model, chosen, feature_set.source)
     model.eval()
     device = next(model.parameters()).device
     tables = []
@@ -597,13 +698,35 @@ def predict(model, feature_set, split="", batch_size=32):
     return pd.concat(tables, ignore_index=True)
 
 
+def check_dialogue_lengths(model, chosen, source):
+    """Every (split, dialogue) chosen fits the position table of the checkpoint's model."""
+    longest = model.config.max_positions - 1 if model.config.sclm_mode != "off" else None  # one position is [CLS]
+    for split, dialogue in chosen:
+        if longest is not None and len(dialogue) > longest:
+            raise DataError(f"{source}: {split} dialogue {dialogue.dialogue_id!r} has {len(dialogue)} utterances; the "
+                            f"checkpoint's model reads at most {longest} (its max_positions={longest + 1}, set from the "
+                            f"longest dialogue it was trained on)")
+
+
+def load_prediction_model(path, device):
+    """MALN.from_checkpoint; a checkpoint it cannot build a model from is one ValueError naming the file."""
+    try:
+        model = MALN.from_checkpoint(path, device)
+    except (TypeError, KeyError, AttributeError, RuntimeError) as error:
+        raise ValueError(f"{path}: cannot build a model from this checkpoint ({type(error).__name__}: {error})") from None
+    check_checkpoint(model.checkpoint, path, ("model_args", "class_names"))
+    return model
+
+
 def write_predictions(config):
-    """--predict=CHECKPOINT: the checkpoint's class and its probability for every utterance, as a CSV."""
-    model = MALN.from_checkpoint(config["predict"], resolve_device(config["device"]))
+    """--predict=CHECKPOINT: the checkpoint's class and its probability for every utterance, as a CSV,
+    at a path that is none of the inputs and no existing file."""
+    path = config["predictions"] or os.path.join(os.path.dirname(config["predict"]), "predictions.csv")
+    check_output_path(path, "--predictions", [config["predict"], config["features"], config["av_features"]])
+    model = load_prediction_model(config["predict"], resolve_device(config["device"]))
     feature_set = load_dataset(config["dataset"], config["features"], config["av_features"], "".join(model.config.modalities),
                                config["valid_fraction"], config["split_seed"], config["trust_pickle"], config["demo_seed"])
     table = predict(model, feature_set, config["predict_split"], config["batch_size"])
-    path = config["predictions"] or os.path.join(os.path.dirname(config["predict"]), "predictions.csv")
     atomic_write(path, lambda temporary: table.to_csv(temporary, index=False))
     labelled = table[table["label"] != ""]
     accuracy = f", accuracy {100 * (labelled['prediction'] == labelled['label']).mean():.2f} on them" if len(labelled) else ""
@@ -640,18 +763,20 @@ def main(argv):
     if config["predict"]:
         try:
             write_predictions(config)
-        except (FileNotFoundError, ValueError) as error:  # DataError, or a checkpoint that does not load
+        except (ValueError, OSError) as error:  # DataError, a checkpoint that does not load, OutputError
             raise SystemExit(f"error: {error}") from None
         return
     if config["resume"]:
         config = resumed_config(config, {argument[2:].split("=", 1)[0] for argument in argv})
-    if not config["run_name"]:
-        config["run_name"] = f"{config['dataset']}_{config['modalities'] or 'all'}_{time.strftime('%Y%m%d-%H%M%S')}"
     try:
+        if not config["resume"]:
+            check_run_name_free(config)
         feature_set = load_dataset(config["dataset"], config["features"], config["av_features"], config["modalities"],
                                    config["valid_fraction"], config["split_seed"], config["trust_pickle"], config["demo_seed"])
-        require_training_labels(feature_set)
-    except DataError as error:
+        check_training_splits(feature_set)
+        if not config["resume"]:
+            config = claim_run_directory(config)  # one directory, or the one holding a directory per seed
+    except (ValueError, OSError) as error:  # DataError, OutputError
         raise SystemExit(f"error: {error}") from None
     seed_list = [int(s) for s in config["seeds"].split(",") if s.strip()] if config["seeds"] else [config["seed"]]
     if len(seed_list) == 1 or config["resume"]:
@@ -674,14 +799,16 @@ def write_seed_summary(config, seed_list, results):
 
 
 def run_stopping_cleanly(config, feature_set):
-    """run(), with Ctrl-C and a non-finite loss turned into one short message and exit status."""
+    """run(), with Ctrl-C, a non-finite loss and a failed write turned into one short message and exit status."""
     try:
         return run(config, feature_set)
     except KeyboardInterrupt:
         print(f"\ninterrupted: {saved_note(run_directory(config))}", file=sys.stderr)
         raise SystemExit(130) from None
-    except NonFiniteLoss as error:
+    except (NonFiniteLoss, ValueError) as error:  # ValueError: DataError, a checkpoint to resume that does not fit
         raise SystemExit(f"error: {error}") from None
+    except OSError as error:  # OutputError: a full disk, a directory that became read-only
+        raise SystemExit(f"error: {error}. Stopped; {saved_note(run_directory(config))}") from None
 
 
 if __name__ == "__main__":

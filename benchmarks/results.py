@@ -10,7 +10,7 @@ summary.json files into Markdown tables.
     python benchmarks/results.py --suite=demo --seeds=1,2,3 --run --jobs=2  # two runs at a time, half the cores each
 
 Each (row, seed) is one `train_MALN.py --seed=S --run_name=results/<suite>/<row>/seedS` with the
-row's overrides, its output in that directory's train.log; `--jobs=N` runs N of them at a time,
+row's overrides, its output in seedS.log beside that directory; `--jobs=N` runs N of them at a time,
 each with --threads=cores/N (torch's threads of several processes would otherwise fight over the
 cores). When a row's seeds have all finished, its summary.json is written as `train_MALN.py
 --seeds=...` writes it. A row with a summary.json, or a seed with a metrics.json, is not trained
@@ -120,12 +120,12 @@ def train_missing(suite, seeds, out_dir, extra, only, jobs=1):
 
 def run_side_by_side(runs, jobs):
     """Run (name, command, directory) subprocesses `jobs` at a time, each writing its output to
-    directory/train.log; -> one message per run that exited non-zero. Ctrl-C starts no new run."""
+    directory.log beside it; -> one message per run that exited non-zero. Ctrl-C starts no new run."""
     def launch(command, directory):
-        os.makedirs(directory, exist_ok=True)
+        os.makedirs(os.path.dirname(directory), exist_ok=True)
         print(" ".join(command[1:]), flush=True)
         start = time.time()
-        with open(os.path.join(directory, "train.log"), "a") as log:
+        with open(directory + ".log", "a") as log:
             return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode, time.time() - start
 
     failures = []
@@ -147,7 +147,7 @@ def run_side_by_side(runs, jobs):
 
 def failure_message(name, directory, status, n_lines=5):
     """A failed run's name, exit status and the end of its log."""
-    log = os.path.join(directory, "train.log")
+    log = directory + ".log"
     tail = open(log).read().splitlines()[-n_lines:] if os.path.exists(log) else []
     return f"failed: {name} (exit status {status}); end of {log}:\n    " + "\n    ".join(tail)
 

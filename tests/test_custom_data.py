@@ -1,3 +1,6 @@
+import json
+import pickle
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -206,3 +209,154 @@ def test_predict_split_writes_only_that_split_beside_the_checkpoint(trained):
     valid = trained["table"][trained["table"]["split"] == "valid"]
     assert set(csv["split"]) == {"valid"} and len(csv) == len(valid)
     assert set(csv["dialogue_id"]) == set(valid["dialogue_id"])
+
+
+# ----------------------------------------------------------------------------- splits
+
+def without_labels(split):
+    return lambda table: table.assign(label=table["label"].where(table["split"] != split, ""))
+
+
+def without_dialogues(split):
+    return lambda table: table[table["split"] != split]
+
+
+def one_training_dialogue(table):
+    kept = table[(table["split"] != "train") | (table["dialogue_id"] == "call0")]
+    return kept[kept["split"] != "valid"]
+
+
+@pytest.mark.parametrize("change, message", [
+    (without_labels("valid"), r"the valid split \(2 dialogues\) has no labelled utterance, so no epoch could be selected"),
+    (without_dialogues("test"), r"the test split has no dialogue; training needs train, valid and test dialogues"),
+    (without_dialogues("train"), r"the train split has no dialogue"),
+    (one_training_dialogue, r"the valid split has no dialogue \(a file without validation dialogues has a share of its "
+                            r"training dialogues held out, which needs at least 2 of them\)"),
+])
+def test_a_split_training_cannot_use_is_refused_before_training(tmp_path, monkeypatch, change, message):
+    table, arrays = utterances()
+    changed = change(table)
+    build_features(changed, {m: x[changed.index] for m, x in arrays.items()}, tmp_path / "mine.pkl")
+    monkeypatch.setattr(train_MALN, "train_epoch", lambda *args: pytest.fail("trained"))
+    with pytest.raises(SystemExit, match=r"^error: .*mine.pkl: " + message):
+        train_MALN.main([f"--features={tmp_path / 'mine.pkl'}", f"--out_dir={tmp_path / 'runs'}", *TINY])
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_test_split_without_labels_trains_and_writes_null_test_scores(tmp_path, capsys):
+    table, arrays = utterances()
+    build_features(without_labels("test")(table), arrays, tmp_path / "mine.pkl")
+    train_MALN.main([f"--features={tmp_path / 'mine.pkl'}", f"--out_dir={tmp_path}", "--run_name=run", "--epochs=2", *TINY])
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["test_weighted_f1"] is None and metrics["optimistic_best_test_epoch"] is None
+    assert 0 <= metrics["valid_weighted_f1"] <= 100
+    assert "the test split has no labelled utterance, so there are no test scores" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- builder inputs and outputs
+
+def write_inputs(directory):
+    table, arrays = utterances()
+    table.to_csv(directory / "utterances.csv", index=False)
+    np.save(directory / "text.npy", arrays["t"])
+    return table, arrays
+
+
+def build_from(directory, table="utterances.csv", text="text.npy", out="mine.pkl"):
+    dataloader.main([f"--table={directory / table}", f"--t={directory / text}", f"--out={directory / out}"])
+
+
+@pytest.mark.parametrize("table, text, message", [
+    ("empty.csv", "text.npy", r"empty.csv: is empty; a table starts with the header line"),
+    ("latin1.csv", "text.npy", r"latin1.csv: cannot be read as a UTF-8 CSV table \(UnicodeDecodeError"),
+    ("ragged.csv", "text.npy", r"ragged.csv line 3: 6 fields, the header has 5"),
+    ("utterances.csv", "text.npz", r"text.npz\): an .npz archive; give one .npy array per modality"),
+    ("utterances.csv", "objects.npy", r"objects.npy\): an array of Python objects"),
+    ("utterances.csv", "missing.npy", r"missing.npy\): file not found"),
+    ("utterances.csv", "claims.npy", r"claims.npy\): its header claims shape \(1000000000, 8\) of float32 \(29.8 GiB\), "
+                                     r"the file holds 128 bytes"),
+    ("utterances.csv", "empty.npy", r"empty.npy\): shape \(\d+, 0\): no feature columns"),
+])
+def test_builder_input_that_cannot_be_read_is_one_line(tmp_path, table, text, message):
+    rows, arrays = write_inputs(tmp_path)
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "latin1.csv").write_bytes("dialogue_id,position,speaker,label,split\ncafé,0,Ann,,train\n".encode("latin1"))
+    (tmp_path / "ragged.csv").write_text("dialogue_id,position,speaker,label,split\nd,0,Ann,,train\nd,1,Bob,,train,x\n")
+    np.savez(tmp_path / "text.npz", t=arrays["t"])
+    np.save(tmp_path / "objects.npy", np.array([["x"]] * len(rows), dtype=object))
+    np.save(tmp_path / "empty.npy", np.zeros((len(rows), 0), np.float32))
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 8), np.float32))
+    with open(tmp_path / "claims.npy", "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {**header, "shape": (10 ** 9, 8)})
+        f.write(b"\0" * 128)
+    with pytest.raises(SystemExit, match=r"^error: .*" + message) as stop:
+        build_from(tmp_path, table, text)
+    assert "\n" not in str(stop.value) and not (tmp_path / "mine.pkl").exists()
+
+
+@pytest.mark.parametrize("out, message", [
+    ("text.npy", r"--out=.*text.npy is also an input of this command \(.*text.npy\)"),
+    ("utterances.csv", r"--out=.*utterances.csv is also an input of this command"),
+    ("done.pkl", r"--out=.*done.pkl exists; it is not overwritten"),
+    (".", r"--out=.* is a directory"),
+    ("done.pkl/mine.pkl", r"--out: .*done.pkl is a file, not a directory"),
+])
+def test_builder_output_is_never_an_input_or_an_existing_file(tmp_path, out, message):
+    write_inputs(tmp_path)
+    (tmp_path / "done.pkl").write_bytes(b"written before")
+    before = {name: (tmp_path / name).read_bytes() for name in ("text.npy", "utterances.csv", "done.pkl")}
+    with pytest.raises(SystemExit, match=r"^error: " + message):
+        build_from(tmp_path, out=out)
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+
+
+def test_class_names_must_be_a_list_of_strings(tmp_path):
+    table, arrays = utterances()
+    with pytest.raises(DataError, match=r"class_names must be a list of non-empty class-name strings, got 'abc'"):
+        build_features(table, arrays, tmp_path / "mine.pkl", class_names="abc")
+    data = build_features(table, arrays, tmp_path / "mine.pkl")
+    data["class_names"] = "abc"
+    (tmp_path / "string.pkl").write_bytes(pickle.dumps(data))
+    with pytest.raises(DataError, match=r"string.pkl: field 'class_names' must be a list of class-name strings"):
+        load_features(str(tmp_path / "string.pkl"))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda data: data.update(splits=[["call0"], [], ["call9"]]), r"field 'splits' must be a dict .* got list"),
+    (lambda data: data["splits"].pop("valid"), r"field 'splits' has no 'valid' list; give \[\] to hold out a share of training"),
+    (lambda data: data["splits"].update(test="call9"), r"field 'splits': 'test' must be a list of dialogue ids, got str"),
+    (lambda data: data.update(features={"x": data["features"]["t"]}), r"has no modality 't', 'a' or 'v' \(its features are \['x'\]\)"),
+    (lambda data: data["splits"]["test"].append({"call1": 1}), r"the test split lists \"\{'call1': 1\}\", a dict"),
+    (lambda data: data.update(features={"t": []}), r"field 'features' must be a dict of modality -> dict"),
+])
+def test_a_malformed_maln_file_is_one_line_naming_the_field(tmp_path, change, message):
+    data = build_features(*utterances(), tmp_path / "mine.pkl")
+    change(data)
+    (tmp_path / "broken.pkl").write_bytes(pickle.dumps(data))
+    with pytest.raises(DataError, match=r"broken.pkl: " + message):
+        load_features(str(tmp_path / "broken.pkl"))
+
+
+# ----------------------------------------------------------------------------- predictions
+
+@pytest.mark.parametrize("output", ["checkpoint", "features"])
+def test_predictions_never_replace_an_input_or_an_existing_file(trained, output):
+    path = trained[output]
+    before = open(path, "rb").read()
+    with pytest.raises(SystemExit, match=f"^error: --predictions={path} is also an input of this command"):
+        train_MALN.main([f"--predict={trained['checkpoint']}", f"--features={trained['features']}", f"--predictions={path}"])
+    assert open(path, "rb").read() == before
+    existing = trained["directory"] / "existing.csv"
+    existing.write_text("another command's output")
+    with pytest.raises(SystemExit, match=f"^error: --predictions={existing} exists; it is not overwritten"):
+        train_MALN.main([f"--predict={trained['checkpoint']}", f"--features={trained['features']}", f"--predictions={existing}"])
+
+
+def test_a_dialogue_longer_than_the_checkpoint_reads_is_refused_by_name(trained, tmp_path):
+    table, arrays = trained["table"], trained["arrays"]
+    long = pd.DataFrame({"dialogue_id": "long", "position": range(200), "speaker": "Ann", "label": "", "split": "test"})
+    build_features(long, {m: np.repeat(x[:1], 200, 0) for m, x in arrays.items()}, tmp_path / "long.pkl")
+    with pytest.raises(SystemExit, match=r"long.pkl: test dialogue 'long' has 200 utterances; the checkpoint's model reads "
+                                         r"at most 127 \(its max_positions=128"):
+        train_MALN.main([f"--predict={trained['checkpoint']}", f"--features={tmp_path / 'long.pkl'}",
+                         f"--predictions={tmp_path / 'p.csv'}"])

@@ -1,8 +1,11 @@
 """Bad input stops with one clear message; interrupted runs resume exactly; padding and
 unlabelled utterances never produce NaN."""
 
+import errno
 import os
 import pickle
+import shutil
+import time
 
 import numpy as np
 import pandas as pd
@@ -14,7 +17,7 @@ import layouts
 import train_MALN
 from dataloader import CLASS_NAMES, DataError, Dialogue, collate, load_dataset, load_features, make_demo
 from MALN_model_fix import MALN, MALNConfig
-from utils import load_checkpoint
+from utils import OutputError, load_checkpoint, save_checkpoint
 
 
 # ----------------------------------------------------------------------------- malformed feature files
@@ -58,6 +61,19 @@ def speakers_as_a_list(data):
     data[1] = list(data[1].values())
 
 
+def add_test_id(dialogue_id, copied_from="dia9"):
+    def apply(data):
+        for field in range(6):
+            data[field][dialogue_id] = data[field][copied_from]
+        data[8] = list(data[8]) + [dialogue_id]
+    return apply
+
+
+def ids_1_and_text_1(data):
+    add_test_id(1, "dia9")(data)
+    add_test_id("1", "dia10")(data)
+
+
 MALFORMED = {  # case -> (writer, how the file is broken, what the message says)
     "text_shorter_than_speakers": (layouts.dialoguernn_iemocap, drop_last_utterance(3),
                                    r"dialogue 'dia0': modality 't' has shape \((\d+), 100\), expected \(\d+, D\) for its \d+ speakers"),
@@ -86,6 +102,16 @@ MALFORMED = {  # case -> (writer, how the file is broken, what the message says)
                                                                    r"elements: dialoguernn-iemocap \(9: utterance ids, speakers"),
     "field_of_the_wrong_type": (layouts.dialoguernn_iemocap, speakers_as_a_list,
                                 r"field 'speakers' \(element 1 of the dialoguernn-iemocap tuple\) is a list, expected a dict"),
+    "huge_finite_values": (layouts.dialoguernn_iemocap, set_value(4, "dia1", 2, np.full(100, 3e38, np.float32)),
+                           r"dialogue 'dia1': modality 'a' has values beyond ±1e\+06 \(utterance 2: 3e\+38\)"),
+    "zero_width_features": (layouts.dialoguernn_iemocap, lambda data: data[4].update(dia1=np.zeros((len(data[1]["dia1"]), 0))),
+                            r"dialogue 'dia1': modality 'a' has shape \(\d+, 0\): no feature columns"),
+    "unhashable_split_id": (layouts.dialoguernn_iemocap, lambda data: data.__setitem__(8, list(data[8]) + [["dia1"]]),
+                            r"the test split lists \"\['dia1'\]\", a list, which cannot be a dialogue id"),
+    "ids_1_and_text_1": (layouts.dialoguernn_iemocap, ids_1_and_text_1,
+                         r"dialogue ids 1 \(int\) and '1' \(str\) are different ids that read the same as text"),
+    "speakers_not_a_list": (layouts.dialoguernn_iemocap, lambda data: data[1].update(dia2=7),
+                            r"dialogue 'dia2': speakers and labels must be lists, got int and list"),
 }
 
 
@@ -151,6 +177,11 @@ def test_defaults_and_every_preset_satisfy_every_constraint():
     assert train_MALN.parse_overrides(["--preset=released", "--epochs=5"])["epochs"] == 5
 
 
+def test_a_directory_given_as_features_is_one_line(tmp_path):
+    with pytest.raises(SystemExit, match=f"^error: {tmp_path}: is a directory, not a feature file$"):
+        train_MALN.main([f"--features={tmp_path}", f"--out_dir={tmp_path}"])
+
+
 def test_resume_refuses_settings_other_than_device_epochs_and_threads(tmp_path):
     with pytest.raises(SystemExit, match="only --device, --epochs and --threads may be given with it, not --learning_rate"):
         train_MALN.main([f"--resume={tmp_path}", "--learning_rate=1e-3"])
@@ -209,7 +240,7 @@ def test_resumed_run_ends_with_the_metrics_of_an_uninterrupted_run(tmp_path, mon
     assert all(torch.allclose(loaded[0][k], loaded[1][k], rtol=0, atol=tolerance) for k in loaded[0])
 
 
-def test_ctrl_c_exits_with_a_short_message_and_the_run_resumes_from_the_command_line(tmp_path, monkeypatch, capsys):
+def test_ctrl_c_exits_with_a_short_message_and_the_run_resumes_from_the_command_line_clearing_stale_temporaries(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(train_MALN, "load_dataset", lambda *args: tiny_demo())
     train_epoch = train_MALN.train_epoch
     interrupt_training_at_epoch(monkeypatch, 2)
@@ -220,8 +251,10 @@ def test_ctrl_c_exits_with_a_short_message_and_the_run_resumes_from_the_command_
     assert message == (f"interrupted: {tmp_path / 'run' / 'last.pt'} holds the last finished epoch; continue with: "
                        f"python train_MALN.py --resume={tmp_path / 'run'}")
     monkeypatch.setattr(train_MALN, "train_epoch", train_epoch)
+    (tmp_path / "run" / ".tmp-abc123last.pt").write_bytes(b"left by a killed write")
     train_MALN.main([f"--resume={tmp_path / 'run'}"])
     assert "resuming after epoch 1" in capsys.readouterr().out
+    assert not [name for name in os.listdir(tmp_path / "run") if name.startswith(".tmp-")]
     assert len(pd.read_csv(tmp_path / "run" / "history.csv")) == 3 and os.path.exists(tmp_path / "run" / "metrics.json")
 
 
@@ -239,10 +272,82 @@ def test_non_finite_loss_stops_naming_epoch_and_batch_and_keeps_the_last_good_ch
 
     monkeypatch.setattr(MALN, "forward", diverging)
     with pytest.raises(SystemExit, match=r"error: epoch 2, batch 2 of 2: the training loss is nan\. Stopped; .*last\.pt "
-                                         r"holds the last finished epoch"):
+                                         r"holds epoch 1, the last good one\. Resuming would meet the same loss: .*lower "
+                                         r"--learning_rate \(this one: 0.002\), or check the features") as stop:
         train_MALN.main(arguments(tmp_path, "run", epochs=3))
+    assert "--resume" not in str(stop.value)
     last = load_checkpoint(tmp_path / "run" / "last.pt")
     assert last["epoch"] == 1 and all(torch.isfinite(x).all() for x in last["model"].values())
+
+
+def test_reusing_a_run_name_is_refused_before_loading_and_the_finished_run_is_untouched(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args: tiny_demo())
+    train_MALN.main(arguments(tmp_path, "run", epochs=1))
+    before = {name: (tmp_path / "run" / name).read_bytes() for name in os.listdir(tmp_path / "run")}
+    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args: pytest.fail("loaded the data"))
+    with pytest.raises(SystemExit, match=f"^error: {tmp_path / 'run'} exists: a run's directory is never overwritten; "
+                                         f"continue that run with --resume={tmp_path / 'run'}, or choose another --run_name$"):
+        train_MALN.main([*arguments(tmp_path, "run", epochs=1), "--learning_rate=0.01"])
+    with pytest.raises(OutputError, match="run exists"):  # run() itself, called with the data, refuses too
+        train_MALN.run(train_MALN.parse_overrides(arguments(tmp_path, "run", epochs=1)), tiny_demo())
+    assert {name: (tmp_path / "run" / name).read_bytes() for name in os.listdir(tmp_path / "run")} == before
+
+
+def test_default_run_names_started_in_the_same_second_never_collide(tmp_path, monkeypatch):
+    monkeypatch.setattr(time, "strftime", lambda format: "20250101-120000")
+    config = train_MALN.parse_overrides([f"--out_dir={tmp_path}"])
+    names = [train_MALN.claim_run_directory(config)["run_name"] for _ in range(3)]
+    assert names == ["demo_all_20250101-120000", "demo_all_20250101-120000-2", "demo_all_20250101-120000-3"]
+    assert sorted(os.listdir(tmp_path)) == names
+
+
+def test_an_out_dir_that_is_a_file_or_unwritable_is_refused_before_loading(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args: pytest.fail("loaded the data"))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit, match=f"^error: --out_dir: {tmp_path / 'file'} is a file, not a directory"):
+        train_MALN.main(arguments(tmp_path / "file", "run"))
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with pytest.raises(SystemExit, match=f"^error: --out_dir: {tmp_path} is not writable$"):
+        train_MALN.main(arguments(tmp_path / "new", "run"))
+
+
+def test_a_full_disk_during_training_stops_with_one_line_and_the_run_resumes(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args: tiny_demo())
+    save, calls = torch.save, []
+
+    def disk_full_at_the_third_save(checkpoint, file):
+        calls.append(1)
+        if len(calls) == 3:  # epoch 2's last.pt (epoch 1 wrote last.pt and best.pt)
+            file.write(b"half")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        save(checkpoint, file)
+
+    monkeypatch.setattr(torch, "save", disk_full_at_the_third_save)
+    with pytest.raises(SystemExit, match=f"^error: cannot write {tmp_path / 'run' / 'last.pt'}: No space left on device. "
+                                         f"Stopped; .*last.pt holds the last finished epoch; continue with: python "
+                                         f"train_MALN.py --resume={tmp_path / 'run'}$"):
+        train_MALN.main(arguments(tmp_path, "run", epochs=3))
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
+    assert not [name for name in os.listdir(tmp_path / "run") if name.startswith(".tmp-")]
+
+
+def test_resume_of_a_wrong_or_corrupted_checkpoint_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args: tiny_demo())
+    train_MALN.main(arguments(tmp_path, "run", epochs=2))
+    run = tmp_path / "run"
+    last = load_checkpoint(run / "last.pt")
+    save_checkpoint({**last, "best": last["history"][0]}, run / "last.pt")  # best epoch 1: resuming reads best.pt
+    (run / "best.pt").write_bytes(b"garbage")
+    with pytest.raises(SystemExit, match=r"^error: .*best.pt: not a MALN checkpoint that loads safely \(.*\)$"):
+        train_MALN.main([f"--resume={run}", "--epochs=3"])
+    shutil.copy(run / "last.pt", run / "best.pt")
+    save_checkpoint({k: last[k] for k in ("model", "model_args", "config", "class_names", "epoch")}, run / "last.pt")
+    with pytest.raises(SystemExit, match=r"^error: cannot resume: .*last.pt: not a checkpoint of the kind needed here: "
+                                         r"it has no optimizer, history, best, rng \(best.pt has no optimizer state"):
+        train_MALN.main([f"--resume={run}", "--epochs=3"])
+    save_checkpoint({**last, "config": {**last["config"], "learning_rate": "fast"}}, run / "last.pt")
+    with pytest.raises(SystemExit, match=r"^error: cannot resume: .*last.pt: its saved setting learning_rate='fast' is not a float$"):
+        train_MALN.main([f"--resume={run}", "--epochs=3"])
 
 
 # ----------------------------------------------------------------------------- padding and masks

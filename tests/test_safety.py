@@ -1,22 +1,28 @@
 """Untrusted files: feature pickles and checkpoints never run code; interrupted saves lose nothing."""
 
 import copyreg
+import errno
 import io
+import json
 import os
 import pickle
 import signal
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
 import torch
 
 import layouts
+import train_MALN
+import utils
 from conftest import ROOT
 from dataloader import DataError, load_features, read_pickle
 from MALN_model_fix import MALN, MALNConfig
-from utils import load_checkpoint, load_model_state, save_checkpoint
+from numpy._core.multiarray import _reconstruct
+from utils import OutputError, atomic_write, check_output_path, load_checkpoint, load_model_state, save_checkpoint, write_json
 
 
 PLANTED = {  # what a malicious pickle asks to call, given a file the call would create
@@ -169,17 +175,16 @@ def test_checkpoint_of_other_settings_is_one_clear_message(tmp_path):
         MALN.from_checkpoint(str(path))
 
 
-def test_a_save_that_fails_midway_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+def test_a_save_that_fails_midway_keeps_the_previous_checkpoint_and_leaves_no_temporary_file(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     save_checkpoint({"epoch": 1, "weights": torch.ones(3)}, path)
 
-    def write_half_then_fail(checkpoint, target):
-        with open(target, "wb") as f:
-            f.write(b"PK\x03\x04 half a zip")
-        raise OSError("disk full")
+    def write_half_then_fail(checkpoint, file):
+        file.write(b"PK\x03\x04 half a zip")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(torch, "save", write_half_then_fail)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match=r"^cannot write .*last.pt: No space left on device$"):
         save_checkpoint({"epoch": 2, "weights": torch.zeros(3)}, path)
     assert load_checkpoint(path)["epoch"] == 1
     assert os.listdir(tmp_path) == ["last.pt"]
@@ -196,3 +201,141 @@ def test_a_process_killed_during_a_save_keeps_the_previous_checkpoint(tmp_path):
     result = subprocess.run([sys.executable, "-c", killed_midway], timeout=120)
     assert result.returncode == -signal.SIGKILL
     assert load_checkpoint(path)["epoch"] == 1
+
+
+# ----------------------------------------------------------------------------- bounded memory
+
+class Reduces:
+    """Pickles as the given __reduce__ tuple: a hand-made numpy construction."""
+
+    def __init__(self, *reduce):
+        self.reduce = reduce
+
+    def __reduce__(self):
+        return self.reduce
+
+
+def maln_dict(features, ids):
+    return {"format": "maln-features", "class_names": ["x"], "speakers": {i: ["a"] * 4 for i in ids},
+            "labels": {i: [0] * 4 for i in ids}, "features": {"t": features}, "splits": {"train": ids, "valid": [], "test": []}}
+
+
+def test_a_pickle_repeating_references_to_one_array_is_refused_before_it_expands(tmp_path, monkeypatch):
+    monkeypatch.setattr(utils, "EXPANSION_FLOOR", 2 ** 20)
+    shared, ids = np.zeros((4, 1000), np.float32), [f"d{i}" for i in range(1000)]  # 16 kB, referenced 1000 times
+    path = tmp_path / "repeats.pkl"
+    path.write_bytes(pickle.dumps(maln_dict({i: shared for i in ids}, ids)))
+    with pytest.raises(DataError, match=r"repeats.pkl: holds at least 4,001,000 values \(15.26 MiB as float32\) once its "
+                                        r"repeated references are expanded, from 0.\d\d MiB on disk \(at most 1.0\d MiB allowed\)"):
+        load_features(str(path))
+    path.write_bytes(pickle.dumps(maln_dict({i: shared.copy() for i in ids[:10]}, ids[:10])))
+    assert len(load_features(str(path)).splits["train"]) == 9  # the same values, stored: read
+
+
+@pytest.mark.parametrize("construction, message", [
+    ((_reconstruct, (np.ndarray, (10 ** 13,), b"b")), r"claims arrays of 9,313.2 GiB from 0.00 MiB on disk \(at most 256.00 MiB"),
+    ((np.ndarray, ((10 ** 13,),)), r"refused to call 'ndarray'"),
+    ((bytes, (10 ** 13,)), r"refused bytes\(10000000000000,\)"),
+    ((_reconstruct, (np.ndarray, (0,), b"b"), (1, (3,), np.dtype("O"), False, ["a"])),
+     r"refused an object array of shape \(3,\) whose state does not hold 3 items"),
+    ((_reconstruct, (np.ndarray, (0,), b"b"), (1, (10 ** 13,), np.dtype("f4"), False, b"abcd")), r"claims arrays of"),
+])
+def test_a_pickle_claiming_memory_it_does_not_hold_is_refused_before_numpy_allocates(tmp_path, construction, message):
+    path = tmp_path / "claims.pkl"
+    path.write_bytes(pickle.dumps(({"d": Reduces(*construction)},) * 9, protocol=2))
+    with pytest.raises(DataError, match=r"claims.pkl: " + message):
+        load_features(str(path))
+
+
+def test_a_pickle_constructing_a_class_directly_is_refused(tmp_path):
+    path = tmp_path / "newobj.pkl"
+    path.write_bytes(b"\x80\x02cnumpy\nndarray\n" + pickle.dumps((10 ** 13,), 2)[2:-1] + b"\x81.")  # ndarray.__new__(ndarray, shape)
+    with pytest.raises(DataError, match=r"newobj.pkl: refused to construct a class instance"):
+        read_pickle(str(path))
+
+
+# ----------------------------------------------------------------------------- outputs
+
+def test_an_output_is_never_an_input_nor_an_existing_file_nor_a_directory(tmp_path, monkeypatch):
+    (tmp_path / "input.pkl").write_bytes(b"features")
+    (tmp_path / "link.pkl").symlink_to(tmp_path / "input.pkl")
+    cases = {
+        "input.pkl": r"--out=.*input.pkl is also an input of this command \(.*input.pkl\); writing it would replace that input",
+        "link.pkl": r"--out=.*link.pkl is also an input of this command \(.*input.pkl\)",
+        ".": r"--out=.* is a directory",
+        "input.pkl/out.pkl": r"--out: .*input.pkl is a file, not a directory",
+    }
+    for output, message in cases.items():
+        with pytest.raises(OutputError, match=message):
+            check_output_path(str(tmp_path / output), "--out", [str(tmp_path / "input.pkl")])
+    (tmp_path / "done.csv").write_text("written by another command")
+    with pytest.raises(OutputError, match=r"--out=.*done.csv exists; it is not overwritten"):
+        check_output_path(str(tmp_path / "done.csv"), "--out")
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with pytest.raises(OutputError, match=r"--out: .* is not writable"):
+        check_output_path(str(tmp_path / "new" / "out.pkl"), "--out")
+    assert (tmp_path / "input.pkl").read_bytes() == b"features"
+
+
+def test_a_failed_or_interrupted_write_raises_one_line_and_leaves_no_temporary_file(tmp_path):
+    def stopped(error):
+        def write(temporary):
+            open(temporary, "w").write("half")
+            raise error
+        return write
+
+    with pytest.raises(OutputError, match=r"^cannot write .*out.csv: Read-only file system$"):
+        atomic_write(tmp_path / "out.csv", stopped(OSError(errno.EROFS, os.strerror(errno.EROFS))))
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "out.csv", stopped(KeyboardInterrupt()))
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(OutputError, match=r"^cannot write .*file/out.csv: "):
+        (tmp_path / "file").write_text("")
+        atomic_write(tmp_path / "file" / "out.csv", lambda temporary: None)
+
+
+def test_write_json_writes_a_nan_score_as_null(tmp_path):
+    write_json(tmp_path / "metrics.json", {"test_weighted_f1": float("nan"), "runs": [float("inf"), 1.5]})
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"test_weighted_f1": None, "runs": [None, 1.5]}
+
+
+# ----------------------------------------------------------------------------- checkpoint fields
+
+def saved_like_train_MALN(model):
+    return {"model": model.state_dict(), "model_args": model.model_args(), "class_names": ["a", "b", "c"], "epoch": 1}
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.pop("class_names"), r"not a checkpoint of the kind needed here: it has no class_names"),
+    (lambda c: c.update(class_names=["a"]), r"field 'class_names' names 1 classes, the model has 3"),
+    (lambda c: c.update(class_names="abc"), r"field 'class_names' must be a non-empty list of class-name strings, got str"),
+    (lambda c: c.update(model_args=[1, 2]), r"field 'model_args' must be a dict of model settings, got list"),
+    (lambda c: c.update(model={"weight": [1.0]}), r"field 'model' must be a dict of tensors"),
+    (lambda c: c["model_args"].update(hidden_size="wide"), r"cannot build a model from this checkpoint \(TypeError"),
+])
+def test_predict_with_a_checkpoint_of_wrong_fields_stops_with_one_line_naming_the_field(tmp_path, change, message):
+    checkpoint = saved_like_train_MALN(small_model())
+    change(checkpoint)
+    save_checkpoint(checkpoint, tmp_path / "best.pt")
+    with pytest.raises(SystemExit, match=r"^error: .*best.pt: " + message) as stop:
+        train_MALN.main([f"--predict={tmp_path / 'best.pt'}", f"--predictions={tmp_path / 'predictions.csv'}"])
+    assert "\n" not in str(stop.value) and not (tmp_path / "predictions.csv").exists()
+
+
+def test_a_corrupted_checkpoint_is_one_line(tmp_path):
+    (tmp_path / "best.pt").write_bytes(b"PK\x03\x04 not a zip at all" * 10)
+    with pytest.raises(ValueError, match=r"best.pt: not a MALN checkpoint that loads safely \(not a zip archive .*\)$") as error:
+        load_checkpoint(tmp_path / "best.pt")
+    assert "\n" not in str(error.value)
+
+
+def test_a_checkpoint_that_expands_beyond_its_size_is_refused_before_loading(tmp_path, monkeypatch):
+    monkeypatch.setattr(utils, "EXPANSION_FLOOR", 2 ** 20)
+    save_checkpoint({"model": {"weight": torch.zeros(2 ** 20)}}, tmp_path / "stored.pt")  # 4 MiB of zeros
+    with zipfile.ZipFile(tmp_path / "stored.pt") as stored, zipfile.ZipFile(tmp_path / "bomb.pt", "w", zipfile.ZIP_DEFLATED) as bomb:
+        for entry in stored.infolist():
+            bomb.writestr(entry.filename, stored.read(entry.filename))
+    assert load_checkpoint(tmp_path / "stored.pt")["model"]["weight"].shape == (2 ** 20,)
+    with pytest.raises(ValueError, match=r"bomb.pt: its entries expand to 4.\d\d MiB from 0.0\d MiB on disk \(at most "
+                                         r"1.00 MiB allowed\); refused before loading it"):
+        load_checkpoint(tmp_path / "bomb.pt")
