@@ -122,30 +122,30 @@ def audio_functionals(paths, where, feature_set):
     opensmile = import_package("opensmile")
     member, size = AUDIO_FEATURE_SETS[feature_set]
     smile = opensmile.Smile(feature_set=opensmile.FeatureSet[member], feature_level=opensmile.FeatureLevel.Functionals,
-                            sampling_rate=SAMPLING_RATE, resample=True, mixdown=True)
+                            sampling_rate=SAMPLING_RATE, resample=True)
     features = np.empty((len(paths), size), dtype=np.float32)
     start = time.perf_counter()
     for i, path in enumerate(tqdm(paths, desc=f"audio {feature_set}", unit="utterance")):
-        signal, rate = read_sound(path, where(i))  # (channels, samples)
+        signal, rate = read_sound(path, where(i))  # (samples,)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # openSMILE warns on a clip too short, and fills NaN: checked below
             values = smile.process_signal(signal, rate).to_numpy()  # (1, D)
         if values.shape != (1, size) or not np.isfinite(values).all():
             raise DataError(f"{where(i)}: audio {path}: openSMILE gives no finite {feature_set} features for its "
-                            f"{signal.shape[1] / rate:.3f} s (too short a clip?)")
+                            f"{len(signal) / rate:.3f} s (too short a clip?)")
         features[i] = values[0]
     print_rate("audio", len(paths), time.perf_counter() - start)
     return features
 
 
 def read_sound(path, where):
-    """A wav file's samples as float32 (channels, samples), and its sampling rate."""
+    """A wav file's samples as float32, mixed down to mono (the mean of its channels), and its sampling rate."""
     soundfile = import_package("soundfile")
     try:
         samples, rate = soundfile.read(path, dtype="float32", always_2d=True)  # (samples, channels)
     except (soundfile.SoundFileError, OSError) as error:
         raise DataError(f"{where}: audio {path}: its samples cannot be read ({getattr(error, 'error_string', error)})") from None
-    return np.ascontiguousarray(samples.T), rate
+    return samples.mean(axis=1), rate  # (samples,)
 
 
 def import_package(module, what=""):
