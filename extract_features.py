@@ -25,10 +25,10 @@ from tqdm import tqdm
 
 from dataloader import DataError, build_features, check_table, describe
 
-AUDIO_FEATURE_SETS = {  # --audio_features -> (opensmile.FeatureSet member, values per utterance)
-    "IS10": ("IS10", 1582),             # INTERSPEECH 2010 paralinguistic challenge set (IEMOCAP audio of MMGCN / DialogueRNN-era work)
-    "eGeMAPS": ("eGeMAPSv02", 88),      # extended Geneva minimalistic acoustic parameter set, version 2
-    "ComParE": ("ComParE_2016", 6373),  # ComParE 2016 challenge set
+AUDIO_FEATURE_SETS = {  # --audio_features -> opensmile.FeatureSet member
+    "IS10": "IS10",             # INTERSPEECH 2010 paralinguistic challenge: 1582 values (MMGCN's IEMOCAP audio)
+    "eGeMAPS": "eGeMAPSv02",    # extended Geneva minimalistic acoustic parameter set v02: 88 values
+    "ComParE": "ComParE_2016",  # ComParE 2016 challenge: 6373 values
 }
 SAMPLING_RATE = 16000  # every clip is resampled to this (and mixed down to mono) before openSMILE
 
@@ -48,8 +48,6 @@ def extract_features(table, out, text_model="", audio_features="", batch_size=64
         raise DataError(f"audio features {audio_features!r}: choose one of {', '.join(AUDIO_FEATURE_SETS)}")
     if batch_size < 1:
         raise DataError(f"batch size {batch_size}: must be >= 1")
-    if isinstance(table, (str, os.PathLike)) and os.path.exists(out) and os.path.samefile(out, table):
-        raise DataError(f"{out} is the table itself: give another --out")
     rows, where, class_names, _, _ = check_table(table, class_names, extra=("text", "audio"))
     if "text" not in rows and "audio" not in rows:
         raise DataError("the table has neither a 'text' column (transcripts) nor an 'audio' column (wav files)")
@@ -59,6 +57,9 @@ def extract_features(table, out, text_model="", audio_features="", batch_size=64
         audio_root = os.path.dirname(os.path.abspath(table)) if isinstance(table, (str, os.PathLike)) else os.getcwd()
     texts = check_texts(rows["text"], where) if "text" in rows else None
     audio_paths = check_audio_files(rows["audio"], where, audio_root) if "audio" in rows else None
+    inputs = ([table] if isinstance(table, (str, os.PathLike)) else []) + (audio_paths or [])
+    if os.path.exists(out) and any(os.path.samefile(out, path) for path in inputs):
+        raise DataError(f"{out} is an input (the table or a wav file): give another --out")
     arrays = {}
     if texts is not None:
         arrays["t"] = encode_text(texts, text_model, batch_size, device)
@@ -120,17 +121,16 @@ def load_text_model(name, device):
 def audio_functionals(paths, where, feature_set):
     """(rows, D) float32 openSMILE functionals of the whole of every clip."""
     opensmile = import_package("opensmile")
-    member, size = AUDIO_FEATURE_SETS[feature_set]
-    smile = opensmile.Smile(feature_set=opensmile.FeatureSet[member], feature_level=opensmile.FeatureLevel.Functionals,
-                            sampling_rate=SAMPLING_RATE, resample=True)
-    features = np.empty((len(paths), size), dtype=np.float32)
+    smile = opensmile.Smile(feature_set=opensmile.FeatureSet[AUDIO_FEATURE_SETS[feature_set]],
+                            feature_level=opensmile.FeatureLevel.Functionals, sampling_rate=SAMPLING_RATE, resample=True)
+    features = np.empty((len(paths), len(smile.feature_names)), dtype=np.float32)
     start = time.perf_counter()
     for i, path in enumerate(tqdm(paths, desc=f"audio {feature_set}", unit="utterance")):
         signal, rate = read_sound(path, where(i))  # (samples,)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # openSMILE warns on a clip too short, and fills NaN: checked below
             values = smile.process_signal(signal, rate).to_numpy()  # (1, D)
-        if values.shape != (1, size) or not np.isfinite(values).all():
+        if not np.isfinite(values).all():
             raise DataError(f"{where(i)}: audio {path}: openSMILE gives no finite {feature_set} features for its "
                             f"{len(signal) / rate:.3f} s (too short a clip?)")
         features[i] = values[0]

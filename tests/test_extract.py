@@ -104,7 +104,7 @@ def test_audio_features_are_the_opensmile_functionals_of_each_wav(tmp_path, name
                   "audio": ["low.wav", "tone.wav", "noise.wav", "stereo.wav"]}).to_csv(tmp_path / "utterances.csv", index=False)
     audio = extract(tmp_path, f"--audio_features={name}").splits["test"][0].features["a"].numpy()  # (4, size) in position order
     assert audio.shape == (4, size) and audio.dtype == np.float32 and np.isfinite(audio).all()
-    smile = opensmile.Smile(feature_set=getattr(opensmile.FeatureSet, extract_features.AUDIO_FEATURE_SETS[name][0]),
+    smile = opensmile.Smile(feature_set=getattr(opensmile.FeatureSet, extract_features.AUDIO_FEATURE_SETS[name]),
                             feature_level=opensmile.FeatureLevel.Functionals, sampling_rate=16000, resample=True)
     expected = [smile.process_signal(as_stored(tone), RATE), smile.process_signal(as_stored(noise), RATE),
                 smile.process_signal((as_stored(tone) + as_stored(noise)) / 2, RATE),  # stereo: mixed down to mono
@@ -191,12 +191,13 @@ def test_wrong_options_and_tables_stop_with_one_line(tmp_path, change, options, 
     assert not (tmp_path / "features.pkl").exists()
 
 
-def test_the_table_is_never_overwritten(tmp_path):
+@pytest.mark.parametrize("input_file", ["utterances.csv", "wav/call0_0.wav"])
+def test_no_input_is_overwritten(tmp_path, input_file):
     conversations(tmp_path, n_dialogues=(1, 0, 1))
-    before = (tmp_path / "utterances.csv").read_bytes()
-    with pytest.raises(SystemExit, match="is the table itself"):
-        extract_features.main([f"--table={tmp_path / 'utterances.csv'}", f"--out={tmp_path / 'utterances.csv'}"])
-    assert (tmp_path / "utterances.csv").read_bytes() == before
+    before = (tmp_path / input_file).read_bytes()
+    with pytest.raises(SystemExit, match=r"is an input \(the table or a wav file\): give another --out"):
+        extract_features.main([f"--table={tmp_path / 'utterances.csv'}", f"--out={tmp_path / input_file}"])
+    assert (tmp_path / input_file).read_bytes() == before
 
 
 def test_python_call_reads_audio_relative_to_a_given_folder(tmp_path):
