@@ -14,6 +14,7 @@ DialogueRNN / MMGCN file (the paper's input configuration).
 
 A 'maln' file from a table of your own utterances and one array per modality:
     python dataloader.py --table=utterances.csv --t=text.npy --a=audio.npy --v=visual.npy --out=Features/mydata.pkl
+From transcripts and wav files instead of arrays: extract_features.py.
 """
 
 import os
