@@ -14,6 +14,7 @@ DialogueRNN / MMGCN file (the paper's input configuration).
 
 A 'maln' file from a table of your own utterances and one array per modality:
     python dataloader.py --table=utterances.csv --t=text.npy --a=audio.npy --v=visual.npy --out=Features/mydata.pkl
+From transcripts and wav files instead of arrays: extract_features.py.
 """
 
 import csv
@@ -517,14 +518,8 @@ def build_features(table, arrays, path, class_names=None):
     inputs or exists (nothing is overwritten).
     """
     check_output_path(path, "--out", [x for x in (table, *arrays.values()) if isinstance(x, (str, os.PathLike))])
-    if class_names is not None and (isinstance(class_names, str) or not all(isinstance(c, str) and c for c in class_names)):
-        raise DataError(f"class_names must be a list of non-empty class-name strings, got {class_names!r}")
-    rows, where = read_table(table)
-    class_names = list(class_names) if class_names else sorted({label for label in rows["label"] if label})
-    if len(set(class_names)) != len(class_names):
-        raise DataError(f"class names repeat: {class_names}")
+    rows, where, class_names, dialogues, split_of = check_table(table, class_names)
     class_index = {name: k for k, name in enumerate(class_names)}
-    dialogues, split_of = group_utterances(rows, where, class_index)
     if not arrays:
         raise DataError("give at least one modality array: 't', 'a' or 'v'")
     streams = {m: read_array(m, array, len(rows["position"])) for m, array in arrays.items()}
@@ -544,8 +539,22 @@ def build_features(table, arrays, path, class_names=None):
     return data
 
 
-def read_table(table):
-    """The table's columns as lists of stripped strings ('' where empty), and a function naming row i."""
+def check_table(table, class_names=None, extra=()):
+    """Read and check a table of utterances (build_features says how); -> its columns (read_table),
+    the function naming row i, the class names, {dialogue id: its rows in position order}, {dialogue id: split}."""
+    if class_names is not None and (isinstance(class_names, str) or not all(isinstance(c, str) and c for c in class_names)):
+        raise DataError(f"class_names must be a list of non-empty class-name strings, got {class_names!r}")
+    rows, where = read_table(table, extra)
+    class_names = list(class_names) if class_names else sorted({label for label in rows["label"] if label})
+    if len(set(class_names)) != len(class_names):
+        raise DataError(f"class names repeat: {class_names}")
+    dialogues, split_of = group_utterances(rows, where, {name: k for k, name in enumerate(class_names)})
+    return rows, where, class_names, dialogues, split_of
+
+
+def read_table(table, extra=()):
+    """The table's columns (TABLE_COLUMNS, and those of `extra` it has) as lists of stripped strings
+    ('' where empty), and a function naming row i."""
     if isinstance(table, pd.DataFrame):
         frame = table.astype(object).where(table.notna(), "")
         def where(i):
@@ -561,7 +570,8 @@ def read_table(table):
         raise DataError(f"the table has no column {', '.join(missing)}; it needs {', '.join(TABLE_COLUMNS)}")
     if frame.empty:
         raise DataError("the table has no rows")
-    return {c: [str(value).strip() for value in frame[c]] for c in TABLE_COLUMNS}, where
+    columns = TABLE_COLUMNS + tuple(c for c in extra if c in frame.columns)
+    return {c: [str(value).strip() for value in frame[c]] for c in columns}, where
 
 
 def read_csv(path):
@@ -852,11 +862,16 @@ def main(argv):
         data = build_features(options["table"], {m: options[m] for m in "tav" if m in options}, options["out"], class_names)
     except (DataError, OSError) as error:  # OSError: OutputError, or an input that cannot be read
         raise SystemExit(f"error: {error}") from None
+    print(f"wrote {options['out']}: {describe(data)}")
+
+
+def describe(data):
+    """One line on what a file written by build_features holds."""
     labels = [y for dialogue in data["labels"].values() for y in dialogue]
     sizes = {m: next(iter(streams.values())).shape[1] for m, streams in data["features"].items()}
-    print(f"wrote {options['out']}: dialogues train/valid/test {'/'.join(str(len(data['splits'][s])) for s in SPLITS)}, "
-          f"{len(labels)} utterances ({sum(y is not None for y in labels)} labelled), feature sizes {sizes}, "
-          f"classes {data['class_names']}")
+    return (f"dialogues train/valid/test {'/'.join(str(len(data['splits'][s])) for s in SPLITS)}, "
+            f"{len(labels)} utterances ({sum(y is not None for y in labels)} labelled), feature sizes {sizes}, "
+            f"classes {data['class_names']}")
 
 
 if __name__ == "__main__":
