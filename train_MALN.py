@@ -746,7 +746,7 @@ def convert_release(config):
     if os.path.exists(path):
         raise SystemExit(f"{path} exists; choose another --run_name")
     save_checkpoint({"model": model.state_dict(), "model_args": model.model_args(), "config": config,
-                     "class_names": names, "epoch": None, "metrics": {}, "release_file": config["from_release"]}, path)
+                     "class_names": names, "epoch": 0, "metrics": {}, "release_file": config["from_release"]}, path)
     print(f"wrote {path}: the release's model ({model.n_parameters() / 1e6:.2f}M parameters, feature sizes "
           f"{model.config.feature_sizes}, classes {', '.join(names)})")
 

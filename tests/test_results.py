@@ -43,6 +43,7 @@ def test_decomposition_table_gives_each_rows_probe_figures_over_seeds(tmp_path):
 FAKE_RUN = """
 import json, os, sys
 directory, seed, fail = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "fail"
+os.makedirs(directory, exist_ok=True)
 if fail:
     sys.exit("error: this seed went wrong")
 metrics = {key: 50.0 + seed for key in ("test_weighted_f1", "test_accuracy", "valid_weighted_f1", "optimistic_test_weighted_f1")}

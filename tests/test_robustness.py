@@ -103,7 +103,7 @@ MALFORMED = {  # case -> (writer, how the file is broken, what the message says)
     "field_of_the_wrong_type": (layouts.dialoguernn_iemocap, speakers_as_a_list,
                                 r"field 'speakers' \(element 1 of the dialoguernn-iemocap tuple\) is a list, expected a dict"),
     "huge_finite_values": (layouts.dialoguernn_iemocap, set_value(4, "dia1", 2, np.full(100, 3e38, np.float32)),
-                           r"dialogue 'dia1': modality 'a' has values beyond ±1e\+06 \(utterance 2: 3e\+38\)"),
+                           r"dialogue 'dia1': modality 'a' has values beyond ±1e\+15 \(utterance 2: 3e\+38\)"),
     "zero_width_features": (layouts.dialoguernn_iemocap, lambda data: data[4].update(dia1=np.zeros((len(data[1]["dia1"]), 0))),
                             r"dialogue 'dia1': modality 'a' has shape \(\d+, 0\): no feature columns"),
     "unhashable_split_id": (layouts.dialoguernn_iemocap, lambda data: data.__setitem__(8, list(data[8]) + [["dia1"]]),
