@@ -346,6 +346,12 @@ def _shape(x):
         return "ragged"
 
 
+def mean_of_four(r1, r2, r3, r4):
+    """COSMIC's text: {dialogue id: the mean of its four RoBERTa feature vectors per utterance}."""
+    return {k: (np.asarray(r1[k], np.float32) + np.asarray(r2[k], np.float32) + np.asarray(r3[k], np.float32)
+                + np.asarray(r4[k], np.float32)) / 4 for k in r1}
+
+
 def _parse(data, layout):
     """-> per-dialogue speakers, labels, {modality: features}, and split id lists (valid may be None)."""
     if layout == "dialoguernn-iemocap":
@@ -359,12 +365,10 @@ def _parse(data, layout):
         streams, valid = {"t": text, "a": audio, "v": visual}, None
     elif layout == "cosmic-iemocap":
         speakers, labels, r1, r2, r3, r4, _, train, test, valid = data
-        streams = {"t": {k: (np.asarray(r1[k], np.float32) + np.asarray(r2[k], np.float32) + np.asarray(r3[k], np.float32)
-                             + np.asarray(r4[k], np.float32)) / 4 for k in r1}}
+        streams = {"t": mean_of_four(r1, r2, r3, r4)}
     elif layout == "cosmic-meld":
         speakers, labels, _, r1, r2, r3, r4, _, train, test, valid = data
-        streams = {"t": {k: (np.asarray(r1[k], np.float32) + np.asarray(r2[k], np.float32) + np.asarray(r3[k], np.float32)
-                             + np.asarray(r4[k], np.float32)) / 4 for k in r1}}
+        streams = {"t": mean_of_four(r1, r2, r3, r4)}
     elif layout == "maln":
         speakers, labels, streams = data["speakers"], data["labels"], data["features"]
         train, valid, test = (data["splits"][s] for s in SPLITS)

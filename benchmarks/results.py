@@ -45,11 +45,20 @@ MODEL_ROWS = {
     "cross-modal attention over specific vectors": ["--cross_input=specific"],
 }
 MODALITY_ROWS = {f"modalities {m}": [f"--modalities={m}"] for m in ("t", "a", "v", "ta", "tv", "av", "tav")}
+RELEASED_ROWS = {  # the defaults that differ from the release, set back one at a time (plus the two model rows above)
+    "dropout 0.66 (released)": ["--dropout=0.66"],
+    "released schedule (batch 32; Adam 4e-4 constant; 60 epochs)": ["--batch_size=32", "--learning_rate=4e-4",
+                                                                   "--lr_schedule=constant", "--epochs=60"],
+    "reseeding every epoch (released)": ["--reseed_every_epoch=True"],
+    "every released setting (--preset=released)": ["--preset=released"],
+}
+TEXT_ROWS = {**{k: v for k, v in MODEL_ROWS.items() if k not in ("without adversarial loss", "without cross-modal attention")},
+             "class weights": ["--class_weights=True"], **RELEASED_ROWS}
 SUITES = {
     "demo": (["--dataset=demo"], {**MODEL_ROWS, **MODALITY_ROWS}),
     # text only: no adversarial loss or cross-modal attention to remove
-    "iemocap_text": (["--dataset=IEMOCAP", "--modalities=t"],
-                     {k: v for k, v in MODEL_ROWS.items() if k not in ("without adversarial loss", "without cross-modal attention")}),
+    "iemocap_text": (["--dataset=IEMOCAP", "--modalities=t"], TEXT_ROWS),
+    "meld_text": (["--dataset=MELD", "--modalities=t"], TEXT_ROWS),
     # does the gradient-reversal discriminator make common vectors modality-invariant, and the orthogonality loss
     # make specific vectors differ from common ones?
     "decomposition": (["--dataset=demo"], {k: MODEL_ROWS[k] for k in ("full model", "without adversarial loss",
