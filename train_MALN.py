@@ -94,7 +94,7 @@ device = "auto"             # 'auto' (cuda when available), 'cpu', 'cuda', 'cuda
 amp = False                 # bfloat16 autocast on cuda
 # output
 out_dir = "saved_models"    # runs are written to out_dir/run_name
-run_name = ""               # empty = <dataset>_<modalities>_<date-time>
+run_name = ""               # empty = <dataset>_<modalities>_<date-time>, with -2, -3, ... when taken; a taken name is refused
 export_features = True      # write fused, common and specific vectors of the selected epoch as .npz
 # prediction instead of training (the data options above choose the dialogues)
 predict = ""                # checkpoint to predict with: writes the class of every utterance as a CSV, no training
