@@ -757,7 +757,7 @@ def main(argv):
     if config["from_release"]:
         try:
             convert_release(config)
-        except (FileNotFoundError, ValueError) as error:
+        except (ValueError, OSError) as error:  # not a release state dict, OutputError
             raise SystemExit(f"error: {error}") from None
         return
     if config["predict"]:
