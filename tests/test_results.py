@@ -2,11 +2,16 @@ import json
 import os
 import sys
 
+import numpy as np
+import torch
+
 from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import baselines  # noqa: E402
 import results  # noqa: E402
 import train_MALN  # noqa: E402
+from dataloader import Dialogue, FeatureSet  # noqa: E402
 
 
 def test_table_gathers_each_rows_summary_as_mean_and_std(tmp_path):
@@ -104,3 +109,17 @@ def test_seed_command_splits_threads_and_continues_an_interrupted_seed(tmp_path)
     os.makedirs(seed_dir)
     open(os.path.join(seed_dir, "last.pt"), "w").close()
     assert results.seed_command(arguments, 7, seed_dir, str(tmp_path), 3)[2:] == [f"--resume={seed_dir}", "--threads=3"]
+
+
+def test_single_utterance_baseline_scores_test_after_fitting_train_and_valid():
+    rng = np.random.default_rng(0)
+
+    def dialogue(i, labels):  # features: the label one-hot plus noise, so a linear model separates them
+        labels = torch.tensor(labels)
+        features = torch.eye(3)[labels] * 4 + torch.tensor(rng.normal(scale=0.3, size=(len(labels), 3)), dtype=torch.float32)
+        return Dialogue(f"d{i}", {"t": features}, torch.zeros(len(labels), dtype=torch.long), labels)
+
+    splits = {"train": [dialogue(i, [0, 1, 2] * 4) for i in range(6)], "valid": [dialogue(9, [0, 1, 2])],
+              "test": [dialogue(10, [0, 0, 1, 2, -1])]}
+    weighted, per_class = baselines.single_utterance_baseline(FeatureSet("x", "maln", ["a", "b", "c"], splits))
+    assert weighted == 100.0 and per_class == {"a": 100.0, "b": 100.0, "c": 100.0}
