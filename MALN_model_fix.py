@@ -561,9 +561,9 @@ class MALN(nn.Module):
             "hidden_size": state["fc_text.0.weight"].shape[0],
             "discriminator_hidden": state["modal_discriminator.0.weight"].shape[0], **settings})
         model = cls(config)
-        mapped = {}
-        for key, own in model.state_dict().items():
-            release = release_key(key)
+        mapped, prefixes = {}, release_prefixes()
+        for key in model.state_dict():
+            release = release_key(key, prefixes)
             if release not in state:
                 raise ValueError(f"{name}: not a state dict of the release's MALN (no {release!r})")
             value = state[release]
@@ -613,8 +613,8 @@ def release_prefixes():
     return prefixes
 
 
-def release_key(key):
-    """The release's name of this model's state-dict entry `key`."""
-    prefix = next(p for p in sorted(release_prefixes(), key=len, reverse=True) if key.startswith(p))
+def release_key(key, prefixes):
+    """The release's name of this model's state-dict entry `key`, given release_prefixes()."""
+    prefix = max((p for p in prefixes if key.startswith(p)), key=len)                     # the longest that fits
     rest = re.sub(r"(^|\.)attention\.", r"\1self_attention.", key[len(prefix):])
-    return release_prefixes()[prefix] + re.sub(r"(^|\.)feedforward\.", r"\1fc.", rest)
+    return prefixes[prefix] + re.sub(r"(^|\.)feedforward\.", r"\1fc.", rest)

@@ -743,8 +743,7 @@ def convert_release(config):
         raise SystemExit(f"--class_names: {config['from_release']} has {model.config.n_classes} classes; name them in "
                          f"order, e.g. --class_names=hap,sad,neu,ang,exc,fru (IEMOCAP's)")
     path = os.path.join(config["out_dir"], config["run_name"] or "release", "best.pt")
-    if os.path.exists(path):
-        raise SystemExit(f"{path} exists; choose another --run_name")
+    check_output_path(path, "--run_name", [config["from_release"]])
     save_checkpoint({"model": model.state_dict(), "model_args": model.model_args(), "config": config,
                      "class_names": names, "epoch": 0, "metrics": {}, "release_file": config["from_release"]}, path)
     print(f"wrote {path}: the release's model ({model.n_parameters() / 1e6:.2f}M parameters, feature sizes "
