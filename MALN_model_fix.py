@@ -41,6 +41,7 @@ class MALNConfig:
     n_classes: int = 6
     max_positions: int = 128        # longest dialogue + 1 ([CLS]) the position table holds
     standardize: bool = False       # standardise each input dimension with training-set statistics (not in the release)
+    input_dropout: float = 0.0      # dropout on the (standardised) features before SCLM and the context encoders (not in the release)
     # stage 1: speaker-characteristic learning module
     sclm_mode: str = "release"      # 'release' (two whole-dialogue Transformers), 'speaker' (per-party, the paper), 'off'
     sclm_layers: int = 1
@@ -465,6 +466,7 @@ class MALN(nn.Module):
         n_parties = int(speakers.max()) + 1 if self.sclm is not None else 0
         for m in self.config.modalities:
             features_m = self.standardizer[m](features[m]) if self.standardizer is not None else features[m]
+            features_m = F.dropout(features_m, self.config.input_dropout, self.training)
             x = self.context[m](features_m, lengths)                                                  # (B, N, D_m)
             if self.sclm is not None:
                 x = torch.cat([x, self.sclm[m](features_m, speakers, n_parties, utterance_mask)], -1)  # (B, N, D_m + 100)

@@ -782,7 +782,7 @@ def make_demo(seed=0, n_dialogues=(240, 30, 60), sizes=(24, 16, 20), switch=0.2,
                 loglik -= (((x - clean)[:, None, :] - means[m][None]) ** 2).sum(-1) / (2 * noise ** 2)   # (n, K)
                 features[m] = x.astype(np.float32)
             if split == "test":
-                predicted = _forward_backward(loglik, speakers, transition)
+                predicted = speaker_posteriors(loglik, speakers, transition).argmax(1)
                 correct, total = correct + int((predicted == labels).sum()), total + n
             dialogues.append(Dialogue(f"demo_{split}_{index}", {m: torch.from_numpy(x) for m, x in features.items()},
                                       torch.from_numpy(speakers.astype(np.int64)), torch.from_numpy(labels)))
@@ -790,9 +790,10 @@ def make_demo(seed=0, n_dialogues=(240, 30, 60), sizes=(24, 16, 20), switch=0.2,
     return FeatureSet("demo", "demo", CLASS_NAMES["demo"], splits, {"oracle_accuracy": correct / total, "seed": seed})
 
 
-def _forward_backward(loglik, speakers, transition):
-    """MAP state per utterance of an HMM run separately along each speaker's utterances."""
-    predicted = np.empty(len(speakers), np.int64)
+def speaker_posteriors(loglik, speakers, transition):
+    """(N, K) posterior of each utterance's state under an HMM run separately along each
+    speaker's utterances (forward-backward), from the (N, K) log-likelihoods."""
+    posteriors = np.empty(loglik.shape)
     for p in np.unique(speakers):
         rows = np.flatnonzero(speakers == p)
         likelihood = np.exp(loglik[rows] - loglik[rows].max(1, keepdims=True))      # (T, K)
@@ -804,8 +805,9 @@ def _forward_backward(loglik, speakers, transition):
         for t in range(len(rows) - 2, -1, -1):
             b = transition @ (likelihood[t + 1] * beta[t + 1])
             beta[t] = b / b.sum()
-        predicted[rows] = (alpha * beta).argmax(1)
-    return predicted
+        posterior = alpha * beta
+        posteriors[rows] = posterior / posterior.sum(1, keepdims=True)
+    return posteriors
 
 
 def load_dataset(dataset, features="", av_features="", modalities="", valid_fraction=0.1, split_seed=100,

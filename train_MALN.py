@@ -50,6 +50,7 @@ demo_seed = 0               # seed of the generated demo data set
 trust_pickle = False        # load feature pickles without the restricted unpickler (only for files you trust)
 # model: input
 standardize = True          # standardise every feature dimension with training-set statistics (released: False)
+input_dropout = 0.0         # dropout on the features before SCLM and the context encoders (released: none)
 # model: SCLM
 sclm_mode = "speaker"       # 'speaker' (per-party, the paper), 'release' (two whole-dialogue Transformers, released), 'off'
 sclm_layers = 1             # Transformer layers of SCLM
@@ -86,6 +87,8 @@ bucket_batches = False      # training batches of similar-length dialogues (shuf
 learning_rate = 5e-4        # Adam learning rate (released: 4e-4, constant)
 lr_schedule = "cosine"      # 'cosine' (decays to zero over the epochs) or 'constant' (released)
 weight_decay = 3e-5         # Adam weight decay
+average_decay = 0.0         # > 0: validate, select and save an exponential moving average of the weights, updated
+                            # every step with this decay (e.g. 0.99); 0 = the trained weights themselves (released)
 reseed_every_epoch = False  # reset every RNG to `seed` before each epoch, as the release does: the same batch order
                             # and dropout masks every epoch (released: True)
 seed = 100                  # training seed
@@ -132,12 +135,13 @@ CONSTRAINTS = {  # name -> (what a valid value is, test of the value given the w
                                                         "epochs", "batch_size")},
     "cross_heads": (">= 1 and divide hidden_size", lambda v, c: v >= 1 and c["hidden_size"] % v == 0),
     "context_hidden": (">= 0 (0 = the feature size)", lambda v, c: v >= 0),
-    **{name: ("in [0, 1)", lambda v, c: 0 <= v < 1) for name in ("sclm_dropout", "context_dropout", "specific_dropout",
+    **{name: ("in [0, 1)", lambda v, c: 0 <= v < 1) for name in ("input_dropout", "sclm_dropout", "context_dropout", "specific_dropout",
                                                                "common_dropout", "discriminator_dropout", "dropout")},
     **{name: (">= 0 and finite", lambda v, c: 0 <= v < float("inf")) for name in ("gradient_reversal", "unimodal_weight",
                                                                                   "adversarial_weight", "orthogonality_weight",
                                                                                   "weight_decay")},
     "learning_rate": ("> 0 and finite", lambda v, c: 0 < v < float("inf")),
+    "average_decay": ("in [0, 1)", lambda v, c: 0 <= v < 1),
     "lr_schedule": ("'cosine' or 'constant'", lambda v, c: v in ("cosine", "constant")),
     "seed": (">= 0", lambda v, c: v >= 0),
     "threads": (">= 0 (0 = torch's default)", lambda v, c: v >= 0),
@@ -239,8 +243,9 @@ def autocast(device, enabled):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
 
 
-def train_epoch(model, optimizer, batches, device, amp, class_weights):
-    """One pass of the released objective over the training batches; returns mean loss and scores."""
+def train_epoch(model, optimizer, batches, device, amp, class_weights, averaged=None):
+    """One pass of the released objective over the training batches, updating the moving average
+    `averaged` (or None) after every step; returns mean loss and scores."""
     model.train()
     total, labels, predictions = [], [], []
     for _, batch in tqdm(batches, desc="train", leave=False, disable=None):
@@ -252,6 +257,8 @@ def train_epoch(model, optimizer, batches, device, amp, class_weights):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if averaged is not None:
+            averaged.update_parameters(model)
         total.append(loss.detach())
         labels.append(batch["labels"].reshape(-1))
         predictions.append(output["log_probs"].detach().argmax(-1).reshape(-1))
@@ -423,6 +430,8 @@ def run(config, feature_set=None):
     set_seed(config["seed"])
     model = build_model(feature_set, config).to(device)
     optimizer = make_optimizer(model, config)
+    averaged = moving_average(model, config["average_decay"])
+    evaluated = averaged.module if averaged is not None else model   # the weights validated, selected and saved
     generator = torch.Generator().manual_seed(config["seed"])
     weights = inverse_frequency_weights(feature_set.splits["train"], len(feature_set.class_names), device) \
         if config["class_weights"] else None
@@ -436,7 +445,7 @@ def run(config, feature_set=None):
 
     history, best, best_state = [], None, None
     if config["resume"]:
-        history, best, best_state = restore(run_dir, model, optimizer, generator, device)
+        history, best, best_state = restore(run_dir, model, optimizer, generator, device, averaged)
         if best["epoch"] == len(history):  # best.pt may predate this epoch (see save_last)
             save_best(run_dir, best_state, model, config, feature_set, best)
         print(f"resuming after epoch {len(history)} (best so far: epoch {best['epoch']})")
@@ -449,11 +458,11 @@ def run(config, feature_set=None):
             generator.manual_seed(config["seed"])
         train_batches = make_batches(feature_set.splits["train"], config["batch_size"], generator, config["bucket_batches"])
         try:
-            train = train_epoch(model, optimizer, train_batches, device, config["amp"], weights)
+            train = train_epoch(model, optimizer, train_batches, device, config["amp"], weights, averaged)
         except NonFiniteLoss as error:
             raise NonFiniteLoss(f"epoch {epoch}, {error}. Stopped; {non_finite_note(run_dir, epoch, config)}") from None
-        valid = evaluate(model, eval_batches["valid"], device, config["amp"], weights)
-        test = evaluate(model, eval_batches["test"], device, config["amp"], weights)
+        valid = evaluate(evaluated, eval_batches["valid"], device, config["amp"], weights)
+        test = evaluate(evaluated, eval_batches["test"], device, config["amp"], weights)
         row = {"epoch": epoch, "seconds": time.time() - epoch_start}
         for split, result in (("train", train), ("valid", valid), ("test", test)):
             row.update({f"{split}_{k}": result[k] for k in ("loss", "accuracy", "weighted_f1")})
@@ -463,8 +472,8 @@ def run(config, feature_set=None):
             f"{s} loss {row[f'{s}_loss']:.3f} acc {row[f'{s}_accuracy']:5.2f} wF1 {row[f'{s}_weighted_f1']:5.2f}"
             for s in ("train", "valid", "test")) + f" | {row['seconds']:.1f}s" + (" *" if improved else ""))
         if improved:
-            best, best_state = row, copy.deepcopy(model.state_dict())
-        save_last(run_dir, model, optimizer, generator, device, config, feature_set, history, best)
+            best, best_state = row, copy.deepcopy(evaluated.state_dict())
+        save_last(run_dir, model, optimizer, generator, device, config, feature_set, history, best, averaged)
         if improved:
             save_best(run_dir, best_state, model, config, feature_set, best)
         atomic_write(os.path.join(run_dir, "history.csv"), lambda path: pd.DataFrame(history).to_csv(path, index=False))
@@ -575,23 +584,35 @@ def save_best(run_dir, best_state, model, config, feature_set, best):
                     os.path.join(run_dir, "best.pt"))
 
 
-def save_last(run_dir, model, optimizer, generator, device, config, feature_set, history, best):
+def moving_average(model, decay):
+    """An exponential moving average of model's weights (and buffers), or None when decay is 0."""
+    if not decay:
+        return None
+    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay),
+                                               use_buffers=True)
+
+
+def save_last(run_dir, model, optimizer, generator, device, config, feature_set, history, best, averaged=None):
     """What --resume needs after this epoch. Written before best.pt: when the newest epoch is the
-    best, its state is this file's model, so a kill between the two writes loses nothing."""
+    best, its state is this file's model (or moving average), so a kill between the two writes loses nothing."""
     rng = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
     if device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(device)
     save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "model_args": model.model_args(),
                      "config": config, "class_names": feature_set.class_names, "epoch": len(history),
-                     "history": history, "best": best, "rng": rng}, os.path.join(run_dir, "last.pt"))
+                     "history": history, "best": best, "rng": rng,
+                     **({"averaged": averaged.state_dict()} if averaged is not None else {})}, os.path.join(run_dir, "last.pt"))
 
 
-def restore(run_dir, model, optimizer, generator, device):
-    """Load an interrupted run's last.pt into model, optimizer and the RNGs; -> history, best row, best state."""
+def restore(run_dir, model, optimizer, generator, device, averaged=None):
+    """Load an interrupted run's last.pt into model, the moving average (when there is one),
+    optimizer and the RNGs; -> history, best row, best state."""
     path = os.path.join(run_dir, "last.pt")
     last = load_checkpoint(path)
-    check_checkpoint(last, path, LAST_CHECKPOINT_FIELDS)
+    check_checkpoint(last, path, LAST_CHECKPOINT_FIELDS + (("averaged",) if averaged is not None else ()))
     load_model_state(model, last["model"], path)
+    if averaged is not None:
+        load_model_state(averaged, last["averaged"], path)
     try:
         optimizer.load_state_dict(last["optimizer"])
         torch.set_rng_state(last["rng"]["torch"])
@@ -603,7 +624,7 @@ def restore(run_dir, model, optimizer, generator, device):
                          f"({type(error).__name__}: {error})") from None
     best = last["best"]
     if best["epoch"] == last["epoch"]:
-        return last["history"], best, last["model"]
+        return last["history"], best, copy.deepcopy(averaged.module.state_dict()) if averaged is not None else last["model"]
     best_checkpoint = load_checkpoint(os.path.join(run_dir, "best.pt"))
     check_checkpoint(best_checkpoint, os.path.join(run_dir, "best.pt"), ("model", "epoch"))
     if best_checkpoint["epoch"] != best["epoch"]:

@@ -172,8 +172,9 @@ CHECKPOINT_FIELDS = {  # field -> (what it must be, test); train_MALN.py writes 
     "best": ("the best epoch's row", lambda v: isinstance(v, dict) and _is_int(v.get("epoch"), 1)),
     "rng": ("the random-number states", lambda v: isinstance(v, dict) and isinstance(v.get("torch"), torch.Tensor)
             and isinstance(v.get("generator"), torch.Tensor)),
+    "averaged": ("a moving average's dict of tensors", lambda v: CHECKPOINT_FIELDS["model"][1](v)),  # with --average_decay
 }
-LAST_CHECKPOINT_FIELDS = tuple(CHECKPOINT_FIELDS)
+LAST_CHECKPOINT_FIELDS = tuple(name for name in CHECKPOINT_FIELDS if name != "averaged")
 
 
 def check_checkpoint(checkpoint, path, required=()):

@@ -11,7 +11,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import baselines  # noqa: E402
 import results  # noqa: E402
 import train_MALN  # noqa: E402
-from dataloader import Dialogue, FeatureSet  # noqa: E402
+from dataloader import Dialogue, FeatureSet, make_demo  # noqa: E402
 
 
 def test_table_gathers_each_rows_summary_as_mean_and_std(tmp_path):
@@ -123,3 +123,16 @@ def test_single_utterance_baseline_scores_test_after_fitting_train_and_valid():
               "test": [dialogue(10, [0, 0, 1, 2, -1])]}
     weighted, per_class = baselines.single_utterance_baseline(FeatureSet("x", "maln", ["a", "b", "c"], splits))
     assert weighted == 100.0 and per_class == {"a": 100.0, "b": 100.0, "c": 100.0}
+
+
+def test_structured_demo_baseline_removes_the_speaker_offsets_a_single_utterance_model_cannot():
+    feature_set = make_demo(0, n_dialogues=(80, 10, 30), speaker_scale=3.0)   # offsets three times the class signal
+    single, _ = baselines.single_utterance_baseline(feature_set)
+    structured, per_class = baselines.structured_demo_baseline(feature_set)
+    assert structured > single + 10 and set(per_class) == set(feature_set.class_names)
+
+
+def test_speaker_context_features_are_the_utterance_its_speakers_mean_and_the_dialogue_mean():
+    features = torch.tensor([[1.0], [3.0], [8.0]])
+    dialogue = Dialogue("d", {"t": features}, torch.tensor([0, 1, 0]), torch.tensor([0, 1, 0]))
+    assert baselines.with_speaker_context(dialogue).tolist() == [[1, 4.5, 4], [3, 3, 4], [8, 4.5, 4]]

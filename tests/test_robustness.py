@@ -217,17 +217,18 @@ def without_timings(metrics):
     return {k: v for k, v in metrics.items() if k not in ("seconds", "seconds_per_epoch", "config")}
 
 
-def test_resumed_run_ends_with_the_metrics_of_an_uninterrupted_run(tmp_path, monkeypatch, device):
+@pytest.mark.parametrize("averaging", [[], ["--average_decay=0.8"]], ids=["trained weights", "moving average"])
+def test_resumed_run_ends_with_the_metrics_of_an_uninterrupted_run(tmp_path, monkeypatch, device, averaging):
     feature_set = tiny_demo()
-    whole = train_MALN.run(train_MALN.parse_overrides(arguments(tmp_path, "whole", device=device)), feature_set)
+    whole = train_MALN.run(train_MALN.parse_overrides(arguments(tmp_path, "whole", device=device) + averaging), feature_set)
     interrupt_training_at_epoch(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
-        train_MALN.run(train_MALN.parse_overrides(arguments(tmp_path, "cut", device=device)), feature_set)
+        train_MALN.run(train_MALN.parse_overrides(arguments(tmp_path, "cut", device=device) + averaging), feature_set)
     last = load_checkpoint(tmp_path / "cut" / "last.pt")
     assert last["epoch"] == 2 and ("cuda" in last["rng"]) == (device == "cuda")
     monkeypatch.undo()
-    resumed = train_MALN.run(train_MALN.parse_overrides([f"--resume={tmp_path / 'cut'}", *arguments(tmp_path, "cut", device=device)]),
-                             feature_set)
+    resumed = train_MALN.run(train_MALN.parse_overrides([f"--resume={tmp_path / 'cut'}", *arguments(tmp_path, "cut", device=device),
+                                                         *averaging]), feature_set)
     tolerance = 0.0 if device == "cpu" else 1e-4  # cuda: atomic adds in backward passes may order float sums differently
     resumed, whole = without_timings(resumed), without_timings(whole)
     assert resumed.keys() == whole.keys()

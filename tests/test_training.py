@@ -173,3 +173,14 @@ def test_epoch_is_selected_on_validation_not_on_test(tmp_path, monkeypatch):
     assert metrics["best_epoch"] == 2 and metrics["valid_weighted_f1"] == 30.0
     assert metrics["optimistic_best_test_epoch"] == 1 and metrics["optimistic_test_weighted_f1"] == 50.0
     assert torch.load(tmp_path / "select" / "best.pt", weights_only=True)["epoch"] == 2
+
+
+def test_moving_average_of_the_weights_is_what_is_selected_and_saved(tmp_path):
+    train_MALN.run(config(tmp_path, "--epochs=1", "--average_decay=0.9", "--run_name=average", "--export_features=False"),
+                   demo_subset("ta", (24, 4, 4)))
+    last = torch.load(tmp_path / "average" / "last.pt", weights_only=True)
+    best = torch.load(tmp_path / "average" / "best.pt", weights_only=True)["model"]
+    average = {k[len("module."):]: v for k, v in last["averaged"].items() if k.startswith("module.")}
+    assert int(last["averaged"]["n_averaged"]) == 2                                # one update a step: 24 dialogues, 16 a batch
+    assert average.keys() == best.keys() and all(torch.equal(average[k], best[k]) for k in best)
+    assert not all(torch.equal(last["model"][k], best[k]) for k in best)           # not the trained weights
