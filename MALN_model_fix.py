@@ -77,8 +77,8 @@ class MALNConfig:
         if not self.feature_sizes or unknown:
             raise ValueError(f"feature_sizes must use a non-empty subset of {MODALITY_ORDER!r}, got {self.feature_sizes}")
         self.feature_sizes = {m: int(self.feature_sizes[m]) for m in MODALITY_ORDER if m in self.feature_sizes}
-        if self.sclm_mode not in ("speaker", "release", "off"):
-            raise ValueError(f"sclm_mode must be 'speaker', 'release' or 'off', got {self.sclm_mode!r}")
+        if self.sclm_mode not in ("speaker", "utterance", "release", "off"):
+            raise ValueError(f"sclm_mode must be 'speaker', 'utterance', 'release' or 'off', got {self.sclm_mode!r}")
         if self.cross_input not in ("common", "specific"):
             raise ValueError(f"cross_input must be 'common' or 'specific', got {self.cross_input!r}")
 
@@ -169,7 +169,7 @@ class SpeakerTransformer(nn.Module):
                          nn.Sequential(nn.Linear(size, config.sclm_feedforward), nn.ReLU(), nn.Linear(config.sclm_feedforward, size)))
             for _ in range(config.sclm_layers))
 
-    def forward(self, features, n_summaries, allowed):
+    def forward(self, features, n_summaries, allowed, keep_utterances=False):
         # features (B, N, D); allowed (B, S+N, S+N) over the token sequence [CLS x S ; utterances]
         B, N, D = features.shape
         if N + 1 > self.positions.num_embeddings:
@@ -178,9 +178,9 @@ class SpeakerTransformer(nn.Module):
         summaries = (self.cls + position[0]).expand(B, n_summaries, D)                  # (B, S, D)
         x = self.norm(torch.cat([summaries, features + position[1:]], dim=1))           # (B, S+N, D)
         for i, layer in enumerate(self.layers):
-            n_queries = n_summaries if i == len(self.layers) - 1 else None
+            n_queries = n_summaries if i == len(self.layers) - 1 and not keep_utterances else None
             x = (x if n_queries is None else x[:, :n_queries]) + layer(x, allowed, n_queries)
-        return x                                                                         # (B, S, D)
+        return x                                                                         # (B, S, D), or (B, S+N, D)
 
 
 class SCLM(nn.Module):
@@ -198,7 +198,7 @@ class SCLM(nn.Module):
         super().__init__()
         self.mode = config.sclm_mode
         self.transformers = nn.ModuleList(SpeakerTransformer(size, config)
-                                          for _ in range(1 if self.mode == "speaker" else 2))
+                                          for _ in range(2 if self.mode == "release" else 1))
         self.project = nn.Linear(size, config.speaker_size)
 
     def forward(self, features, speakers, n_parties, utterance_mask):
@@ -210,6 +210,10 @@ class SCLM(nn.Module):
             same_party = token_party.unsqueeze(2) == token_party.unsqueeze(1)                   # (B, P+N, P+N)
             summaries = self.transformers[0](features, n_parties, same_party)                  # (B, P, D)
             vectors = torch.gather(summaries, 1, speakers.unsqueeze(-1).expand(-1, -1, summaries.size(-1)))  # (B, N, D)
+        elif self.mode == "utterance":
+            party = torch.where(utterance_mask, speakers, -1)                                   # (B, N), padding = -1
+            same_party = party.unsqueeze(2) == party.unsqueeze(1)                               # (B, N, N)
+            vectors = self.transformers[0](features, 0, same_party, keep_utterances=True)       # (B, N, D)
         else:
             real_tokens = torch.cat([utterance_mask.new_ones(B, 1), utterance_mask], 1)        # (B, 1+N)
             allowed = real_tokens.unsqueeze(1).expand(B, N + 1, N + 1)

@@ -52,7 +52,8 @@ trust_pickle = False        # load feature pickles without the restricted unpick
 standardize = True          # standardise every feature dimension with training-set statistics (released: False)
 input_dropout = 0.0         # dropout on the features before SCLM and the context encoders (released: none)
 # model: SCLM
-sclm_mode = "speaker"       # 'speaker' (per-party, the paper), 'release' (two whole-dialogue Transformers, released), 'off'
+sclm_mode = "speaker"       # 'speaker' (per-party summary, the paper), 'utterance' (each utterance attends over its own
+                            # party's utterances), 'release' (two whole-dialogue Transformers, released), 'off'
 sclm_layers = 1             # Transformer layers of SCLM
 sclm_heads = 1              # attention heads of SCLM
 sclm_feedforward = 128      # feed-forward size of SCLM
@@ -109,12 +110,16 @@ class_names = ""            # its class names in order, comma-separated; empty =
 # machine
 threads = 0                 # torch's cpu threads; 0 = torch's default (every core). Runs side by side: cores / runs each
 # named groups of settings, applied under the command line: --preset=released gives the authors' values
-preset = ""                 # '' (the values above), 'released' or 'demo' (the default with --dataset=demo)
+preset = ""                 # '' = the dataset's own (PRESETS[dataset]: IEMOCAP, MELD, demo); 'none' = the values above;
+                            # 'released' = the authors' settings
 PRESETS = {
     "released": {"standardize": False, "sclm_mode": "release", "context_dropout": 0.5, "dropout": 0.66, "epochs": 60,
                  "batch_size": 32, "learning_rate": 4e-4, "lr_schedule": "constant", "weight_decay": 3e-5,
                  "reseed_every_epoch": True},
     "demo": {"epochs": 15, "batch_size": 16, "learning_rate": 2e-3},  # the small synthetic set: about 1.5 minutes on 2 cores
+    "IEMOCAP": {},
+    "MELD": {},
+    "none": {},
 }
 resume = ""                 # run directory of an interrupted run: continue it from its last.pt
 # -----------------------------------------------------------------------------
@@ -128,7 +133,7 @@ CONSTRAINTS = {  # name -> (what a valid value is, test of the value given the w
     "valid_fraction": ("in (0, 1)", lambda v, c: 0 < v < 1),
     "split_seed": (">= 0", lambda v, c: v >= 0),
     "demo_seed": (">= 0", lambda v, c: v >= 0),
-    "sclm_mode": ("'speaker', 'release' or 'off'", lambda v, c: v in ("speaker", "release", "off")),
+    "sclm_mode": ("'speaker', 'utterance', 'release' or 'off'", lambda v, c: v in ("speaker", "utterance", "release", "off")),
     "cross_input": ("'common' or 'specific'", lambda v, c: v in ("common", "specific")),
     **{name: (">= 1", lambda v, c: v >= 1) for name in ("sclm_layers", "sclm_heads", "sclm_feedforward", "speaker_size",
                                                         "gru_layers", "hidden_size", "discriminator_hidden",
@@ -191,11 +196,19 @@ def parse_overrides(argv, defaults=HYPERPARAMETERS):
         except ValueError:
             raise SystemExit(f"--{name}={value}: expected a {kind.__name__}") from None
         given.add(name)
-    name = config.get("preset") or ("demo" if config.get("dataset") == "demo" and not config.get("features") else "")
+    name = config.get("preset") or dataset_preset(config)
     if name and name not in PRESETS:
         raise SystemExit(f"--preset={name}: choose one of {', '.join(PRESETS)}")
     config.update({k: v for k, v in PRESETS.get(name, {}).items() if k not in given})
     return check_config(config)
+
+
+def dataset_preset(config):
+    """The preset --dataset applies when --preset is not given: IEMOCAP's and MELD's for any file of
+    that dataset, the demo's for the generated demo set, none otherwise."""
+    if config.get("dataset") in ("IEMOCAP", "MELD") or (config.get("dataset") == "demo" and not config.get("features")):
+        return config["dataset"]
+    return ""
 
 
 def build_model(feature_set, config):

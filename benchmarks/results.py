@@ -54,11 +54,20 @@ RELEASED_ROWS = {  # the defaults that differ from the release, set back one at 
 }
 TEXT_ROWS = {**{k: v for k, v in MODEL_ROWS.items() if k not in ("without adversarial loss", "without cross-modal attention")},
              "class weights": ["--class_weights=True"], **RELEASED_ROWS}
+REGULARISATION_ROWS = {  # the switches the dataset presets are made of, one at a time
+    "input dropout 0.3": ["--input_dropout=0.3"],
+    "moving average of the weights (0.95)": ["--average_decay=0.95"],
+}
 SUITES = {
-    "demo": (["--dataset=demo"], {**MODEL_ROWS, **MODALITY_ROWS}),
-    # text only: no adversarial loss or cross-modal attention to remove
-    "iemocap_text": (["--dataset=IEMOCAP", "--modalities=t"], TEXT_ROWS),
-    "meld_text": (["--dataset=MELD", "--modalities=t"], TEXT_ROWS),
+    "demo": (["--dataset=demo"], {**MODEL_ROWS, **MODALITY_ROWS, **REGULARISATION_ROWS,
+                                  "30 epochs": ["--epochs=30"], "without SCLM, 30 epochs": ["--sclm_mode=off", "--epochs=30"]}),
+    # text only: no adversarial loss or cross-modal attention to remove. The rows start from the defaults above the
+    # presets (--preset=none); the dataset's preset is a row of its own
+    "iemocap_text": (["--dataset=IEMOCAP", "--modalities=t", "--preset=none"],
+                     {**TEXT_ROWS, **REGULARISATION_ROWS, "IEMOCAP preset (--preset=IEMOCAP)": ["--preset=IEMOCAP"]}),
+    "meld_text": (["--dataset=MELD", "--modalities=t", "--preset=none"],
+                  {**TEXT_ROWS, "class weights, moving average (0.99)": ["--class_weights=True", "--average_decay=0.99"],
+                   "MELD preset (--preset=MELD)": ["--preset=MELD"]}),
     # does the gradient-reversal discriminator make common vectors modality-invariant, and the orthogonality loss
     # make specific vectors differ from common ones?
     "decomposition": (["--dataset=demo"], {k: MODEL_ROWS[k] for k in ("full model", "without adversarial loss",

@@ -24,7 +24,7 @@ def forward(model, dialogues, **kwargs):
     return model(batch["features"], batch["speakers"], batch["utterance_mask"], batch["lengths"], batch["labels"], **kwargs)
 
 
-@pytest.mark.parametrize("sclm_mode", ["speaker", "release", "off"])
+@pytest.mark.parametrize("sclm_mode", ["speaker", "utterance", "release", "off"])
 @pytest.mark.parametrize("n_parties", [2, 9])
 def test_shapes_for_two_and_nine_speakers(sclm_mode, n_parties):
     model = model_for(sclm_mode=sclm_mode)
@@ -35,7 +35,8 @@ def test_shapes_for_two_and_nine_speakers(sclm_mode, n_parties):
     assert torch.isfinite(output["losses"]["total"])
 
 
-@pytest.mark.parametrize("options", [{}, {"sclm_mode": "release"}, {"cross_input": "specific"}, {"cross_attention": False}])
+@pytest.mark.parametrize("options", [{}, {"sclm_mode": "release"}, {"sclm_mode": "utterance"}, {"cross_input": "specific"},
+                                     {"cross_attention": False}])
 def test_padding_changes_no_real_output(options):
     model = model_for(**options)
     short, long = dialogue(5, 3), dialogue(11, 7)
@@ -63,8 +64,9 @@ def test_standardizer_uses_training_statistics_and_keeps_padding_inert():
     assert "standardizer.t.mean" in model.state_dict()                # travels with the checkpoint
 
 
-def test_speaker_vector_depends_only_on_own_utterances():
-    model = model_for(sclm_mode="speaker")
+@pytest.mark.parametrize("sclm_mode", ["speaker", "utterance"])
+def test_speaker_vector_depends_only_on_own_utterances(sclm_mode):
+    model = model_for(sclm_mode=sclm_mode)
     d = dialogue(10, 2)
     before = model.sclm["t"](d.features["t"][None], d.speakers[None], 2, torch.ones(1, 10, dtype=torch.bool))
     d.features["t"][d.speakers == 1] += torch.randn(5, 12)  # change only party 1's utterances
@@ -203,3 +205,21 @@ def test_cpu_gru_applies_dropout_between_layers_in_training_only():
     assert torch.allclose(evaluated, gru(packed)[0].data, atol=1e-6)
     trained = packed_bidirectional_gru(gru.train(), packed.data, packed.batch_sizes)
     assert not torch.allclose(trained, evaluated, atol=1e-3)
+
+
+def test_input_dropout_zeroes_features_in_training_only():
+    torch.manual_seed(0)
+    model = model_for(input_dropout=0.5, sclm_mode="off", dropout=0.0, context_dropout=0.0, specific_dropout=0.0,
+                      common_dropout=0.0, discriminator_dropout=0.0)
+    reference = model_for(input_dropout=0.0, sclm_mode="off", dropout=0.0, context_dropout=0.0, specific_dropout=0.0,
+                          common_dropout=0.0, discriminator_dropout=0.0)
+    reference.load_state_dict(model.state_dict())
+    dialogues = [dialogue(7, 2)]
+    assert torch.equal(forward(model, dialogues)["log_probs"], forward(reference, dialogues)["log_probs"])   # eval: off
+    model.train(), reference.train()
+    seen = []
+    model.context["t"].register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    forward(model, dialogues)
+    zeroed = (seen[0] == 0).float().mean()
+    assert 0.3 < zeroed < 0.7                                    # about half of the text features dropped
+    assert not torch.equal(forward(model, dialogues)["log_probs"], forward(reference, dialogues)["log_probs"])
