@@ -15,7 +15,8 @@ model computes what the release computes (tests/test_release.py). What differs i
 purpose and holds for every setting: padding is excluded everywhere (attention keys, the GRUs
 run on packed sequences, the losses), SCLM's release mode works for any number of parties, a
 single-modality run does not fuse its common vector twice. Options that are not the release's
-(input standardisation, the paper's per-party SCLM) are switches of MALNConfig.
+(input standardisation, input dropout, the paper's per-party SCLM, a per-utterance SCLM) are
+switches of MALNConfig.
 
 Modalities are named 't' (text), 'a' (audio) and 'v' (visual); any non-empty subset runs.
 Feature sizes and the class count come from the data through MALNConfig.
@@ -43,7 +44,8 @@ class MALNConfig:
     standardize: bool = False       # standardise each input dimension with training-set statistics (not in the release)
     input_dropout: float = 0.0      # dropout on the (standardised) features before SCLM and the context encoders (not in the release)
     # stage 1: speaker-characteristic learning module
-    sclm_mode: str = "release"      # 'release' (two whole-dialogue Transformers), 'speaker' (per-party, the paper), 'off'
+    sclm_mode: str = "release"      # 'release' (two whole-dialogue Transformers), 'speaker' (per-party, the paper),
+                                    # 'utterance' (each utterance over its own party's utterances), 'off'
     sclm_layers: int = 1
     sclm_heads: int = 1
     sclm_feedforward: int = 128
@@ -156,7 +158,8 @@ class SpeakerTransformer(nn.Module):
     layers each with an outer residual (x + layer(x)).
 
     Reads `n_summaries` [CLS] tokens followed by the utterances and returns the [CLS] outputs;
-    the last layer computes only those rows, since nothing reads the utterance rows after it.
+    the last layer computes only those rows, since nothing reads the utterance rows after it
+    (with `keep_utterances`, every row is computed and returned).
     """
 
     def __init__(self, size, config):
@@ -191,7 +194,9 @@ class SCLM(nn.Module):
     second's (`*_Speaker`), and so does every further party (the release would scale the second
     summary by the party index). 'speaker': the paper's intent, one [CLS] per party attending only
     over that party's own utterances, so every utterance gets its own speaker's vector, for any
-    number of parties. The summary is projected to `speaker_size`.
+    number of parties. 'utterance' (not in the paper): no [CLS]; each utterance's own row,
+    attending over its party's utterances, so the vector can differ along a speaker's turns.
+    The result is projected to `speaker_size`.
     """
 
     def __init__(self, size, config):

@@ -54,20 +54,41 @@ RELEASED_ROWS = {  # the defaults that differ from the release, set back one at 
 }
 TEXT_ROWS = {**{k: v for k, v in MODEL_ROWS.items() if k not in ("without adversarial loss", "without cross-modal attention")},
              "class weights": ["--class_weights=True"], **RELEASED_ROWS}
-REGULARISATION_ROWS = {  # the switches the dataset presets are made of, one at a time
+DEMO_ROWS = {  # longer training and the per-utterance SCLM, against the demo preset's 15 epochs
+    "30 epochs": ["--epochs=30"],
+    "30 epochs, moving average (0.9)": ["--epochs=30", "--average_decay=0.9"],
+    "60 epochs, moving average (0.9)": ["--epochs=60", "--average_decay=0.9"],
+    "without SCLM, 30 epochs": ["--sclm_mode=off", "--epochs=30"],
+    "SCLM per utterance": ["--sclm_mode=utterance"],
+    "SCLM per utterance, 30 epochs": ["--sclm_mode=utterance", "--epochs=30"],
+}
+IEMOCAP_ROWS = {  # the regularisation switches one at a time, the combinations tried, and the preset chosen from them
+                  # (moving average 0.95, input dropout 0.3, class weights)
     "input dropout 0.3": ["--input_dropout=0.3"],
     "moving average of the weights (0.95)": ["--average_decay=0.95"],
+    "moving average (0.95), input dropout 0.3": ["--average_decay=0.95", "--input_dropout=0.3"],
+    "moving average (0.95), input dropout 0.5": ["--average_decay=0.95", "--input_dropout=0.5"],
+    "moving average (0.95), 60 epochs": ["--average_decay=0.95", "--epochs=60"],
+    "moving average (0.95), SCLM as released": ["--average_decay=0.95", "--sclm_mode=release"],
+    "IEMOCAP preset (--preset=IEMOCAP)": ["--preset=IEMOCAP"],
+}
+MELD_ROWS = {  # each with class weights, the one switch that helped at once
+    "class weights, GRU hidden 128": ["--class_weights=True", "--context_hidden=128"],
+    "class weights, one GRU layer of 64": ["--class_weights=True", "--context_hidden=64", "--gru_layers=1"],
+    "class weights, learning rate 2e-4": ["--class_weights=True", "--learning_rate=2e-4"],
+    "class weights, 15 epochs": ["--class_weights=True", "--epochs=15"],
+    "class weights, input dropout 0.5": ["--class_weights=True", "--input_dropout=0.5"],
+    "class weights, moving average (0.99), without SCLM": ["--class_weights=True", "--average_decay=0.99", "--sclm_mode=off"],
+    "class weights, moving average (0.99), without the unimodal loss": ["--class_weights=True", "--average_decay=0.99",
+                                                                        "--unimodal_weight=0"],
+    "MELD preset (--preset=MELD)": ["--preset=MELD"],
 }
 SUITES = {
-    "demo": (["--dataset=demo"], {**MODEL_ROWS, **MODALITY_ROWS, **REGULARISATION_ROWS,
-                                  "30 epochs": ["--epochs=30"], "without SCLM, 30 epochs": ["--sclm_mode=off", "--epochs=30"]}),
+    "demo": (["--dataset=demo"], {**MODEL_ROWS, **MODALITY_ROWS, **DEMO_ROWS}),
     # text only: no adversarial loss or cross-modal attention to remove. The rows start from the defaults above the
     # presets (--preset=none); the dataset's preset is a row of its own
-    "iemocap_text": (["--dataset=IEMOCAP", "--modalities=t", "--preset=none"],
-                     {**TEXT_ROWS, **REGULARISATION_ROWS, "IEMOCAP preset (--preset=IEMOCAP)": ["--preset=IEMOCAP"]}),
-    "meld_text": (["--dataset=MELD", "--modalities=t", "--preset=none"],
-                  {**TEXT_ROWS, "class weights, moving average (0.99)": ["--class_weights=True", "--average_decay=0.99"],
-                   "MELD preset (--preset=MELD)": ["--preset=MELD"]}),
+    "iemocap_text": (["--dataset=IEMOCAP", "--modalities=t", "--preset=none"], {**TEXT_ROWS, **IEMOCAP_ROWS}),
+    "meld_text": (["--dataset=MELD", "--modalities=t", "--preset=none"], {**TEXT_ROWS, **MELD_ROWS}),
     # does the gradient-reversal discriminator make common vectors modality-invariant, and the orthogonality loss
     # make specific vectors differ from common ones?
     "decomposition": (["--dataset=demo"], {k: MODEL_ROWS[k] for k in ("full model", "without adversarial loss",

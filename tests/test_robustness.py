@@ -156,7 +156,7 @@ def test_a_feature_file_without_dataset_takes_the_classes_of_its_layout(tmp_path
     ("--valid_fraction=1", r"--valid_fraction=1.0: must be in \(0, 1\)"),
     ("--modalities=tx", "--modalities=tx: must be a subset of 'tav'"),
     ("--modalities=tt", "--modalities=tt: must be a subset of 'tav', each letter once"),
-    ("--sclm_mode=speakers", "--sclm_mode=speakers: must be 'speaker', 'release' or 'off'"),
+    ("--sclm_mode=speakers", "--sclm_mode=speakers: must be 'speaker', 'utterance', 'release' or 'off'"),
     ("--cross_input=both", "--cross_input=both: must be 'common' or 'specific'"),
     ("--cross_heads=3", "--cross_heads=3: must be >= 1 and divide hidden_size"),
     ("--device=gpu0", "--device=gpu0: must be 'auto', 'cpu', or an available"),
@@ -170,11 +170,23 @@ def test_out_of_range_hyperparameter_is_refused_before_training(argument, messag
 
 
 def test_defaults_and_every_preset_satisfy_every_constraint():
-    assert train_MALN.parse_overrides([])["epochs"] == train_MALN.PRESETS["demo"]["epochs"]
-    assert train_MALN.parse_overrides(["--dataset=IEMOCAP"])["epochs"] == train_MALN.HYPERPARAMETERS["epochs"]
-    released = train_MALN.parse_overrides(["--dataset=IEMOCAP", "--preset=released"])
-    assert {k: released[k] for k in train_MALN.PRESETS["released"]} == train_MALN.PRESETS["released"]
+    for name, values in train_MALN.PRESETS.items():
+        config = train_MALN.parse_overrides(["--dataset=IEMOCAP", f"--preset={name}"])
+        assert {k: config[k] for k in values} == values
     assert train_MALN.parse_overrides(["--preset=released", "--epochs=5"])["epochs"] == 5
+
+
+@pytest.mark.parametrize("dataset", ["IEMOCAP", "MELD", "demo"])
+def test_a_dataset_applies_its_own_preset_under_the_command_line_and_none_turns_it_off(dataset):
+    preset, defaults = train_MALN.PRESETS[dataset], train_MALN.HYPERPARAMETERS
+    assert preset and any(defaults[k] != v for k, v in preset.items())
+    config = train_MALN.parse_overrides([f"--dataset={dataset}"])
+    assert {k: config[k] for k in preset} == preset
+    plain = train_MALN.parse_overrides([f"--dataset={dataset}", "--preset=none"])
+    assert {k: plain[k] for k in preset} == {k: defaults[k] for k in preset}
+    name, value = next(iter(preset.items()))
+    overridden = train_MALN.parse_overrides([f"--dataset={dataset}", f"--{name}={defaults[name]}"])
+    assert overridden[name] == defaults[name]
 
 
 def test_a_directory_given_as_features_is_one_line(tmp_path):
