@@ -3,10 +3,9 @@ Linear baselines MALN has to beat with the same features:
 
 - logistic regression on single utterances (each utterance alone, the modalities concatenated);
 - logistic regression with speaker context: each utterance's features beside the mean of its
-  speaker's utterances in the dialogue and the mean of the whole dialogue. This is what a
-  linear model learns when it is given the structure the demo generator builds in (a
-  per-speaker offset, a per-dialogue channel): its score on the demo is the measured
-  figure a learned model can reach there without knowing the generator's parameters.
+  speaker's utterances in the dialogue and the mean of the whole dialogue;
+- on the demo set, its generator's structure with learned parameters (structured_demo_baseline):
+  the measured figure a learned model can reach there without knowing the generator's parameters.
 
     python benchmarks/baselines.py --features=../shared/data/iemocap_text_minilm.pkl --dataset=IEMOCAP
     python benchmarks/baselines.py --features=../shared/data/meld_text_minilm_dev.pkl --dataset=MELD
@@ -47,50 +46,56 @@ def with_speaker_context(dialogue):
     return np.concatenate([features, speaker_means[party], np.broadcast_to(features.mean(0), features.shape)], 1)
 
 
-def structured_demo_baseline(feature_set, iterations=10):
-    """The demo generator's structure with its parameters learned: on train + valid, the class means
-    with each speaker's offset removed (alternating estimates), the noise and offset variances and the
-    emotion-switch rate; on test, per dialogue, alternately each speaker's offset (the mean residual,
-    shrunk by its prior) and each utterance's emotion posterior (forward-backward along the speaker's
-    utterances). What a learned model that knows the structure, not the parameters, reaches.
-    -> (weighted-F1, {class: F1}) on test."""
-    fit = [d for split in ("train", "valid") for d in feature_set.splits[split]]
-    features = [single_utterance(d) for d in fit]
-    groups = [np.unique(d.speakers.numpy(), return_inverse=True)[1] for d in fit]
-    x, y = np.concatenate(features), np.concatenate([d.labels.numpy() for d in fit])
-    group = np.concatenate([g + offset for g, offset in zip(groups, np.cumsum([0] + [g.max() + 1 for g in groups[:-1]]))])
-    n_classes, counts = len(feature_set.class_names), np.bincount(group)[:, None]
-    means = np.stack([x[y == k].mean(0) for k in range(n_classes)])                  # (K, D)
+def fit_demo_structure(dialogues, iterations):
+    """The demo generator's parameters from labelled dialogues: class means with each speaker's offset
+    removed (alternating estimates), noise and offset variances, the per-speaker transition matrix."""
+    features = np.concatenate([single_utterance(d) for d in dialogues])
+    labels = np.concatenate([d.labels.numpy() for d in dialogues])
+    groups = [np.unique(d.speakers.numpy(), return_inverse=True)[1] for d in dialogues]
+    starts = np.cumsum([0] + [g.max() + 1 for g in groups[:-1]])
+    speaker = np.concatenate([g + start for g, start in zip(groups, starts)])         # (n,) speaker of the data set
+    n_classes, counts = int(labels.max()) + 1, np.bincount(speaker)[:, None]
+    means = np.stack([features[labels == k].mean(0) for k in range(n_classes)])      # (K, D)
     for _ in range(iterations):
-        offsets = np.zeros((len(counts), x.shape[1]))
-        np.add.at(offsets, group, x - means[y])
-        offsets /= counts                                                             # (speakers, D)
-        means = np.stack([(x - offsets[group])[y == k].mean(0) for k in range(n_classes)])
-    noise_variance = ((x - offsets[group] - means[y]) ** 2).mean()
+        offsets = np.zeros((len(counts), features.shape[1]))
+        np.add.at(offsets, speaker, features - means[labels])
+        offsets /= counts                                                            # (speakers, D)
+        means = np.stack([(features - offsets[speaker])[labels == k].mean(0) for k in range(n_classes)])
+    noise_variance = ((features - offsets[speaker] - means[labels]) ** 2).mean()
     offset_variance = max((offsets ** 2).mean() - noise_variance * (1 / counts).mean(), 1e-6)
-    same_speaker = [(d.labels.numpy()[rows[:-1]], d.labels.numpy()[rows[1:]]) for d in fit
-                    for p in np.unique(d.speakers.numpy()) for rows in [np.flatnonzero(d.speakers.numpy() == p)]]
-    switch = np.mean(np.concatenate([before != after for before, after in same_speaker]))
+    turns = [d.labels.numpy()[d.speakers.numpy() == p] for d in dialogues for p in np.unique(d.speakers.numpy())]
+    switch = np.mean(np.concatenate([t[1:] != t[:-1] for t in turns]))
     transition = np.full((n_classes, n_classes), switch / (n_classes - 1))
     np.fill_diagonal(transition, 1 - switch)
-    labels, predictions = [], []
-    for d in feature_set.splits["test"]:
-        x, speakers = single_utterance(d), d.speakers.numpy()
-        posteriors = np.full((len(x), n_classes), 1 / n_classes)
-        for _ in range(iterations):
-            offsets = np.zeros_like(x)
-            for p in np.unique(speakers):
-                rows = speakers == p
-                shrink = rows.sum() * offset_variance / (rows.sum() * offset_variance + noise_variance)
-                offsets[rows] = shrink * (x[rows] - posteriors[rows] @ means).mean(0)
-            loglik = -((x[:, None] - offsets[:, None] - means[None]) ** 2).sum(-1) / (2 * noise_variance)   # (N, K)
-            posteriors = speaker_posteriors(loglik, speakers, transition)
-        labels.append(d.labels.numpy())
-        predictions.append(posteriors.argmax(1))
-    labels, predictions = np.concatenate(labels), np.concatenate(predictions)
-    labels, predictions = labels[labels >= 0], predictions[labels >= 0]
-    per_class = f1_score(labels, predictions, average=None, labels=range(n_classes), zero_division=0)
-    return 100 * f1_score(labels, predictions, average="weighted"), dict(zip(feature_set.class_names, 100 * per_class))
+    return means, noise_variance, offset_variance, transition
+
+
+def infer_with_structure(dialogue, means, noise_variance, offset_variance, transition, iterations):
+    """(N, K) emotion posteriors of one dialogue: alternately each speaker's offset (the mean residual
+    under the current posteriors, shrunk by its prior) and the posteriors (forward-backward along each
+    speaker's utterances)."""
+    features, speakers = single_utterance(dialogue), dialogue.speakers.numpy()
+    posteriors = np.full((len(features), len(means)), 1 / len(means))
+    for _ in range(iterations):
+        offsets = np.zeros_like(features)
+        for p in np.unique(speakers):
+            rows = speakers == p
+            shrink = rows.sum() * offset_variance / (rows.sum() * offset_variance + noise_variance)
+            offsets[rows] = shrink * (features[rows] - posteriors[rows] @ means).mean(0)
+        loglik = -((features[:, None] - offsets[:, None] - means[None]) ** 2).sum(-1) / (2 * noise_variance)  # (N, K)
+        posteriors = speaker_posteriors(loglik, speakers, transition)
+    return posteriors
+
+
+def structured_demo_baseline(feature_set, iterations=10):
+    """The demo generator's structure with its parameters learned on train + valid, applied to test:
+    what a learned model that knows the structure, not the parameters, reaches.
+    -> (weighted-F1, {class: F1}) on test."""
+    parameters = fit_demo_structure([d for split in ("train", "valid") for d in feature_set.splits[split]], iterations)
+    test = feature_set.splits["test"]
+    labels = np.concatenate([d.labels.numpy() for d in test])
+    predictions = np.concatenate([infer_with_structure(d, *parameters, iterations).argmax(1) for d in test])
+    return scored(labels[labels >= 0], predictions[labels >= 0], feature_set.class_names)
 
 
 def utterances(feature_set, splits, describe=single_utterance):
@@ -109,8 +114,13 @@ def single_utterance_baseline(feature_set, describe=single_utterance):
         classifier.fit(*utterances(feature_set, ("train", "valid"), describe))
     features, labels = utterances(feature_set, ("test",), describe)
     predictions = classifier.predict(features)
-    per_class = f1_score(labels, predictions, average=None, labels=range(len(feature_set.class_names)), zero_division=0)
-    return 100 * f1_score(labels, predictions, average="weighted"), dict(zip(feature_set.class_names, 100 * per_class))
+    return scored(labels, classifier.predict(features), feature_set.class_names)
+
+
+def scored(labels, predictions, class_names):
+    """-> (weighted-F1, {class: F1}) in percent."""
+    per_class = f1_score(labels, predictions, average=None, labels=range(len(class_names)), zero_division=0)
+    return 100 * f1_score(labels, predictions, average="weighted"), dict(zip(class_names, 100 * per_class))
 
 
 def main(argv):
