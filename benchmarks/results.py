@@ -71,6 +71,10 @@ IEMOCAP_ROWS = {  # the regularisation switches one at a time, the combinations 
     "moving average (0.95), 60 epochs": ["--average_decay=0.95", "--epochs=60"],
     "moving average (0.95), SCLM as released": ["--average_decay=0.95", "--sclm_mode=release"],
     "IEMOCAP preset (--preset=IEMOCAP)": ["--preset=IEMOCAP"],
+    "IEMOCAP preset, input dropout 0.5": ["--preset=IEMOCAP", "--input_dropout=0.5"],
+    "IEMOCAP preset, 45 epochs": ["--preset=IEMOCAP", "--epochs=45"],
+    "IEMOCAP preset, SCLM as released": ["--preset=IEMOCAP", "--sclm_mode=release"],
+    "IEMOCAP preset, without SCLM": ["--preset=IEMOCAP", "--sclm_mode=off"],
 }
 MELD_ROWS = {  # each with class weights, the one switch that helped at once
     "class weights, GRU hidden 128": ["--class_weights=True", "--context_hidden=128"],
