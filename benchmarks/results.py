@@ -56,34 +56,34 @@ TEXT_ROWS = {**{k: v for k, v in MODEL_ROWS.items() if k not in ("without advers
              "class weights": ["--class_weights=True"], **RELEASED_ROWS}
 DEMO_ROWS = {  # longer training and the per-utterance SCLM, against the demo preset's 15 epochs
     "30 epochs": ["--epochs=30"],
-    "30 epochs, moving average (0.9)": ["--epochs=30", "--average_decay=0.9"],
-    "60 epochs, moving average (0.9)": ["--epochs=60", "--average_decay=0.9"],
-    "without SCLM, 30 epochs": ["--sclm_mode=off", "--epochs=30"],
+    "30 epochs + moving average (0.9)": ["--epochs=30", "--average_decay=0.9"],
+    "60 epochs + moving average (0.9)": ["--epochs=60", "--average_decay=0.9"],
+    "without SCLM + 30 epochs": ["--sclm_mode=off", "--epochs=30"],
     "SCLM per utterance": ["--sclm_mode=utterance"],
-    "SCLM per utterance, 30 epochs": ["--sclm_mode=utterance", "--epochs=30"],
+    "SCLM per utterance + 30 epochs": ["--sclm_mode=utterance", "--epochs=30"],
 }
 IEMOCAP_ROWS = {  # the regularisation switches one at a time, the combinations tried, and the preset chosen from them
                   # (moving average 0.95, input dropout 0.3, class weights)
     "input dropout 0.3": ["--input_dropout=0.3"],
     "moving average of the weights (0.95)": ["--average_decay=0.95"],
-    "moving average (0.95), input dropout 0.3": ["--average_decay=0.95", "--input_dropout=0.3"],
-    "moving average (0.95), input dropout 0.5": ["--average_decay=0.95", "--input_dropout=0.5"],
-    "moving average (0.95), 60 epochs": ["--average_decay=0.95", "--epochs=60"],
-    "moving average (0.95), SCLM as released": ["--average_decay=0.95", "--sclm_mode=release"],
+    "moving average (0.95) + input dropout 0.3": ["--average_decay=0.95", "--input_dropout=0.3"],
+    "moving average (0.95) + input dropout 0.5": ["--average_decay=0.95", "--input_dropout=0.5"],
+    "moving average (0.95) + 60 epochs": ["--average_decay=0.95", "--epochs=60"],
+    "moving average (0.95) + SCLM as released": ["--average_decay=0.95", "--sclm_mode=release"],
     "IEMOCAP preset (--preset=IEMOCAP)": ["--preset=IEMOCAP"],
-    "IEMOCAP preset, input dropout 0.5": ["--preset=IEMOCAP", "--input_dropout=0.5"],
-    "IEMOCAP preset, 45 epochs": ["--preset=IEMOCAP", "--epochs=45"],
-    "IEMOCAP preset, SCLM as released": ["--preset=IEMOCAP", "--sclm_mode=release"],
-    "IEMOCAP preset, without SCLM": ["--preset=IEMOCAP", "--sclm_mode=off"],
+    "IEMOCAP preset + input dropout 0.5": ["--preset=IEMOCAP", "--input_dropout=0.5"],
+    "IEMOCAP preset + 45 epochs": ["--preset=IEMOCAP", "--epochs=45"],
+    "IEMOCAP preset + SCLM as released": ["--preset=IEMOCAP", "--sclm_mode=release"],
+    "IEMOCAP preset + without SCLM": ["--preset=IEMOCAP", "--sclm_mode=off"],
 }
 MELD_ROWS = {  # each with class weights, the one switch that helped at once
-    "class weights, GRU hidden 128": ["--class_weights=True", "--context_hidden=128"],
-    "class weights, one GRU layer of 64": ["--class_weights=True", "--context_hidden=64", "--gru_layers=1"],
-    "class weights, learning rate 2e-4": ["--class_weights=True", "--learning_rate=2e-4"],
-    "class weights, 15 epochs": ["--class_weights=True", "--epochs=15"],
-    "class weights, input dropout 0.5": ["--class_weights=True", "--input_dropout=0.5"],
-    "class weights, moving average (0.99), without SCLM": ["--class_weights=True", "--average_decay=0.99", "--sclm_mode=off"],
-    "class weights, moving average (0.99), without the unimodal loss": ["--class_weights=True", "--average_decay=0.99",
+    "class weights + GRU hidden 128": ["--class_weights=True", "--context_hidden=128"],
+    "class weights + one GRU layer of 64": ["--class_weights=True", "--context_hidden=64", "--gru_layers=1"],
+    "class weights + learning rate 2e-4": ["--class_weights=True", "--learning_rate=2e-4"],
+    "class weights + 15 epochs": ["--class_weights=True", "--epochs=15"],
+    "class weights + input dropout 0.5": ["--class_weights=True", "--input_dropout=0.5"],
+    "class weights + moving average (0.99) + without SCLM": ["--class_weights=True", "--average_decay=0.99", "--sclm_mode=off"],
+    "class weights + moving average (0.99) + without the unimodal loss": ["--class_weights=True", "--average_decay=0.99",
                                                                         "--unimodal_weight=0"],
     "MELD preset (--preset=MELD)": ["--preset=MELD"],
 }
@@ -250,10 +250,16 @@ def main(argv):
             extra.append(argument)  # passed on to train_MALN.py, e.g. --features=... --epochs=...
     if not options["jobs"].isdigit() or int(options["jobs"]) < 1:
         raise SystemExit(f"--jobs={options['jobs']}: must be a whole number >= 1")
+    if options["suite"] not in SUITES:
+        raise SystemExit(f"--suite={options['suite']}: choose one of {', '.join(SUITES)}")
     failures = []
+    only = [r for r in options["rows"].split(",") if r]
+    unknown = [r for r in only if r not in SUITES[options["suite"]][1]]
+    if unknown:
+        raise SystemExit(f"--rows: no row {unknown[0]!r} in suite {options['suite']}; its rows:\n  "
+                         + "\n  ".join(SUITES[options["suite"]][1]))
     if options["run"]:
-        failures = train_missing(options["suite"], options["seeds"], options["out_dir"], extra,
-                                 [r for r in options["rows"].split(",") if r], int(options["jobs"]))
+        failures = train_missing(options["suite"], options["seeds"], options["out_dir"], extra, only, int(options["jobs"]))
     frame = table(options["suite"], options["out_dir"])
     print(markdown(frame) if not frame.empty else "no finished runs yet")
     probes = decomposition_table(options["suite"], options["out_dir"])

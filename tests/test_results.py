@@ -3,6 +3,7 @@ import os
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import ROOT
@@ -136,3 +137,9 @@ def test_speaker_context_features_are_the_utterance_its_speakers_mean_and_the_di
     features = torch.tensor([[1.0], [3.0], [8.0]])
     dialogue = Dialogue("d", {"t": features}, torch.tensor([0, 1, 0]), torch.tensor([0, 1, 0]))
     assert baselines.with_speaker_context(dialogue).tolist() == [[1, 4.5, 4], [3, 3, 4], [8, 4.5, 4]]
+
+
+def test_a_row_name_that_is_not_in_the_suite_is_refused_with_the_suites_rows():
+    with pytest.raises(SystemExit, match="no row 'SCLM per utterances' in suite demo; its rows:\n  full model\n"):
+        results.main(["--suite=demo", "--rows=full model,SCLM per utterances"])
+    assert not any("," in row for _, rows in results.SUITES.values() for row in rows)   # --rows separates names by commas
