@@ -4,6 +4,7 @@ import sys
 import pytest
 import torch
 
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts: lets cuda tests ask for determinism
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
@@ -22,3 +23,19 @@ def seeded():
 def device(request):
     """A test taking `device` runs on cpu, and on cuda when there is one (select those with `pytest -k cuda`)."""
     return request.param
+
+
+@pytest.fixture
+def deterministic(device):
+    """cuda's deterministic kernels (and cuDNN's) for the test, where runs must repeat exactly: the
+    default ones add floats in varying order, and Adam turns the tiny differences of near-zero
+    gradients into whole steps."""
+    if device != "cuda":
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    yield
+    torch.use_deterministic_algorithms(before[0])
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[1:]
