@@ -106,8 +106,9 @@ def utterances(feature_set, splits, describe=single_utterance):
     return features[labels >= 0], labels[labels >= 0]
 
 
-def single_utterance_baseline(feature_set, describe=single_utterance):
-    """-> (weighted-F1, {class: F1}) on test of logistic regression fitted on train + valid."""
+def logistic_regression_baseline(feature_set, describe=single_utterance):
+    """-> (weighted-F1, {class: F1}) on test of logistic regression fitted on train + valid, each
+    utterance described by `describe` (single_utterance or with_speaker_context)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
@@ -133,7 +134,7 @@ def main(argv):
     except DataError as error:
         raise SystemExit(f"error: {error}") from None
     for name, describe in (("single utterances", single_utterance), ("speaker context", with_speaker_context)):
-        weighted, per_class = single_utterance_baseline(feature_set, describe)
+        weighted, per_class = logistic_regression_baseline(feature_set, describe)
         print(f"{feature_set.source}: logistic regression, {name}: test weighted-F1 {weighted:.2f}")
         print("  per-class F1: " + " | ".join(f"{class_name} {f1:.1f}" for class_name, f1 in per_class.items()))
     if demo:

@@ -28,8 +28,7 @@ def device(request):
 @pytest.fixture
 def deterministic(device):
     """cuda's deterministic kernels (and cuDNN's) for the test, where runs must repeat exactly: the
-    default ones add floats in varying order, and Adam turns the tiny differences of near-zero
-    gradients into whole steps."""
+    default ones add floats in varying order (on an H200, two fresh runs differed by 1e-7 at epoch 2)."""
     if device != "cuda":
         yield
         return

@@ -112,7 +112,7 @@ def test_seed_command_splits_threads_and_continues_an_interrupted_seed(tmp_path)
     assert results.seed_command(arguments, 7, seed_dir, str(tmp_path), 3)[2:] == [f"--resume={seed_dir}", "--threads=3"]
 
 
-def test_single_utterance_baseline_scores_test_after_fitting_train_and_valid():
+def test_logistic_regression_baseline_scores_test_after_fitting_train_and_valid():
     rng = np.random.default_rng(0)
 
     def dialogue(i, labels):  # features: the label one-hot plus noise, so a linear model separates them
@@ -122,13 +122,13 @@ def test_single_utterance_baseline_scores_test_after_fitting_train_and_valid():
 
     splits = {"train": [dialogue(i, [0, 1, 2] * 4) for i in range(6)], "valid": [dialogue(9, [0, 1, 2])],
               "test": [dialogue(10, [0, 0, 1, 2, -1])]}
-    weighted, per_class = baselines.single_utterance_baseline(FeatureSet("x", "maln", ["a", "b", "c"], splits))
+    weighted, per_class = baselines.logistic_regression_baseline(FeatureSet("x", "maln", ["a", "b", "c"], splits))
     assert weighted == 100.0 and per_class == {"a": 100.0, "b": 100.0, "c": 100.0}
 
 
 def test_structured_demo_baseline_removes_the_speaker_offsets_a_single_utterance_model_cannot():
     feature_set = make_demo(0, n_dialogues=(80, 10, 30), speaker_scale=3.0)   # offsets three times the class signal
-    single, _ = baselines.single_utterance_baseline(feature_set)
+    single, _ = baselines.logistic_regression_baseline(feature_set)
     structured, per_class = baselines.structured_demo_baseline(feature_set)
     assert structured > single + 10 and set(per_class) == set(feature_set.class_names)
 
