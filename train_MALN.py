@@ -662,12 +662,17 @@ def saved_note(run_dir):
     return f"{path} holds the last finished epoch; continue with: python train_MALN.py --resume={run_dir}"
 
 
+SAFETY_SWITCHES = ("trust_pickle",)  # never taken from a file: only the command line widens trust
+
+
 def resumed_config(config, given):
-    """The saved settings of the run in config['resume']; only --device, --epochs and --threads may change."""
-    changed = given - {"resume", "device", "epochs", "threads"}
+    """The saved settings of the run in config['resume']; only --device, --epochs and --threads may change.
+    A safety switch (trust_pickle) is never read from the run folder: it is the command line's, whatever
+    last.pt says, so a shared run folder cannot make this process unpickle code."""
+    changed = given - {"resume", "device", "epochs", "threads", *SAFETY_SWITCHES}
     if changed:
-        raise SystemExit(f"--resume continues a run with its own settings; only --device, --epochs and --threads may be given "
-                         f"with it, not {', '.join('--' + name for name in sorted(changed))}")
+        raise SystemExit(f"--resume continues a run with its own settings; only --device, --epochs, --threads and "
+                         f"--trust_pickle may be given with it, not {', '.join('--' + name for name in sorted(changed))}")
     path = os.path.join(config["resume"], "last.pt")
     try:
         last = load_checkpoint(path)
@@ -676,6 +681,7 @@ def resumed_config(config, given):
         check_saved_config(saved, path)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: cannot resume: {error}") from None
+    saved = {name: value for name, value in saved.items() if name not in SAFETY_SWITCHES}
     return check_config({**HYPERPARAMETERS, **saved, **{name: config[name] for name in given}})
 
 

@@ -194,8 +194,31 @@ def test_a_directory_given_as_features_is_one_line(tmp_path):
         train_MALN.main([f"--features={tmp_path}", f"--out_dir={tmp_path}"])
 
 
+class Planted:
+    """A pickle payload: unpickling it writes a marker file (the stand-in for running any code)."""
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_run_folder_cannot_make_resume_unpickle_code(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args: tiny_demo())
+    train_MALN.main(arguments(tmp_path, "run", epochs=1))
+    monkeypatch.undo()
+    marker, planted = tmp_path / "code-ran", tmp_path / "planted.pkl"
+    planted.write_bytes(pickle.dumps(Planted(str(marker))))
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    save_checkpoint({**last, "config": {**last["config"], "trust_pickle": True, "features": str(planted),
+                                        "dataset": "IEMOCAP"}}, tmp_path / "run" / "last.pt")
+    with pytest.raises(SystemExit, match=r"^error: .*planted.pkl: .*not a plain feature file"):
+        train_MALN.main([f"--resume={tmp_path / 'run'}", "--epochs=2"])
+    assert not marker.exists()
+
+
 def test_resume_refuses_settings_other_than_device_epochs_and_threads(tmp_path):
-    with pytest.raises(SystemExit, match="only --device, --epochs and --threads may be given with it, not --learning_rate"):
+    with pytest.raises(SystemExit, match="only --device, --epochs, --threads and --trust_pickle may be given with it, not --learning_rate"):
         train_MALN.main([f"--resume={tmp_path}", "--learning_rate=1e-3"])
     with pytest.raises(SystemExit, match="cannot resume: checkpoint not found: .*last.pt"):
         train_MALN.main([f"--resume={tmp_path}"])
