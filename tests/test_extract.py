@@ -215,3 +215,12 @@ def test_extraction_benchmark_reports_both_rates(capsys):
     out = capsys.readouterr().out
     assert "text: 3 utterances in" in out and "audio: 3 utterances in" in out
     assert "3 utterances of 0.5 s, eGeMAPS" in out
+
+
+@pytest.mark.parametrize("loop", ["ours", "plain"])
+def test_fine_tuning_benchmark_reports_training_utterances_per_second(capsys, loop):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import extraction_speed
+    extraction_speed.main(["--finetune=True", f"--loop={loop}", "--steps=2", "--finetune_batch_size=4", "--device=cpu"])
+    assert f"fine-tuning, {loop} loop, 8 transcripts, batch 4, on cpu" in capsys.readouterr().out
+
