@@ -18,7 +18,7 @@ the text encoder on the single labelled utterances of the `train` rows, selects 
 weighted-F1 of the `valid` rows (the `test` rows are never seen, labels included), writes every row's
 vector from the selected encoder (the mean of its last four layers, pooled), and saves the encoder
 beside the feature file (<out>.encoder/); --text_model=<that directory> extracts later conversations
-with it. --finetune_folds=K (the default, 5) gives the training rows vectors that do not carry their
+with it. --finetune_folds=K (the default, 3) gives the training rows vectors that do not carry their
 own labels: each comes from an encoder fine-tuned with that row's fold of training dialogues held out.
 
     python extract_features.py --transcripts=iemocap.pkl --dataset=IEMOCAP --finetune=True --out=Features/iemocap_finetuned.pkl
@@ -50,7 +50,7 @@ SAMPLING_RATE = 16000  # every clip is resampled to this (and mixed down to mono
 
 
 FINETUNE_DEFAULTS = {"finetune_epochs": 4, "finetune_learning_rate": 5e-5, "finetune_batch_size": 32,
-                     "finetune_folds": 5, "seed": 0, "pooling": ""}
+                     "finetune_folds": 3, "seed": 0, "pooling": ""}
 
 
 def extract_features(table, out, text_model="", audio_features="", batch_size=64, device="auto",
@@ -357,7 +357,7 @@ def main(argv):
     """python extract_features.py --table=utterances.csv --out=Features/mydata.pkl [--text_model=NAME_OR_DIRECTORY]
     [--audio_features=IS10|eGeMAPS|ComParE] [--batch_size=64] [--device=auto|cpu|cuda] [--class_names=name,name,...]
     [--finetune=True [--finetune_epochs=4] [--finetune_learning_rate=5e-5] [--finetune_batch_size=32]
-    [--finetune_folds=5] [--pooling=mean|first] [--seed=0]]
+    [--finetune_folds=3] [--pooling=mean|first] [--seed=0]]
     or --transcripts=COSMIC_FILE.pkl [--dataset=IEMOCAP|MELD] in place of --table"""
     options = {}
     for argument in argv:
