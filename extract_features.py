@@ -350,14 +350,15 @@ def speaker_name(speaker, path, dialogue):
 
 OPTIONS = {"table": str, "transcripts": str, "out": str, "text_model": str, "audio_features": str, "batch_size": int,
            "device": str, "class_names": str, "dataset": str, "finetune": bool, "finetune_epochs": int,
-           "finetune_learning_rate": float, "finetune_batch_size": int, "finetune_folds": int, "pooling": str, "seed": int}
+           "finetune_learning_rate": float, "finetune_batch_size": int, "finetune_folds": int, "pooling": str, "seed": int,
+           "threads": int}
 
 
 def main(argv):
     """python extract_features.py --table=utterances.csv --out=Features/mydata.pkl [--text_model=NAME_OR_DIRECTORY]
     [--audio_features=IS10|eGeMAPS|ComParE] [--batch_size=64] [--device=auto|cpu|cuda] [--class_names=name,name,...]
     [--finetune=True [--finetune_epochs=4] [--finetune_learning_rate=5e-5] [--finetune_batch_size=32]
-    [--finetune_folds=3] [--pooling=mean|first] [--seed=0]]
+    [--finetune_folds=3] [--pooling=mean|first] [--seed=0]] [--threads=N (torch's cpu threads; 0 = its default)]
     or --transcripts=COSMIC_FILE.pkl [--dataset=IEMOCAP|MELD] in place of --table"""
     options = {}
     for argument in argv:
@@ -370,6 +371,10 @@ def main(argv):
     if options.get("dataset", "IEMOCAP") not in CLASS_NAMES:
         raise SystemExit(f"--dataset={options['dataset']}: one of {', '.join(CLASS_NAMES)} (or leave it out)")
     settings = {k: options[k] for k in FINETUNE_DEFAULTS if k in options}
+    if options.get("threads", 0) < 0:
+        raise SystemExit(f"--threads={options['threads']}: must be >= 0 (0 = torch's default, every core)")
+    if options.get("threads"):
+        importlib.import_module("torch").set_num_threads(options["threads"])
     class_names = options["class_names"].split(",") if "class_names" in options else None
     try:
         table = options.get("table")
