@@ -38,6 +38,7 @@ import pandas as pd
 from tqdm import tqdm
 
 import text_encoder
+from text_encoder import import_package, print_rate
 from dataloader import CLASS_NAMES, DataError, build_features, check_table, describe
 from utils import OutputError, check_output_path, check_writable_place
 
@@ -265,19 +266,6 @@ def read_sound(path, where):
     except (soundfile.SoundFileError, OSError) as error:
         raise DataError(f"{where}: audio {path}: its samples cannot be read ({getattr(error, 'error_string', error)})") from None
     return samples.mean(axis=1), rate  # (samples,)
-
-
-def import_package(module, what=""):
-    """An extraction package, or one line on how to install it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise DataError(f"{what or 'extraction'} needs the package {module.replace('_', '-')}: "
-                        f"pip install -r requirements-extract.txt") from None
-
-
-def print_rate(what, count, seconds):
-    print(f"{what}: {count} utterances in {seconds:.1f} s, {count / max(seconds, 1e-9):.1f} utterances per second")
 
 
 # ----------------------------------------------------------------------------- COSMIC's transcript files

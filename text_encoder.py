@@ -13,6 +13,7 @@ extract_features.py is the command line (`--finetune=True`); the encoder it sele
 """
 
 import copy
+import importlib
 import json
 import math
 import os
@@ -36,7 +37,7 @@ WARMUP = 0.06                        # share of the steps with a linearly rising
 def import_package(module, what=""):
     """An extraction package, or one line on how to install it."""
     try:
-        return __import__(module)
+        return importlib.import_module(module)
     except ImportError:
         raise DataError(f"{what or 'extraction'} needs the package {module.replace('_', '-')}: "
                         f"pip install -r requirements-extract.txt") from None
