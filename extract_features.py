@@ -367,8 +367,8 @@ def main(argv):
     try:
         table = options.get("table")
         if "transcripts" in options:
+            check_output_path(options["out"], "--out", [options["transcripts"]])
             table, class_names = read_transcripts(options["transcripts"], options.get("dataset", ""), class_names)
-        check_output_path(options["out"], "--out", [options.get("table") or options["transcripts"]])
         data = extract_features(table, options["out"], options.get("text_model", ""), options.get("audio_features", ""),
                                 options.get("batch_size", 64), options.get("device", "auto"), class_names,
                                 finetune=options.get("finetune", False), **settings)
