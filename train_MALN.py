@@ -25,6 +25,7 @@ from dataclasses import fields
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import classification_report, confusion_matrix
@@ -59,6 +60,8 @@ sclm_heads = 1              # attention heads of SCLM
 sclm_feedforward = 128      # feed-forward size of SCLM
 sclm_dropout = 0.1          # dropout inside SCLM
 speaker_size = 100          # projected speaker-characteristic vector
+max_positions = 0           # rows of SCLM's position table (longest dialogue + 1); 0 = max(128, the longest training
+                            # dialogue + 1): never sized from valid or test. A longer valid or test dialogue is refused
 # model: context encoders
 gru_layers = 2              # bidirectional GRU layers
 context_hidden = 0          # GRU hidden size; 0 = the modality's feature size (released)
@@ -127,6 +130,7 @@ resume = ""                 # run directory of an interrupted run: continue it f
 # -----------------------------------------------------------------------------
 HYPERPARAMETERS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
 MODEL_KEYS = [f.name for f in fields(MALNConfig) if f.name not in ("feature_sizes", "n_classes", "max_positions")]
+DEFAULT_POSITIONS = 128     # the smallest position table max_positions=0 builds (the release's)
 
 
 CONSTRAINTS = {  # name -> (what a valid value is, test of the value given the whole config)
@@ -142,6 +146,7 @@ CONSTRAINTS = {  # name -> (what a valid value is, test of the value given the w
                                                         "epochs", "batch_size")},
     "cross_heads": (">= 1 and divide hidden_size", lambda v, c: v >= 1 and c["hidden_size"] % v == 0),
     "context_hidden": (">= 0 (0 = the feature size)", lambda v, c: v >= 0),
+    "max_positions": (">= 2, or 0 (sized from the training split)", lambda v, c: v == 0 or v >= 2),
     **{name: ("in [0, 1)", lambda v, c: 0 <= v < 1) for name in ("input_dropout", "sclm_dropout", "context_dropout", "specific_dropout",
                                                                "common_dropout", "discriminator_dropout", "dropout")},
     **{name: (">= 0 and finite", lambda v, c: 0 <= v < float("inf")) for name in ("gradient_reversal", "unimodal_weight",
@@ -214,14 +219,28 @@ def dataset_preset(config):
 
 
 def build_model(feature_set, config):
-    """A new MALN for this feature set's sizes and classes; its standardisation (when on) fitted on the training split."""
+    """A new MALN for this feature set's sizes and classes; its position table sized from the training
+    split (or --max_positions), never from valid or test; its standardisation (when on) fitted on the training split."""
     model_args = {k: config[k] for k in MODEL_KEYS}
     model_args.update(feature_sizes=feature_set.feature_sizes, n_classes=len(feature_set.class_names),
-                      max_positions=max(128, feature_set.max_length + 1))
+                      max_positions=position_table_size(feature_set, config))
     model = MALN(MALNConfig(**model_args))
     if model.config.standardize:
         model.fit_standardizer(feature_set.splits["train"])
     return model
+
+
+def position_table_size(feature_set, config):
+    """--max_positions, or for 0 max(128, the longest training dialogue + 1 for [CLS])."""
+    return config["max_positions"] or max(DEFAULT_POSITIONS, max(len(d) for d in feature_set.splits["train"]) + 1)
+
+
+def check_training_lengths(feature_set, config):
+    """Every dialogue of every split fits the position table the run will build (DataError naming the first that does not)."""
+    check_dialogue_lengths(position_table_size(feature_set, config), config["sclm_mode"],
+                           [(split, d) for split, dialogues in feature_set.splits.items() for d in dialogues],
+                           feature_set.source, "the model", ", sized from the training split, never from valid or test; "
+                                                           "give a larger --max_positions")
 
 
 def make_batches(dialogues, batch_size, generator=None, bucket=False):
@@ -260,59 +279,92 @@ def autocast(device, enabled):
 
 def train_epoch(model, optimizer, batches, device, amp, class_weights, averaged=None):
     """One pass of the released objective over the training batches, updating the moving average
-    `averaged` (or None) after every step; returns mean loss and scores."""
+    `averaged` (or None) after every step; returns the objective's mean over batches ('loss'), the
+    fused output's unweighted NLL over the labelled utterances ('nll', dropout on) and scores.
+    A NaN or inf loss stops it before that batch's step on cpu, and within NON_FINITE_CHECK_EVERY
+    steps elsewhere (each check waits for the device); nothing of the epoch is kept then."""
     model.train()
-    total, labels, predictions = [], [], []
-    for _, batch in tqdm(batches, desc="train", leave=False, disable=None):
+    check_every = 1 if device.type == "cpu" else NON_FINITE_CHECK_EVERY
+    total, nll, n_labelled, labels, predictions = [], [], [], [], []
+    for step, (_, batch) in enumerate(tqdm(batches, desc="train", leave=False, disable=None), 1):
         batch = to_device(batch, device)
         with autocast(device, amp):
             output = model(batch["features"], batch["speakers"], batch["utterance_mask"], batch["lengths"],
                            batch["labels"], class_weights)
         loss = output["losses"]["total"]
+        total.append(loss.detach())
+        if step % check_every == 0 or step == len(batches):
+            check_finite_losses(total, len(batches))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if averaged is not None:
             averaged.update_parameters(model)
-        total.append(loss.detach())
+        batch_nll, batch_labelled = labelled_nll(output["log_probs"].detach(), batch["labels"])
+        nll.append(batch_nll)
+        n_labelled.append(batch_labelled)
         labels.append(batch["labels"].reshape(-1))
         predictions.append(output["log_probs"].detach().argmax(-1).reshape(-1))
-    total = torch.stack(total)                                                    # (n_batches,), one sync below
-    finite = torch.isfinite(total)
+    return {"loss": float(torch.stack(total).mean()), "nll": mean_nll(nll, n_labelled), **summarise(labels, predictions)}
+
+
+NON_FINITE_CHECK_EVERY = 16  # training steps between checks of the loss on cuda (and mps), where a check is a host sync
+
+
+def check_finite_losses(losses, n_batches):
+    """NonFiniteLoss naming the first of these per-batch training losses that is NaN or inf."""
+    losses = torch.stack(losses)                                                  # (steps so far,)
+    finite = torch.isfinite(losses)
     if not finite.all():
         index = int((~finite).nonzero()[0])
-        raise NonFiniteLoss(f"batch {index + 1} of {len(batches)}: the training loss is {total[index].item()}")
-    return summarise(total.mean(), labels, predictions)
+        raise NonFiniteLoss(f"batch {index + 1} of {n_batches}: the training loss is {losses[index].item()}")
+
+
+def labelled_nll(log_probs, labels):
+    """The fused output's NLL summed over the labelled utterances, unweighted, and their count; tensors, no sync.
+    log_probs (B, N, C), labels (B, N) with -1 where unlabelled or padding."""
+    targets = labels.reshape(-1)                                                  # (B*N,)
+    summed = F.nll_loss(log_probs.float().reshape(-1, log_probs.size(-1)), targets, ignore_index=-1, reduction="sum")
+    return summed, (targets >= 0).sum()
+
+
+def mean_nll(sums, counts):
+    """NLL per labelled utterance from labelled_nll's per-batch sums and counts; NaN without a labelled utterance."""
+    count = int(torch.stack(counts).sum())
+    return float(torch.stack(sums).sum()) / count if count else float("nan")
 
 
 class NonFiniteLoss(FloatingPointError):
     """The training loss became NaN or inf; nothing of that epoch is saved."""
 
 
-def summarise(loss, labels, predictions):
+def summarise(labels, predictions):
+    """Accuracy and weighted-F1 over the labelled utterances of per-batch labels and predictions."""
     labels, predictions = torch.cat(labels).cpu().numpy(), torch.cat(predictions).cpu().numpy()
     labelled = labels >= 0
-    return {"loss": float(loss), **scores(labels[labelled], predictions[labelled])}
+    return scores(labels[labelled], predictions[labelled])
 
 
 @torch.no_grad()
 def evaluate(model, batches, device, amp, class_weights, keep_vectors=False):
-    """Loss (the fused output's NLL, as the release reports it) and scores over the batches; with keep_vectors, also every real utterance's
-    fused, common and specific vectors, dialogue id, position, label and prediction."""
+    """The fused output's unweighted NLL per labelled utterance ('nll', NaN without labels) and scores over
+    the batches; with keep_vectors, also every real utterance's fused, common and specific vectors,
+    dialogue id, position, label and prediction. `class_weights` weigh only the losses the model returns."""
     model.eval()
-    total, labels, predictions, vectors = [], [], [], []
+    nll, n_labelled, labels, predictions, vectors = [], [], [], [], []
     for dialogues, batch in batches:
         batch = to_device(batch, device)
         with autocast(device, amp):
             output = model(batch["features"], batch["speakers"], batch["utterance_mask"], batch["lengths"],
                            batch["labels"], class_weights)
-        total.append(output["losses"]["classification"].float() * batch["utterance_mask"].sum())
+        batch_nll, batch_labelled = labelled_nll(output["log_probs"], batch["labels"])
+        nll.append(batch_nll)
+        n_labelled.append(batch_labelled)
         labels.append(batch["labels"].reshape(-1))
         predictions.append(output["log_probs"].argmax(-1).reshape(-1))
         if keep_vectors:
             vectors.append(real_utterance_vectors(dialogues, batch, output))
-    n_utterances = sum(int(b["lengths"].sum()) for _, b in batches)
-    result = summarise(torch.stack(total).sum() / n_utterances, labels, predictions)
+    result = {"nll": mean_nll(nll, n_labelled), **summarise(labels, predictions)}
     real = torch.cat([b["utterance_mask"].reshape(-1) for _, b in batches]).numpy()
     result["labels"] = torch.cat(labels).cpu().numpy()[real]
     result["predictions"] = torch.cat(predictions).cpu().numpy()[real]
@@ -441,6 +493,7 @@ def run(config, feature_set=None):
         feature_set = load_dataset(config["dataset"], config["features"], config["av_features"], config["modalities"],
                                    config["valid_fraction"], config["split_seed"], config["trust_pickle"], config["demo_seed"])
     check_training_splits(feature_set)
+    check_training_lengths(feature_set, config)
     device = resolve_device(config["device"])
     set_seed(config["seed"])
     model = build_model(feature_set, config).to(device)
@@ -478,13 +531,13 @@ def run(config, feature_set=None):
             raise NonFiniteLoss(f"epoch {epoch}, {error}. Stopped; {non_finite_note(run_dir, epoch, config)}") from None
         valid = evaluate(evaluated, eval_batches["valid"], device, config["amp"], weights)
         test = evaluate(evaluated, eval_batches["test"], device, config["amp"], weights)
-        row = {"epoch": epoch, "seconds": time.time() - epoch_start}
+        row = {"epoch": epoch, "seconds": time.time() - epoch_start, "train_loss": train["loss"]}  # loss: the objective
         for split, result in (("train", train), ("valid", valid), ("test", test)):
-            row.update({f"{split}_{k}": result[k] for k in ("loss", "accuracy", "weighted_f1")})
+            row.update({f"{split}_{k}": result[k] for k in ("nll", "accuracy", "weighted_f1")})
         history.append(row)
         improved = best is None or valid["weighted_f1"] > best["valid_weighted_f1"]
-        tqdm.write(f"epoch {epoch:3d} | " + " | ".join(
-            f"{s} loss {row[f'{s}_loss']:.3f} acc {row[f'{s}_accuracy']:5.2f} wF1 {row[f'{s}_weighted_f1']:5.2f}"
+        tqdm.write(f"epoch {epoch:3d} | train objective {row['train_loss']:.3f} | " + " | ".join(
+            f"{s} nll {row[f'{s}_nll']:.3f} acc {row[f'{s}_accuracy']:5.2f} wF1 {row[f'{s}_weighted_f1']:5.2f}"
             for s in ("train", "valid", "test")) + f" | {row['seconds']:.1f}s" + (" *" if improved else ""))
         if improved:
             best, best_state = row, copy.deepcopy(evaluated.state_dict())
@@ -720,7 +773,7 @@ def predict(model, feature_set, split="", batch_size=32):
     chosen = [(name, d) for name, dialogues in feature_set.splits.items() if split in ("", name) for d in dialogues]
     if not chosen:
         raise DataError(f"{feature_set.source}: no {split} dialogue to predict")
-    check_dialogue_lengths(model, chosen, feature_set.source)
+    check_dialogue_lengths(model.config.max_positions, model.config.sclm_mode, chosen, feature_set.source)
     model.eval()
     device = next(model.parameters()).device
     tables = []
@@ -740,14 +793,13 @@ def predict(model, feature_set, split="", batch_size=32):
     return pd.concat(tables, ignore_index=True)
 
 
-def check_dialogue_lengths(model, chosen, source):
-    """Every (split, dialogue) chosen fits the position table of the checkpoint's model."""
-    longest = model.config.max_positions - 1 if model.config.sclm_mode != "off" else None  # one position is [CLS]
+def check_dialogue_lengths(max_positions, sclm_mode, chosen, source, whose="the checkpoint's model", remedy=""):
+    """Every (split, dialogue) chosen fits a position table of max_positions rows (DataError naming the first that does not)."""
+    longest = max_positions - 1 if sclm_mode != "off" else None  # one position is [CLS]
     for split, dialogue in chosen:
         if longest is not None and len(dialogue) > longest:
-            raise DataError(f"{source}: {split} dialogue {dialogue.dialogue_id!r} has {len(dialogue)} utterances; the "
-                            f"checkpoint's model reads at most {longest} (its max_positions={longest + 1}, set from the "
-                            f"longest dialogue it was trained on)")
+            raise DataError(f"{source}: {split} dialogue {dialogue.dialogue_id!r} has {len(dialogue)} utterances; "
+                            f"{whose} reads at most {longest} (its max_positions={longest + 1}){remedy}")
 
 
 def load_prediction_model(path, device):
@@ -815,6 +867,7 @@ def main(argv):
         feature_set = load_dataset(config["dataset"], config["features"], config["av_features"], config["modalities"],
                                    config["valid_fraction"], config["split_seed"], config["trust_pickle"], config["demo_seed"])
         check_training_splits(feature_set)
+        check_training_lengths(feature_set, config)
         if not config["resume"]:
             config = claim_run_directory(config)  # one directory, or the one holding a directory per seed
     except (ValueError, OSError) as error:  # DataError, OutputError
