@@ -120,7 +120,8 @@ class Attention(nn.Module):
 
     def __init__(self, size, heads, dropout):
         super().__init__()
-        assert size % heads == 0, f"size {size} is not divisible by {heads} heads"
+        if size % heads:
+            raise ValueError(f"attention over vectors of size {size} cannot have {heads} heads (they must divide it)")
         self.heads, self.dropout = heads, dropout
         self.query, self.key, self.value = nn.Linear(size, size), nn.Linear(size, size), nn.Linear(size, size)
 

@@ -20,7 +20,7 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import numpy as np
 import pandas as pd
@@ -46,6 +46,8 @@ features = ""               # feature file of any known layout; empty = the data
 av_features = ""            # DialogueRNN / MMGCN file whose audio and visual join a COSMIC text file by dialogue id
 modalities = ""             # any non-empty subset of 'tav'; empty = every modality the files provide
 valid_fraction = 0.1        # share of training dialogues held out when the file has no validation ids
+select_on = "valid"         # 'valid': the epoch is chosen on validation; 'test': the release's protocol (its valid=0.0):
+                            # validation folded into train, the epoch chosen on test, every test figure optimistic
 split_seed = 100            # seed of that held-out share (the same for every training seed)
 demo_seed = 0               # seed of the generated demo data set
 trust_pickle = False        # load feature pickles without the restricted unpickler (only for files you trust)
@@ -99,6 +101,7 @@ seed = 100                  # training seed
 seeds = ""                  # several seeds, e.g. '1,2,3': one run each, then mean and std
 device = "auto"             # 'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ...
 amp = False                 # bfloat16 autocast on cuda
+cudnn_deterministic = False # cuda: cuDNN's deterministic algorithms (torch.backends.cudnn.deterministic; released: True)
 # output
 out_dir = "saved_models"    # runs are written to out_dir/run_name
 run_name = ""               # empty = <dataset>_<modalities>_<date-time>, with -2, -3, ... when taken; a taken name is refused
@@ -118,7 +121,7 @@ preset = ""                 # '' = the dataset's own (PRESETS[dataset]: IEMOCAP,
 PRESETS = {
     "released": {"standardize": False, "sclm_mode": "release", "context_dropout": 0.5, "dropout": 0.66, "epochs": 60,
                  "batch_size": 32, "learning_rate": 4e-4, "lr_schedule": "constant", "weight_decay": 3e-5,
-                 "reseed_every_epoch": True},
+                 "reseed_every_epoch": True, "cudnn_deterministic": True},
     "demo": {"epochs": 15, "batch_size": 16, "learning_rate": 2e-3},  # the small synthetic set: about 1.5 minutes on 2 cores
     # the dataset presets, applied with --dataset=IEMOCAP / MELD; chosen on validation weighted-F1 (README, Results).
     # A moving average over about an epoch and a half (IEMOCAP, 14 steps an epoch) or one epoch (MELD, 117 steps)
@@ -137,6 +140,7 @@ CONSTRAINTS = {  # name -> (what a valid value is, test of the value given the w
     "dataset": ("'IEMOCAP', 'MELD' or 'demo' (any name with --features)", lambda v, c: v in ("IEMOCAP", "MELD", "demo") or c["features"]),
     "modalities": ("a subset of 'tav', each letter once (empty = all)", lambda v, c: set(v) <= set("tav") and len(set(v)) == len(v)),
     "valid_fraction": ("in (0, 1)", lambda v, c: 0 < v < 1),
+    "select_on": ("'valid' or 'test' (the release's optimistic protocol)", lambda v, c: v in ("valid", "test")),
     "split_seed": (">= 0", lambda v, c: v >= 0),
     "demo_seed": (">= 0", lambda v, c: v >= 0),
     "sclm_mode": ("'speaker', 'utterance', 'release' or 'off'", lambda v, c: v in ("speaker", "utterance", "release", "off")),
@@ -228,6 +232,15 @@ def build_model(feature_set, config):
     if model.config.standardize:
         model.fit_standardizer(feature_set.splits["train"])
     return model
+
+
+def selection_splits(feature_set, config):
+    """The splits of the run's protocol: as loaded for select_on='valid'; for 'test' (the release's), the
+    validation dialogues folded into train, so the whole train split trains and valid is empty."""
+    if config["select_on"] == "valid" or not feature_set.splits["valid"]:
+        return feature_set
+    splits = feature_set.splits
+    return replace(feature_set, splits={**splits, "train": splits["train"] + splits["valid"], "valid": []})
 
 
 def position_table_size(feature_set, config):
@@ -473,6 +486,12 @@ def inverse_frequency_weights(dialogues, n_classes, device):
     return weights.to(device)
 
 
+def set_cudnn_determinism(config):
+    """--cudnn_deterministic=True asks cuDNN for its deterministic algorithms, as the release does; False leaves the setting as it is."""
+    if config["cudnn_deterministic"]:
+        torch.backends.cudnn.deterministic = True
+
+
 def set_threads(config):
     """torch's cpu thread count from --threads (0 leaves torch's default)."""
     if config["threads"]:
@@ -492,8 +511,10 @@ def run(config, feature_set=None):
     if feature_set is None:
         feature_set = load_dataset(config["dataset"], config["features"], config["av_features"], config["modalities"],
                                    config["valid_fraction"], config["split_seed"], config["trust_pickle"], config["demo_seed"])
-    check_training_splits(feature_set)
+    feature_set = selection_splits(feature_set, config)
+    check_training_splits(feature_set, config["select_on"])
     check_training_lengths(feature_set, config)
+    set_cudnn_determinism(config)
     device = resolve_device(config["device"])
     set_seed(config["seed"])
     model = build_model(feature_set, config).to(device)
@@ -529,13 +550,15 @@ def run(config, feature_set=None):
             train = train_epoch(model, optimizer, train_batches, device, config["amp"], weights, averaged)
         except NonFiniteLoss as error:
             raise NonFiniteLoss(f"epoch {epoch}, {error}. Stopped; {non_finite_note(run_dir, epoch, config)}") from None
-        valid = evaluate(evaluated, eval_batches["valid"], device, config["amp"], weights)
+        valid = evaluate(evaluated, eval_batches["valid"], device, config["amp"], weights) if eval_batches["valid"] \
+            else {"nll": float("nan"), "accuracy": float("nan"), "weighted_f1": float("nan")}  # select_on=test
         test = evaluate(evaluated, eval_batches["test"], device, config["amp"], weights)
         row = {"epoch": epoch, "seconds": time.time() - epoch_start, "train_loss": train["loss"]}  # loss: the objective
         for split, result in (("train", train), ("valid", valid), ("test", test)):
             row.update({f"{split}_{k}": result[k] for k in ("nll", "accuracy", "weighted_f1")})
         history.append(row)
-        improved = best is None or valid["weighted_f1"] > best["valid_weighted_f1"]
+        selected_on = config["select_on"]
+        improved = best is None or row[f"{selected_on}_weighted_f1"] > best[f"{selected_on}_weighted_f1"]
         tqdm.write(f"epoch {epoch:3d} | train objective {row['train_loss']:.3f} | " + " | ".join(
             f"{s} nll {row[f'{s}_nll']:.3f} acc {row[f'{s}_accuracy']:5.2f} wF1 {row[f'{s}_weighted_f1']:5.2f}"
             for s in ("train", "valid", "test")) + f" | {row['seconds']:.1f}s" + (" *" if improved else ""))
@@ -548,7 +571,8 @@ def run(config, feature_set=None):
 
     model.load_state_dict(best_state)
     optimistic = best_test_epoch(history)
-    exported = ("train", "valid", "test") if config["export_features"] else ("train", "test")  # probes: train and test
+    exported = [split for split in (("train", "valid", "test") if config["export_features"] else ("train", "test"))
+                if feature_set.splits[split]]                                      # probes: train and test
     final = {split: evaluate(model, eval_batches[split], device, config["amp"], weights, keep_vectors=True) for split in exported}
     report(feature_set.class_names, final["test"]["labels"], final["test"]["predictions"])
     metrics = {
@@ -580,7 +604,11 @@ def best_test_epoch(history):
 
 
 def print_outcome(best, metrics, optimistic):
-    selected = f"selected epoch {best['epoch']} on validation weighted-F1 {best['valid_weighted_f1']:.2f}"
+    if metrics["config"]["select_on"] == "test":
+        selected = (f"[optimistic, the release's protocol: --select_on=test, trained on the whole train split] selected "
+                    f"epoch {best['epoch']} on test weighted-F1 {best['test_weighted_f1']:.2f}")
+    else:
+        selected = f"selected epoch {best['epoch']} on validation weighted-F1 {best['valid_weighted_f1']:.2f}"
     if optimistic["epoch"] is None:
         print(f"{selected}; the test split has no labelled utterance, so there are no test scores (null in metrics.json)")
         return
@@ -719,7 +747,7 @@ SAFETY_SWITCHES = ("trust_pickle",)  # never taken from a file: only the command
 
 
 def resumed_config(config, given):
-    """The saved settings of the run in config['resume']; only --device, --epochs and --threads may change.
+    """The saved settings of the run in config['resume']; only --device, --epochs (check_resumed_epochs) and --threads may change.
     A safety switch (trust_pickle) is never read from the run folder: it is the command line's, whatever
     last.pt says, so a shared run folder cannot make this process unpickle code."""
     changed = given - {"resume", "device", "epochs", "threads", *SAFETY_SWITCHES}
@@ -735,7 +763,22 @@ def resumed_config(config, given):
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: cannot resume: {error}") from None
     saved = {name: value for name, value in saved.items() if name not in SAFETY_SWITCHES}
-    return check_config({**HYPERPARAMETERS, **saved, **{name: config[name] for name in given}})
+    resumed = check_config({**HYPERPARAMETERS, **saved, **{name: config[name] for name in given}})
+    check_resumed_epochs(resumed, saved.get("epochs", resumed["epochs"]), last["epoch"])
+    return resumed
+
+
+def check_resumed_epochs(config, saved_epochs, finished):
+    """A resumed run equals an uninterrupted one of config['epochs'] epochs: --epochs may extend a run whose
+    learning rate does not depend on the epoch count (constant), not a cosine run, whose finished epochs
+    followed the decay over saved_epochs; and it may not end before the `finished` epochs."""
+    epochs = config["epochs"]
+    if epochs < finished:
+        raise SystemExit(f"error: --epochs={epochs}: the run to resume has finished {finished} epochs already")
+    if epochs != saved_epochs and config["lr_schedule"] == "cosine":
+        raise SystemExit(f"error: --epochs={epochs}: this run's cosine schedule decays over its {saved_epochs} epochs and "
+                         f"a resumed run keeps it (another --epochs would change the learning rate in mid-run); resume "
+                         f"without --epochs, or start a new run of {epochs} epochs")
 
 
 def check_saved_config(saved, path):
@@ -812,14 +855,20 @@ def load_prediction_model(path, device):
     return model
 
 
-def write_predictions(config):
+HOLD_OUT_SETTINGS = ("valid_fraction", "split_seed", "select_on")  # which dialogues form a run's train and valid splits
+
+
+def write_predictions(config, given=frozenset()):
     """--predict=CHECKPOINT: the checkpoint's class and its probability for every utterance, as a CSV,
-    at a path that is none of the inputs and no existing file."""
+    at a path that is none of the inputs and no existing file. The splits are the checkpoint's: its saved
+    HOLD_OUT_SETTINGS, not the command line's (`given`: the options the command line gave)."""
     path = config["predictions"] or os.path.join(os.path.dirname(config["predict"]), "predictions.csv")
     check_output_path(path, "--predictions", [config["predict"], config["features"], config["av_features"]])
     model = load_prediction_model(config["predict"], resolve_device(config["device"]))
+    splits = checkpoint_splits(model.checkpoint, config, given)
     feature_set = load_dataset(config["dataset"], config["features"], config["av_features"], "".join(model.config.modalities),
-                               config["valid_fraction"], config["split_seed"], config["trust_pickle"], config["demo_seed"])
+                               splits["valid_fraction"], splits["split_seed"], config["trust_pickle"], config["demo_seed"])
+    feature_set = selection_splits(feature_set, splits)
     table = predict(model, feature_set, config["predict_split"], config["batch_size"])
     atomic_write(path, lambda temporary: table.to_csv(temporary, index=False))
     labelled = table[table["label"] != ""]
@@ -827,10 +876,24 @@ def write_predictions(config):
     print(f"wrote {len(table)} predictions to {path} ({len(labelled)} utterances labelled{accuracy})")
 
 
+def checkpoint_splits(checkpoint, config, given):
+    """The HOLD_OUT_SETTINGS the checkpoint was trained with (the command line's where it saved none);
+    one given on the command line with another value is refused."""
+    saved = checkpoint.get("config") if isinstance(checkpoint.get("config"), dict) else {}
+    splits = {name: saved.get(name, config[name]) for name in HOLD_OUT_SETTINGS}
+    differing = [name for name in HOLD_OUT_SETTINGS if name in given and config[name] != splits[name]]
+    if differing:
+        name = differing[0]
+        raise SystemExit(f"error: --{name}={config[name]}: {config['predict']} was trained with {name}={splits[name]}; "
+                         f"--predict takes the splits from the checkpoint")
+    return splits
+
+
 def convert_release(config):
     """--from_release=FILE: the release's trained MALN as out_dir/run_name/best.pt, which --predict,
     MALN.from_checkpoint and the exports accept."""
-    model = MALN.from_release(config["from_release"])
+    heads = {"sclm_heads": config["sclm_heads"], "cross_heads": config["cross_heads"]}  # the release's tensors do not tell them
+    model = MALN.from_release(config["from_release"], **heads)
     names = [name.strip() for name in config["class_names"].split(",")] if config["class_names"] \
         else CLASS_NAMES.get(config["dataset"], [])
     if len(names) != model.config.n_classes or not all(names):
@@ -841,7 +904,8 @@ def convert_release(config):
     save_checkpoint({"model": model.state_dict(), "model_args": model.model_args(), "config": config,
                      "class_names": names, "epoch": 0, "metrics": {}, "release_file": config["from_release"]}, path)
     print(f"wrote {path}: the release's model ({model.n_parameters() / 1e6:.2f}M parameters, feature sizes "
-          f"{model.config.feature_sizes}, classes {', '.join(names)})")
+          f"{model.config.feature_sizes}, classes {', '.join(names)}; attention heads, which the release's tensors do "
+          f"not tell, from the command line: {' '.join(f'--{k}={v}' for k, v in heads.items())})")
 
 
 def main(argv):
@@ -855,7 +919,7 @@ def main(argv):
         return
     if config["predict"]:
         try:
-            write_predictions(config)
+            write_predictions(config, {argument[2:].split("=", 1)[0] for argument in argv})
         except (ValueError, OSError) as error:  # DataError, a checkpoint that does not load, OutputError
             raise SystemExit(f"error: {error}") from None
         return
@@ -866,7 +930,8 @@ def main(argv):
             check_run_name_free(config)
         feature_set = load_dataset(config["dataset"], config["features"], config["av_features"], config["modalities"],
                                    config["valid_fraction"], config["split_seed"], config["trust_pickle"], config["demo_seed"])
-        check_training_splits(feature_set)
+        feature_set = selection_splits(feature_set, config)
+        check_training_splits(feature_set, config["select_on"])
         check_training_lengths(feature_set, config)
         if not config["resume"]:
             config = claim_run_directory(config)  # one directory, or the one holding a directory per seed

@@ -145,8 +145,9 @@ done
 
 # ------------------------------------------------------------------ a run on the target, continued with --resume
 if [ "$runs_on_target" = 1 ]; then
+    # constant learning rate: --resume may extend such a run (a cosine schedule is tied to its epoch count)
     small=(--dataset=demo --export_features=False "--out_dir=$work/runs" --run_name=resume "--device=$target")
-    if logged resume-first 90 python3 train_MALN.py "${small[@]}" --epochs=2 \
+    if logged resume-first 90 python3 train_MALN.py "${small[@]}" --epochs=2 --lr_schedule=constant \
         && logged resume-second 90 python3 train_MALN.py "--resume=$work/runs/resume" --epochs=3; then
         resumed=$(python3 - "$work/runs/resume" "$target" <<'EOF'
 import os, sys
