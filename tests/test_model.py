@@ -89,6 +89,19 @@ def test_layer_by_layer_gru_matches_nn_gru_outputs_and_gradients(device):
         assert torch.allclose(got, want, atol=1e-12)
 
 
+def test_release_sclm_gives_party_0_the_first_summary_and_every_other_party_the_second():
+    model = model_for(sclm_mode="release")
+    d = dialogue(9, 4)                                                         # parties 0, 1, 2, 3, 0, 1, ...
+    features, speakers, mask = d.features["t"][None], d.speakers[None], torch.ones(1, 9, dtype=torch.bool)
+    sclm = model.sclm["t"]
+    vectors = sclm(features, speakers, 4, mask)[0]                              # (N, speaker_size)
+    allowed = torch.ones(1, 10, 10, dtype=torch.bool)
+    first, second = (sclm.project(t(features, 1, allowed))[0, 0] for t in sclm.transformers)  # (speaker_size,) each
+    assert not torch.allclose(first, second, atol=1e-3)
+    for position, party in enumerate(d.speakers.tolist()):
+        torch.testing.assert_close(vectors[position], first if party == 0 else second)
+
+
 def test_gradient_reversal_flips_and_scales_the_gradient():
     x = torch.randn(5, 3, requires_grad=True)
     y = GradientReversal.apply(x, 0.5)
