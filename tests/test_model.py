@@ -4,7 +4,8 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from dataloader import Dialogue, collate
-from MALN_model_fix import MALN, MALNConfig, GradientReversal, difference_loss, stacked_bidirectional_gru
+from MALN_model_fix import (MALN, MALNConfig, GradientReversal, cudnn_bidirectional_gru_layer, difference_loss,
+                             stacked_bidirectional_gru)
 
 SIZES = {"t": 12, "a": 6, "v": 8}
 
@@ -218,6 +219,20 @@ def test_cpu_gru_applies_dropout_between_layers_in_training_only():
     assert torch.allclose(evaluated, gru(packed)[0].data, atol=1e-6)
     trained = stacked_bidirectional_gru(gru.train(), packed.data, packed.batch_sizes)
     assert not torch.allclose(trained, evaluated, atol=1e-3)
+
+
+def test_the_cuda_layer_call_stacks_to_nn_gru(device):
+    """cudnn_bidirectional_gru_layer passes each layer's weights in nn.GRU's order: checked here on cpu too
+    (ATen's own GRU behind the same call), so a wrong order does not wait for a GPU to show."""
+    gru = torch.nn.GRU(6, 5, num_layers=2, bidirectional=True, batch_first=True).double().to(device).eval()
+    packed = pack_padded_sequence(torch.randn(5, 9, 6, dtype=torch.double, device=device), torch.tensor([5, 9, 1, 7, 9]),
+                                  batch_first=True, enforce_sorted=False)
+    data = packed.data
+    for layer in range(2):
+        weights = [getattr(gru, f"{name}_l{layer}{suffix}") for suffix in ("", "_reverse")
+                   for name in ("weight_ih", "bias_ih", "weight_hh", "bias_hh")]
+        data = cudnn_bidirectional_gru_layer(weights, data, packed.batch_sizes, False)
+    torch.testing.assert_close(data, gru(packed)[0].data, rtol=0, atol=1e-12)
 
 
 def test_gru_dropout_between_layers_repeats_under_the_same_torch_seed(device):
