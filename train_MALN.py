@@ -10,7 +10,8 @@ demo set. Every hyperparameter below can be overridden on the command line:
     python train_MALN.py --from_release=release.pkl --dataset=IEMOCAP --run_name=release   # the authors' weights
 
 The epoch is selected on validation weighted-F1 and test is reported at that epoch; the
-release's optimistic figure (best test epoch) is printed too, labelled as such.
+release's optimistic figure (best test epoch) is printed too, labelled as such
+(--select_on=test runs the release's protocol itself: no validation, the best test epoch).
 """
 
 import copy
