@@ -24,6 +24,7 @@ Feature sizes and the class count come from the data through MALNConfig.
 
 import os
 import re
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -119,7 +120,8 @@ class Attention(nn.Module):
 
     def __init__(self, size, heads, dropout):
         super().__init__()
-        assert size % heads == 0, f"size {size} is not divisible by {heads} heads"
+        if size % heads:
+            raise ValueError(f"attention over vectors of size {size} cannot have {heads} heads (they must divide it)")
         self.heads, self.dropout = heads, dropout
         self.query, self.key, self.value = nn.Linear(size, size), nn.Linear(size, size), nn.Linear(size, size)
 
@@ -298,30 +300,53 @@ def reversed_rows(batch_sizes):
     return offsets[lengths[sequence] - 1 - step] + sequence
 
 
-def packed_bidirectional_gru(gru, data, batch_sizes):
-    """A bidirectional nn.GRU over packed rows with its own weights, for cpu: input matmuls over
-    all rows at once, then GRURecurrence; dropout between layers as nn.GRU applies it.
-    data (n, I), batch_sizes (T,) cpu -> (n, 2G)."""
-    reverse = reversed_rows(batch_sizes).to(data.device)
-    sizes = batch_sizes.tolist()
+def stacked_bidirectional_gru(gru, data, batch_sizes):
+    """A stacked bidirectional nn.GRU over packed rows with its own weights, one layer at a time:
+    cuDNN's single-layer GRU on cuda, bidirectional_gru_layer on cpu, and between the layers torch's
+    dropout on every device. nn.GRU's own inter-layer dropout on cuda draws from a state cuDNN keeps
+    per process, outside torch's generator, so a resumed run could not repeat it; here every mask
+    comes from torch's generator, whose state last.pt holds. data (n, I), batch_sizes (T,) cpu -> (n, 2G)."""
+    reverse = reversed_rows(batch_sizes).to(data.device) if not data.is_cuda else None
     for layer in range(gru.num_layers):
         weights = [getattr(gru, f"{name}_l{layer}{suffix}") for suffix in ("", "_reverse")
                    for name in ("weight_ih", "bias_ih", "weight_hh", "bias_hh")]
-        gates = torch.stack([F.linear(data, weights[0], weights[1]),                                      # (2, n, 3G), the second
-                             F.linear(data[reverse], weights[4], weights[5])])                            # direction in reversed time
-        hidden = GRURecurrence.apply(gates, torch.stack([weights[2], weights[6]]), torch.stack([weights[3], weights[7]]), sizes)
-        in_order, reversed_hidden = hidden.unbind(0)                                                      # (n, G) each
-        data = torch.cat([in_order, reversed_hidden[reverse]], -1)                                        # (n, 2G)
+        if data.is_cuda:
+            data = cudnn_bidirectional_gru_layer(weights, data, batch_sizes, gru.training)
+        else:
+            data = bidirectional_gru_layer(weights, data, batch_sizes, reverse)
         if layer < gru.num_layers - 1:
             data = F.dropout(data, gru.dropout, gru.training)
     return data
+
+
+def bidirectional_gru_layer(weights, data, batch_sizes, reverse):
+    """One bidirectional GRU layer over packed rows, for cpu: input matmuls over all rows at once,
+    then GRURecurrence. weights: w_ih, b_ih, w_hh, b_hh, then the same of the reverse direction;
+    reverse = reversed_rows(batch_sizes). data (n, I) -> (n, 2G)."""
+    gates = torch.stack([F.linear(data, weights[0], weights[1]),                                      # (2, n, 3G), the second
+                         F.linear(data[reverse], weights[4], weights[5])])                            # direction in reversed time
+    hidden = GRURecurrence.apply(gates, torch.stack([weights[2], weights[6]]), torch.stack([weights[3], weights[7]]),
+                                 batch_sizes.tolist())
+    in_order, reversed_hidden = hidden.unbind(0)                                                      # (n, G) each
+    return torch.cat([in_order, reversed_hidden[reverse]], -1)                                        # (n, 2G)
+
+
+def cudnn_bidirectional_gru_layer(weights, data, batch_sizes, training):
+    """One bidirectional GRU layer over packed rows with cuDNN (the kernel nn.GRU calls), no dropout
+    inside it. weights as bidirectional_gru_layer's. data (n, I) -> (n, 2G)."""
+    w_ih, b_ih, w_hh, b_hh, *reverse = weights
+    flat = [w_ih, w_hh, b_ih, b_hh, reverse[0], reverse[2], reverse[1], reverse[3]]                 # nn.GRU's order
+    hidden = data.new_zeros(2, int(batch_sizes[0]), w_hh.size(1))                                     # (2, B, G)
+    with warnings.catch_warnings():  # a layer's weights are a slice of nn.GRU's flat buffer: cuDNN copies them, and says so
+        warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous chunk")
+        return torch._VF.gru(data, batch_sizes, hidden, flat, True, 1, 0.0, training, True)[0]       # (n, 2G)
 
 
 class ContextEncoder(nn.Module):
     """Context encoder (the release's GRUModel): a bidirectional GRU over the dialogue, dropout
     between its layers, then Linear back to the input size, ReLU and dropout. Runs on packed
     sequences, so no work is done on padding and padding does not reach the backward direction:
-    cuDNN's GRU on cuda, packed_bidirectional_gru on cpu."""
+    stacked_bidirectional_gru (cuDNN's layers on cuda, GRURecurrence on cpu, torch's dropout between)."""
 
     def __init__(self, size, config):
         super().__init__()
@@ -333,10 +358,7 @@ class ContextEncoder(nn.Module):
     def forward(self, features, lengths):
         # features (B, N, D), lengths (B,) on cpu
         packed = pack_padded_sequence(features, lengths, batch_first=True, enforce_sorted=False)
-        if features.is_cuda:
-            output = self.gru(packed)[0].data                                      # (n_real, 2G)
-        else:
-            output = packed_bidirectional_gru(self.gru, packed.data, packed.batch_sizes)
+        output = stacked_bidirectional_gru(self.gru, packed.data, packed.batch_sizes)  # (n_real, 2G)
         output = packed._replace(data=self.project(output))                         # (n_real, D)
         return pad_packed_sequence(output, batch_first=True, total_length=features.size(1))[0]  # (B, N, D)
 

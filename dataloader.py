@@ -674,20 +674,23 @@ def read_npy(path, name):
     return np.load(path, allow_pickle=False)
 
 
-def check_training_splits(feature_set):
+def check_training_splits(feature_set, select_on="valid"):
     """Training needs dialogues in every split and labelled utterances in train and valid (an epoch
-    is selected on valid); test may be unlabelled (the run reports no test scores then).
-    Predicting needs none of this."""
+    is selected on valid); test may be unlabelled (the run reports no test scores then). With
+    select_on='test' (the release's protocol: validation folded into train) valid is empty and the
+    epoch is selected on test, which must then be labelled. Predicting needs none of this."""
     source, splits = feature_set.source, feature_set.splits
     for split in SPLITS:
-        if not splits[split]:
+        if not splits[split] and not (split == "valid" and select_on == "test"):
             held_out = (" (a file without validation dialogues has a share of its training dialogues held out, "
                         "which needs at least 2 of them)" if split == "valid" else "")
             raise DataError(f"{source}: the {split} split has no dialogue{held_out}; training needs train, valid and "
                             f"test dialogues")
     if not any((d.labels >= 0).any() for d in splits["train"]):
         raise DataError(f"{source}: no labelled training utterance; training needs labels (--predict=CHECKPOINT does not)")
-    if not any((d.labels >= 0).any() for d in splits["valid"]):
+    if select_on == "test" and not any((d.labels >= 0).any() for d in splits["test"]):
+        raise DataError(f"{source}: the test split has no labelled utterance, so --select_on=test cannot select an epoch")
+    if select_on == "valid" and not any((d.labels >= 0).any() for d in splits["valid"]):
         raise DataError(f"{source}: the valid split ({len(splits['valid'])} dialogues) has no labelled utterance, so no "
                         f"epoch could be selected on it; label some of its utterances, or list no valid dialogue so "
                         f"that a seeded --valid_fraction of the training dialogues is held out")

@@ -5,7 +5,7 @@ Figures of one training run, drawn from its directory alone:
 
 writes PNGs to saved_models/<run>/figures/ and prints their paths:
 
-    learning_curves.png       loss and weighted-F1 of train, valid and test by epoch, the selected epoch marked
+    learning_curves.png       fused NLL and weighted-F1 of train, valid and test by epoch, the selected epoch marked
     confusion_matrix.png      the selected epoch's confusion matrix on test, each true class's row normalised
     tsne_inputs_fused.png     t-SNE of test utterances coloured by gold emotion: input features beside fused vectors
     tsne_common_specific.png  t-SNE of every modality's common and specific test vectors in one map, coloured by
@@ -71,9 +71,13 @@ def selected_epoch(run):
 
 
 def learning_curves(history, epoch):
-    """Loss and weighted-F1 of train, valid and test by epoch, a dashed line at the selected epoch."""
+    """The fused output's NLL and weighted-F1 of train, valid and test by epoch, a dashed line at the
+    selected epoch. Like is plotted with like: the training objective (train_loss: NLL plus the auxiliary
+    losses) is no NLL, so it is left out; a history.csv without NLL columns (an older run) shows its losses."""
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for axis, metric, title in ((axes[0], "loss", "loss"), (axes[1], "weighted_f1", "weighted-F1 (%)")):
+    loss = ("nll", "fused NLL per labelled utterance (train: dropout on)") if "train_nll" in history else \
+        ("loss", "loss (train: the objective; valid, test: NLL)")
+    for axis, (metric, title) in zip(axes, (loss, ("weighted_f1", "weighted-F1 (%)"))):
         for split in ("train", "valid", "test"):
             axis.plot(history["epoch"], history[f"{split}_{metric}"], marker=".", label=split)
         axis.axvline(epoch, color="grey", linestyle="--", label=f"selected epoch {epoch}")

@@ -10,7 +10,8 @@ demo set. Every hyperparameter below can be overridden on the command line:
     python train_MALN.py --from_release=release.pkl --dataset=IEMOCAP --run_name=release   # the authors' weights
 
 The epoch is selected on validation weighted-F1 and test is reported at that epoch; the
-release's optimistic figure (best test epoch) is printed too, labelled as such.
+release's optimistic figure (best test epoch) is printed too, labelled as such
+(--select_on=test runs the release's protocol itself: no validation, the best test epoch).
 """
 
 import copy
@@ -20,11 +21,12 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import classification_report, confusion_matrix
@@ -45,6 +47,8 @@ features = ""               # feature file of any known layout; empty = the data
 av_features = ""            # DialogueRNN / MMGCN file whose audio and visual join a COSMIC text file by dialogue id
 modalities = ""             # any non-empty subset of 'tav'; empty = every modality the files provide
 valid_fraction = 0.1        # share of training dialogues held out when the file has no validation ids
+select_on = "valid"         # 'valid': the epoch is chosen on validation; 'test': the release's protocol (its valid=0.0):
+                            # validation folded into train, the epoch chosen on test, every test figure optimistic
 split_seed = 100            # seed of that held-out share (the same for every training seed)
 demo_seed = 0               # seed of the generated demo data set
 trust_pickle = False        # load feature pickles without the restricted unpickler (only for files you trust)
@@ -59,6 +63,8 @@ sclm_heads = 1              # attention heads of SCLM
 sclm_feedforward = 128      # feed-forward size of SCLM
 sclm_dropout = 0.1          # dropout inside SCLM
 speaker_size = 100          # projected speaker-characteristic vector
+max_positions = 0           # rows of SCLM's position table (longest dialogue + 1); 0 = max(128, the longest training
+                            # dialogue + 1): never sized from valid or test. A longer valid or test dialogue is refused
 # model: context encoders
 gru_layers = 2              # bidirectional GRU layers
 context_hidden = 0          # GRU hidden size; 0 = the modality's feature size (released)
@@ -96,6 +102,7 @@ seed = 100                  # training seed
 seeds = ""                  # several seeds, e.g. '1,2,3': one run each, then mean and std
 device = "auto"             # 'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ...
 amp = False                 # bfloat16 autocast on cuda
+cudnn_deterministic = False # cuda: cuDNN's deterministic algorithms (torch.backends.cudnn.deterministic; released: True)
 # output
 out_dir = "saved_models"    # runs are written to out_dir/run_name
 run_name = ""               # empty = <dataset>_<modalities>_<date-time>, with -2, -3, ... when taken; a taken name is refused
@@ -115,7 +122,7 @@ preset = ""                 # '' = the dataset's own (PRESETS[dataset]: IEMOCAP,
 PRESETS = {
     "released": {"standardize": False, "sclm_mode": "release", "context_dropout": 0.5, "dropout": 0.66, "epochs": 60,
                  "batch_size": 32, "learning_rate": 4e-4, "lr_schedule": "constant", "weight_decay": 3e-5,
-                 "reseed_every_epoch": True},
+                 "reseed_every_epoch": True, "cudnn_deterministic": True},
     "demo": {"epochs": 15, "batch_size": 16, "learning_rate": 2e-3},  # the small synthetic set: about 1.5 minutes on 2 cores
     # the dataset presets, applied with --dataset=IEMOCAP / MELD; chosen on validation weighted-F1 (README, Results).
     # A moving average over about an epoch and a half (IEMOCAP, 14 steps an epoch) or one epoch (MELD, 117 steps)
@@ -127,12 +134,14 @@ resume = ""                 # run directory of an interrupted run: continue it f
 # -----------------------------------------------------------------------------
 HYPERPARAMETERS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
 MODEL_KEYS = [f.name for f in fields(MALNConfig) if f.name not in ("feature_sizes", "n_classes", "max_positions")]
+DEFAULT_POSITIONS = 128     # the smallest position table max_positions=0 builds (the release's)
 
 
 CONSTRAINTS = {  # name -> (what a valid value is, test of the value given the whole config)
     "dataset": ("'IEMOCAP', 'MELD' or 'demo' (any name with --features)", lambda v, c: v in ("IEMOCAP", "MELD", "demo") or c["features"]),
     "modalities": ("a subset of 'tav', each letter once (empty = all)", lambda v, c: set(v) <= set("tav") and len(set(v)) == len(v)),
     "valid_fraction": ("in (0, 1)", lambda v, c: 0 < v < 1),
+    "select_on": ("'valid' or 'test' (the release's optimistic protocol)", lambda v, c: v in ("valid", "test")),
     "split_seed": (">= 0", lambda v, c: v >= 0),
     "demo_seed": (">= 0", lambda v, c: v >= 0),
     "sclm_mode": ("'speaker', 'utterance', 'release' or 'off'", lambda v, c: v in ("speaker", "utterance", "release", "off")),
@@ -142,6 +151,7 @@ CONSTRAINTS = {  # name -> (what a valid value is, test of the value given the w
                                                         "epochs", "batch_size")},
     "cross_heads": (">= 1 and divide hidden_size", lambda v, c: v >= 1 and c["hidden_size"] % v == 0),
     "context_hidden": (">= 0 (0 = the feature size)", lambda v, c: v >= 0),
+    "max_positions": (">= 2, or 0 (sized from the training split)", lambda v, c: v == 0 or v >= 2),
     **{name: ("in [0, 1)", lambda v, c: 0 <= v < 1) for name in ("input_dropout", "sclm_dropout", "context_dropout", "specific_dropout",
                                                                "common_dropout", "discriminator_dropout", "dropout")},
     **{name: (">= 0 and finite", lambda v, c: 0 <= v < float("inf")) for name in ("gradient_reversal", "unimodal_weight",
@@ -214,14 +224,37 @@ def dataset_preset(config):
 
 
 def build_model(feature_set, config):
-    """A new MALN for this feature set's sizes and classes; its standardisation (when on) fitted on the training split."""
+    """A new MALN for this feature set's sizes and classes; its position table sized from the training
+    split (or --max_positions), never from valid or test; its standardisation (when on) fitted on the training split."""
     model_args = {k: config[k] for k in MODEL_KEYS}
     model_args.update(feature_sizes=feature_set.feature_sizes, n_classes=len(feature_set.class_names),
-                      max_positions=max(128, feature_set.max_length + 1))
+                      max_positions=position_table_size(feature_set, config))
     model = MALN(MALNConfig(**model_args))
     if model.config.standardize:
         model.fit_standardizer(feature_set.splits["train"])
     return model
+
+
+def selection_splits(feature_set, config):
+    """The splits of the run's protocol: as loaded for select_on='valid'; for 'test' (the release's), the
+    validation dialogues folded into train, so the whole train split trains and valid is empty."""
+    if config["select_on"] == "valid" or not feature_set.splits["valid"]:
+        return feature_set
+    splits = feature_set.splits
+    return replace(feature_set, splits={**splits, "train": splits["train"] + splits["valid"], "valid": []})
+
+
+def position_table_size(feature_set, config):
+    """--max_positions, or for 0 max(128, the longest training dialogue + 1 for [CLS])."""
+    return config["max_positions"] or max(DEFAULT_POSITIONS, max(len(d) for d in feature_set.splits["train"]) + 1)
+
+
+def check_training_lengths(feature_set, config):
+    """Every dialogue of every split fits the position table the run will build (DataError naming the first that does not)."""
+    check_dialogue_lengths(position_table_size(feature_set, config), config["sclm_mode"],
+                           [(split, d) for split, dialogues in feature_set.splits.items() for d in dialogues],
+                           feature_set.source, "the model", ", sized from the training split, never from valid or test; "
+                                                           "give a larger --max_positions")
 
 
 def make_batches(dialogues, batch_size, generator=None, bucket=False):
@@ -260,59 +293,92 @@ def autocast(device, enabled):
 
 def train_epoch(model, optimizer, batches, device, amp, class_weights, averaged=None):
     """One pass of the released objective over the training batches, updating the moving average
-    `averaged` (or None) after every step; returns mean loss and scores."""
+    `averaged` (or None) after every step; returns the objective's mean over batches ('loss'), the
+    fused output's unweighted NLL over the labelled utterances ('nll', dropout on) and scores.
+    A NaN or inf loss stops it before that batch's step on cpu, and within NON_FINITE_CHECK_EVERY
+    steps elsewhere (each check waits for the device); nothing of the epoch is kept then."""
     model.train()
-    total, labels, predictions = [], [], []
-    for _, batch in tqdm(batches, desc="train", leave=False, disable=None):
+    check_every = 1 if device.type == "cpu" else NON_FINITE_CHECK_EVERY
+    total, nll, n_labelled, labels, predictions = [], [], [], [], []
+    for step, (_, batch) in enumerate(tqdm(batches, desc="train", leave=False, disable=None), 1):
         batch = to_device(batch, device)
         with autocast(device, amp):
             output = model(batch["features"], batch["speakers"], batch["utterance_mask"], batch["lengths"],
                            batch["labels"], class_weights)
         loss = output["losses"]["total"]
+        total.append(loss.detach())
+        if step % check_every == 0 or step == len(batches):
+            check_finite_losses(total, len(batches))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if averaged is not None:
             averaged.update_parameters(model)
-        total.append(loss.detach())
+        batch_nll, batch_labelled = labelled_nll(output["log_probs"].detach(), batch["labels"])
+        nll.append(batch_nll)
+        n_labelled.append(batch_labelled)
         labels.append(batch["labels"].reshape(-1))
         predictions.append(output["log_probs"].detach().argmax(-1).reshape(-1))
-    total = torch.stack(total)                                                    # (n_batches,), one sync below
-    finite = torch.isfinite(total)
+    return {"loss": float(torch.stack(total).mean()), "nll": mean_nll(nll, n_labelled), **summarise(labels, predictions)}
+
+
+NON_FINITE_CHECK_EVERY = 16  # training steps between checks of the loss on cuda (and mps), where a check is a host sync
+
+
+def check_finite_losses(losses, n_batches):
+    """NonFiniteLoss naming the first of these per-batch training losses that is NaN or inf."""
+    losses = torch.stack(losses)                                                  # (steps so far,)
+    finite = torch.isfinite(losses)
     if not finite.all():
         index = int((~finite).nonzero()[0])
-        raise NonFiniteLoss(f"batch {index + 1} of {len(batches)}: the training loss is {total[index].item()}")
-    return summarise(total.mean(), labels, predictions)
+        raise NonFiniteLoss(f"batch {index + 1} of {n_batches}: the training loss is {losses[index].item()}")
+
+
+def labelled_nll(log_probs, labels):
+    """The fused output's NLL summed over the labelled utterances, unweighted, and their count; tensors, no sync.
+    log_probs (B, N, C), labels (B, N) with -1 where unlabelled or padding."""
+    targets = labels.reshape(-1)                                                  # (B*N,)
+    summed = F.nll_loss(log_probs.float().reshape(-1, log_probs.size(-1)), targets, ignore_index=-1, reduction="sum")
+    return summed, (targets >= 0).sum()
+
+
+def mean_nll(sums, counts):
+    """NLL per labelled utterance from labelled_nll's per-batch sums and counts; NaN without a labelled utterance."""
+    count = int(torch.stack(counts).sum())
+    return float(torch.stack(sums).sum()) / count if count else float("nan")
 
 
 class NonFiniteLoss(FloatingPointError):
     """The training loss became NaN or inf; nothing of that epoch is saved."""
 
 
-def summarise(loss, labels, predictions):
+def summarise(labels, predictions):
+    """Accuracy and weighted-F1 over the labelled utterances of per-batch labels and predictions."""
     labels, predictions = torch.cat(labels).cpu().numpy(), torch.cat(predictions).cpu().numpy()
     labelled = labels >= 0
-    return {"loss": float(loss), **scores(labels[labelled], predictions[labelled])}
+    return scores(labels[labelled], predictions[labelled])
 
 
 @torch.no_grad()
 def evaluate(model, batches, device, amp, class_weights, keep_vectors=False):
-    """Loss (the fused output's NLL, as the release reports it) and scores over the batches; with keep_vectors, also every real utterance's
-    fused, common and specific vectors, dialogue id, position, label and prediction."""
+    """The fused output's unweighted NLL per labelled utterance ('nll', NaN without labels) and scores over
+    the batches; with keep_vectors, also every real utterance's fused, common and specific vectors,
+    dialogue id, position, label and prediction. `class_weights` weigh only the losses the model returns."""
     model.eval()
-    total, labels, predictions, vectors = [], [], [], []
+    nll, n_labelled, labels, predictions, vectors = [], [], [], [], []
     for dialogues, batch in batches:
         batch = to_device(batch, device)
         with autocast(device, amp):
             output = model(batch["features"], batch["speakers"], batch["utterance_mask"], batch["lengths"],
                            batch["labels"], class_weights)
-        total.append(output["losses"]["classification"].float() * batch["utterance_mask"].sum())
+        batch_nll, batch_labelled = labelled_nll(output["log_probs"], batch["labels"])
+        nll.append(batch_nll)
+        n_labelled.append(batch_labelled)
         labels.append(batch["labels"].reshape(-1))
         predictions.append(output["log_probs"].argmax(-1).reshape(-1))
         if keep_vectors:
             vectors.append(real_utterance_vectors(dialogues, batch, output))
-    n_utterances = sum(int(b["lengths"].sum()) for _, b in batches)
-    result = summarise(torch.stack(total).sum() / n_utterances, labels, predictions)
+    result = {"nll": mean_nll(nll, n_labelled), **summarise(labels, predictions)}
     real = torch.cat([b["utterance_mask"].reshape(-1) for _, b in batches]).numpy()
     result["labels"] = torch.cat(labels).cpu().numpy()[real]
     result["predictions"] = torch.cat(predictions).cpu().numpy()[real]
@@ -421,6 +487,12 @@ def inverse_frequency_weights(dialogues, n_classes, device):
     return weights.to(device)
 
 
+def set_cudnn_determinism(config):
+    """--cudnn_deterministic=True asks cuDNN for its deterministic algorithms, as the release does; False leaves the setting as it is."""
+    if config["cudnn_deterministic"]:
+        torch.backends.cudnn.deterministic = True
+
+
 def set_threads(config):
     """torch's cpu thread count from --threads (0 leaves torch's default)."""
     if config["threads"]:
@@ -440,7 +512,10 @@ def run(config, feature_set=None):
     if feature_set is None:
         feature_set = load_dataset(config["dataset"], config["features"], config["av_features"], config["modalities"],
                                    config["valid_fraction"], config["split_seed"], config["trust_pickle"], config["demo_seed"])
-    check_training_splits(feature_set)
+    feature_set = selection_splits(feature_set, config)
+    check_training_splits(feature_set, config["select_on"])
+    check_training_lengths(feature_set, config)
+    set_cudnn_determinism(config)
     device = resolve_device(config["device"])
     set_seed(config["seed"])
     model = build_model(feature_set, config).to(device)
@@ -476,15 +551,17 @@ def run(config, feature_set=None):
             train = train_epoch(model, optimizer, train_batches, device, config["amp"], weights, averaged)
         except NonFiniteLoss as error:
             raise NonFiniteLoss(f"epoch {epoch}, {error}. Stopped; {non_finite_note(run_dir, epoch, config)}") from None
-        valid = evaluate(evaluated, eval_batches["valid"], device, config["amp"], weights)
+        valid = evaluate(evaluated, eval_batches["valid"], device, config["amp"], weights) if eval_batches["valid"] \
+            else {"nll": float("nan"), "accuracy": float("nan"), "weighted_f1": float("nan")}  # select_on=test
         test = evaluate(evaluated, eval_batches["test"], device, config["amp"], weights)
-        row = {"epoch": epoch, "seconds": time.time() - epoch_start}
+        row = {"epoch": epoch, "seconds": time.time() - epoch_start, "train_loss": train["loss"]}  # loss: the objective
         for split, result in (("train", train), ("valid", valid), ("test", test)):
-            row.update({f"{split}_{k}": result[k] for k in ("loss", "accuracy", "weighted_f1")})
+            row.update({f"{split}_{k}": result[k] for k in ("nll", "accuracy", "weighted_f1")})
         history.append(row)
-        improved = best is None or valid["weighted_f1"] > best["valid_weighted_f1"]
-        tqdm.write(f"epoch {epoch:3d} | " + " | ".join(
-            f"{s} loss {row[f'{s}_loss']:.3f} acc {row[f'{s}_accuracy']:5.2f} wF1 {row[f'{s}_weighted_f1']:5.2f}"
+        selected_on = config["select_on"]
+        improved = best is None or row[f"{selected_on}_weighted_f1"] > best[f"{selected_on}_weighted_f1"]
+        tqdm.write(f"epoch {epoch:3d} | train objective {row['train_loss']:.3f} | " + " | ".join(
+            f"{s} nll {row[f'{s}_nll']:.3f} acc {row[f'{s}_accuracy']:5.2f} wF1 {row[f'{s}_weighted_f1']:5.2f}"
             for s in ("train", "valid", "test")) + f" | {row['seconds']:.1f}s" + (" *" if improved else ""))
         if improved:
             best, best_state = row, copy.deepcopy(evaluated.state_dict())
@@ -495,7 +572,8 @@ def run(config, feature_set=None):
 
     model.load_state_dict(best_state)
     optimistic = best_test_epoch(history)
-    exported = ("train", "valid", "test") if config["export_features"] else ("train", "test")  # probes: train and test
+    exported = [split for split in (("train", "valid", "test") if config["export_features"] else ("train", "test"))
+                if feature_set.splits[split]]                                      # probes: train and test
     final = {split: evaluate(model, eval_batches[split], device, config["amp"], weights, keep_vectors=True) for split in exported}
     report(feature_set.class_names, final["test"]["labels"], final["test"]["predictions"])
     metrics = {
@@ -527,7 +605,11 @@ def best_test_epoch(history):
 
 
 def print_outcome(best, metrics, optimistic):
-    selected = f"selected epoch {best['epoch']} on validation weighted-F1 {best['valid_weighted_f1']:.2f}"
+    if metrics["config"]["select_on"] == "test":
+        selected = (f"[optimistic, the release's protocol: --select_on=test, trained on the whole train split] selected "
+                    f"epoch {best['epoch']} on test weighted-F1 {best['test_weighted_f1']:.2f}")
+    else:
+        selected = f"selected epoch {best['epoch']} on validation weighted-F1 {best['valid_weighted_f1']:.2f}"
     if optimistic["epoch"] is None:
         print(f"{selected}; the test split has no labelled utterance, so there are no test scores (null in metrics.json)")
         return
@@ -666,7 +748,7 @@ SAFETY_SWITCHES = ("trust_pickle",)  # never taken from a file: only the command
 
 
 def resumed_config(config, given):
-    """The saved settings of the run in config['resume']; only --device, --epochs and --threads may change.
+    """The saved settings of the run in config['resume']; only --device, --epochs (check_resumed_epochs) and --threads may change.
     A safety switch (trust_pickle) is never read from the run folder: it is the command line's, whatever
     last.pt says, so a shared run folder cannot make this process unpickle code."""
     changed = given - {"resume", "device", "epochs", "threads", *SAFETY_SWITCHES}
@@ -682,7 +764,22 @@ def resumed_config(config, given):
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: cannot resume: {error}") from None
     saved = {name: value for name, value in saved.items() if name not in SAFETY_SWITCHES}
-    return check_config({**HYPERPARAMETERS, **saved, **{name: config[name] for name in given}})
+    resumed = check_config({**HYPERPARAMETERS, **saved, **{name: config[name] for name in given}})
+    check_resumed_epochs(resumed, saved.get("epochs", resumed["epochs"]), last["epoch"])
+    return resumed
+
+
+def check_resumed_epochs(config, saved_epochs, finished):
+    """A resumed run equals an uninterrupted one of config['epochs'] epochs: --epochs may extend a run whose
+    learning rate does not depend on the epoch count (constant), not a cosine run, whose finished epochs
+    followed the decay over saved_epochs; and it may not end before the `finished` epochs."""
+    epochs = config["epochs"]
+    if epochs < finished:
+        raise SystemExit(f"error: --epochs={epochs}: the run to resume has finished {finished} epochs already")
+    if epochs != saved_epochs and config["lr_schedule"] == "cosine":
+        raise SystemExit(f"error: --epochs={epochs}: this run's cosine schedule decays over its {saved_epochs} epochs and "
+                         f"a resumed run keeps it (another --epochs would change the learning rate in mid-run); resume "
+                         f"without --epochs, or start a new run of {epochs} epochs")
 
 
 def check_saved_config(saved, path):
@@ -720,7 +817,7 @@ def predict(model, feature_set, split="", batch_size=32):
     chosen = [(name, d) for name, dialogues in feature_set.splits.items() if split in ("", name) for d in dialogues]
     if not chosen:
         raise DataError(f"{feature_set.source}: no {split} dialogue to predict")
-    check_dialogue_lengths(model, chosen, feature_set.source)
+    check_dialogue_lengths(model.config.max_positions, model.config.sclm_mode, chosen, feature_set.source)
     model.eval()
     device = next(model.parameters()).device
     tables = []
@@ -740,14 +837,13 @@ def predict(model, feature_set, split="", batch_size=32):
     return pd.concat(tables, ignore_index=True)
 
 
-def check_dialogue_lengths(model, chosen, source):
-    """Every (split, dialogue) chosen fits the position table of the checkpoint's model."""
-    longest = model.config.max_positions - 1 if model.config.sclm_mode != "off" else None  # one position is [CLS]
+def check_dialogue_lengths(max_positions, sclm_mode, chosen, source, whose="the checkpoint's model", remedy=""):
+    """Every (split, dialogue) chosen fits a position table of max_positions rows (DataError naming the first that does not)."""
+    longest = max_positions - 1 if sclm_mode != "off" else None  # one position is [CLS]
     for split, dialogue in chosen:
         if longest is not None and len(dialogue) > longest:
-            raise DataError(f"{source}: {split} dialogue {dialogue.dialogue_id!r} has {len(dialogue)} utterances; the "
-                            f"checkpoint's model reads at most {longest} (its max_positions={longest + 1}, set from the "
-                            f"longest dialogue it was trained on)")
+            raise DataError(f"{source}: {split} dialogue {dialogue.dialogue_id!r} has {len(dialogue)} utterances; "
+                            f"{whose} reads at most {longest} (its max_positions={longest + 1}){remedy}")
 
 
 def load_prediction_model(path, device):
@@ -760,14 +856,20 @@ def load_prediction_model(path, device):
     return model
 
 
-def write_predictions(config):
+HOLD_OUT_SETTINGS = ("valid_fraction", "split_seed", "select_on")  # which dialogues form a run's train and valid splits
+
+
+def write_predictions(config, given=frozenset()):
     """--predict=CHECKPOINT: the checkpoint's class and its probability for every utterance, as a CSV,
-    at a path that is none of the inputs and no existing file."""
+    at a path that is none of the inputs and no existing file. The splits are the checkpoint's: its saved
+    HOLD_OUT_SETTINGS, not the command line's (`given`: the options the command line gave)."""
     path = config["predictions"] or os.path.join(os.path.dirname(config["predict"]), "predictions.csv")
     check_output_path(path, "--predictions", [config["predict"], config["features"], config["av_features"]])
     model = load_prediction_model(config["predict"], resolve_device(config["device"]))
+    splits = checkpoint_splits(model.checkpoint, config, given)
     feature_set = load_dataset(config["dataset"], config["features"], config["av_features"], "".join(model.config.modalities),
-                               config["valid_fraction"], config["split_seed"], config["trust_pickle"], config["demo_seed"])
+                               splits["valid_fraction"], splits["split_seed"], config["trust_pickle"], config["demo_seed"])
+    feature_set = selection_splits(feature_set, splits)
     table = predict(model, feature_set, config["predict_split"], config["batch_size"])
     atomic_write(path, lambda temporary: table.to_csv(temporary, index=False))
     labelled = table[table["label"] != ""]
@@ -775,10 +877,24 @@ def write_predictions(config):
     print(f"wrote {len(table)} predictions to {path} ({len(labelled)} utterances labelled{accuracy})")
 
 
+def checkpoint_splits(checkpoint, config, given):
+    """The HOLD_OUT_SETTINGS the checkpoint was trained with (the command line's where it saved none);
+    one given on the command line with another value is refused."""
+    saved = checkpoint.get("config") if isinstance(checkpoint.get("config"), dict) else {}
+    splits = {name: saved.get(name, config[name]) for name in HOLD_OUT_SETTINGS}
+    differing = [name for name in HOLD_OUT_SETTINGS if name in given and config[name] != splits[name]]
+    if differing:
+        name = differing[0]
+        raise SystemExit(f"error: --{name}={config[name]}: {config['predict']} was trained with {name}={splits[name]}; "
+                         f"--predict takes the splits from the checkpoint")
+    return splits
+
+
 def convert_release(config):
     """--from_release=FILE: the release's trained MALN as out_dir/run_name/best.pt, which --predict,
     MALN.from_checkpoint and the exports accept."""
-    model = MALN.from_release(config["from_release"])
+    heads = {"sclm_heads": config["sclm_heads"], "cross_heads": config["cross_heads"]}  # the release's tensors do not tell them
+    model = MALN.from_release(config["from_release"], **heads)
     names = [name.strip() for name in config["class_names"].split(",")] if config["class_names"] \
         else CLASS_NAMES.get(config["dataset"], [])
     if len(names) != model.config.n_classes or not all(names):
@@ -789,7 +905,8 @@ def convert_release(config):
     save_checkpoint({"model": model.state_dict(), "model_args": model.model_args(), "config": config,
                      "class_names": names, "epoch": 0, "metrics": {}, "release_file": config["from_release"]}, path)
     print(f"wrote {path}: the release's model ({model.n_parameters() / 1e6:.2f}M parameters, feature sizes "
-          f"{model.config.feature_sizes}, classes {', '.join(names)})")
+          f"{model.config.feature_sizes}, classes {', '.join(names)}; attention heads, which the release's tensors do "
+          f"not tell, from the command line: {' '.join(f'--{k}={v}' for k, v in heads.items())})")
 
 
 def main(argv):
@@ -803,7 +920,7 @@ def main(argv):
         return
     if config["predict"]:
         try:
-            write_predictions(config)
+            write_predictions(config, {argument[2:].split("=", 1)[0] for argument in argv})
         except (ValueError, OSError) as error:  # DataError, a checkpoint that does not load, OutputError
             raise SystemExit(f"error: {error}") from None
         return
@@ -814,7 +931,9 @@ def main(argv):
             check_run_name_free(config)
         feature_set = load_dataset(config["dataset"], config["features"], config["av_features"], config["modalities"],
                                    config["valid_fraction"], config["split_seed"], config["trust_pickle"], config["demo_seed"])
-        check_training_splits(feature_set)
+        feature_set = selection_splits(feature_set, config)
+        check_training_splits(feature_set, config["select_on"])
+        check_training_lengths(feature_set, config)
         if not config["resume"]:
             config = claim_run_directory(config)  # one directory, or the one holding a directory per seed
     except (ValueError, OSError) as error:  # DataError, OutputError

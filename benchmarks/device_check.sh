@@ -6,7 +6,7 @@
 #
 # Steps, each logged to <outputs>/<step>.log:
 #   nvidia-smi;
-#   the cuda tests (pytest -k cuda);
+#   the cuda tests (pytest -k cuda), the resume test (an interrupted run resumed ends as the whole run) on its own;
 #   a demo training on cuda against the same training on cpu, dropout off (with dropout the two
 #     devices draw different masks, so only arithmetic may differ): the same selected epoch and
 #     test weighted-F1 within a point;
@@ -73,7 +73,7 @@ fi
 
 # ------------------------------------------------------------------ the cuda tests
 if [ "$runs_on_target" = 1 ]; then
-    if logged cuda-tests 180 python3 -m pytest -q -rs -k cuda tests; then
+    if logged cuda-tests 180 python3 -m pytest -q -rs -k "cuda and not resumed_run" tests; then
         result=$(tail -n 1 "$work/cuda-tests.log")
         if [ "$has_cuda" = 1 ] && ! grep -q "passed" <<<"$result"; then
             record FAIL "cuda tests" "none ran on a cuda machine: $result"
@@ -85,6 +85,22 @@ if [ "$runs_on_target" = 1 ]; then
     fi
 else
     record SKIP "cuda tests" "$no_cuda"
+fi
+
+# ------------------------------------------------------------------ the resume test on cuda: exact, no expected failure
+if [ "$runs_on_target" = 1 ]; then
+    if logged resume-test 180 python3 -m pytest -q -rs -k "resumed_run and cuda" tests/test_robustness.py; then
+        result=$(tail -n 1 "$work/resume-test.log")
+        if [ "$has_cuda" = 1 ] && ! grep -q "2 passed" <<<"$result"; then
+            record FAIL "resume test on cuda" "expected 2 passed: $result"
+        else
+            record PASS "resume test on cuda" "$result"
+        fi
+    else
+        record FAIL "resume test on cuda" "$(tail -n 1 "$work/resume-test.log")"
+    fi
+else
+    record SKIP "resume test on cuda" "$no_cuda"
 fi
 
 # ------------------------------------------------------------------ demo training: cpu, and the target against it
@@ -145,8 +161,9 @@ done
 
 # ------------------------------------------------------------------ a run on the target, continued with --resume
 if [ "$runs_on_target" = 1 ]; then
+    # constant learning rate: --resume may extend such a run (a cosine schedule is tied to its epoch count)
     small=(--dataset=demo --export_features=False "--out_dir=$work/runs" --run_name=resume "--device=$target")
-    if logged resume-first 90 python3 train_MALN.py "${small[@]}" --epochs=2 \
+    if logged resume-first 90 python3 train_MALN.py "${small[@]}" --epochs=2 --lr_schedule=constant \
         && logged resume-second 90 python3 train_MALN.py "--resume=$work/runs/resume" --epochs=3; then
         resumed=$(python3 - "$work/runs/resume" "$target" <<'EOF'
 import os, sys

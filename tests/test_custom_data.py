@@ -75,6 +75,10 @@ def corrupt(table, arrays, change):
     table, arrays = table.copy(), {m: x.copy() for m, x in arrays.items()}
     if change == "duplicate":
         table.loc[5, ["dialogue_id", "position"]] = table.loc[3, ["dialogue_id", "position"]].values
+    elif change == "duplicate at the last position":  # a row more, no gap: without the check a row would be lost
+        last = table.loc[table["dialogue_id"].eq("call0"), "position"].idxmax()
+        table = pd.concat([table, table.loc[[last]]], ignore_index=True)
+        arrays = {m: np.concatenate([x, x[[last]]]) for m, x in arrays.items()}
     elif change == "gap":
         table.loc[table["dialogue_id"].eq("call1") & table["position"].eq(1), "position"] = 7
     elif change == "split":
@@ -95,6 +99,7 @@ def corrupt(table, arrays, change):
 
 @pytest.mark.parametrize("change, message", [
     ("duplicate", r"table row 5: dialogue '\w+' position \d is already at table row 3"),
+    ("duplicate at the last position", r"table row \d+: dialogue 'call0' position \d is already at table row \d+"),
     ("gap", r"dialogue 'call1' has no position 1 \(its next is 2, at table row \d+\)"),
     ("split", r"table row 4: split 'dev' is none of train, valid, test"),
     ("two splits", r"table row \d+: dialogue 'call0' is in split '\w+' here but '\w+' at table row \d+"),

@@ -4,7 +4,8 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from dataloader import Dialogue, collate
-from MALN_model_fix import MALN, MALNConfig, GradientReversal, difference_loss, packed_bidirectional_gru
+from MALN_model_fix import (MALN, MALNConfig, GradientReversal, cudnn_bidirectional_gru_layer, difference_loss,
+                             stacked_bidirectional_gru)
 
 SIZES = {"t": 12, "a": 6, "v": 8}
 
@@ -76,17 +77,30 @@ def test_speaker_vector_depends_only_on_own_utterances(sclm_mode):
     assert not torch.allclose(before[0, ~party0], after[0, ~party0], atol=1e-3)
 
 
-def test_cpu_gru_matches_nn_gru_outputs_and_gradients():
-    gru = torch.nn.GRU(6, 5, num_layers=2, bidirectional=True, batch_first=True).double()
-    x = torch.randn(5, 9, 6, dtype=torch.double, requires_grad=True)
+def test_layer_by_layer_gru_matches_nn_gru_outputs_and_gradients(device):
+    gru = torch.nn.GRU(6, 5, num_layers=2, bidirectional=True, batch_first=True).double().to(device)
+    x = torch.randn(5, 9, 6, dtype=torch.double, device=device, requires_grad=True)
     packed = pack_padded_sequence(x, torch.tensor([5, 9, 1, 7, 9]), batch_first=True, enforce_sorted=False)
-    reference, ours = gru(packed)[0].data, packed_bidirectional_gru(gru, packed.data, packed.batch_sizes)
+    reference, ours = gru(packed)[0].data, stacked_bidirectional_gru(gru, packed.data, packed.batch_sizes)
     assert torch.allclose(ours, reference, atol=1e-12)
     weights = torch.randn_like(reference)
     inputs = [x, *gru.parameters()]
     expected = torch.autograd.grad((reference * weights).sum(), inputs, retain_graph=True)
     for got, want in zip(torch.autograd.grad((ours * weights).sum(), inputs), expected):
         assert torch.allclose(got, want, atol=1e-12)
+
+
+def test_release_sclm_gives_party_0_the_first_summary_and_every_other_party_the_second():
+    model = model_for(sclm_mode="release")
+    d = dialogue(9, 4)                                                         # parties 0, 1, 2, 3, 0, 1, ...
+    features, speakers, mask = d.features["t"][None], d.speakers[None], torch.ones(1, 9, dtype=torch.bool)
+    sclm = model.sclm["t"]
+    vectors = sclm(features, speakers, 4, mask)[0]                              # (N, speaker_size)
+    allowed = torch.ones(1, 10, 10, dtype=torch.bool)
+    first, second = (sclm.project(t(features, 1, allowed))[0, 0] for t in sclm.transformers)  # (speaker_size,) each
+    assert not torch.allclose(first, second, atol=1e-3)
+    for position, party in enumerate(d.speakers.tolist()):
+        torch.testing.assert_close(vectors[position], first if party == 0 else second)
 
 
 def test_gradient_reversal_flips_and_scales_the_gradient():
@@ -201,10 +215,38 @@ def test_each_loss_term_matches_a_hand_computation():
 def test_cpu_gru_applies_dropout_between_layers_in_training_only():
     gru = torch.nn.GRU(6, 5, num_layers=2, bidirectional=True, batch_first=True, dropout=0.5)
     packed = pack_padded_sequence(torch.randn(3, 7, 6), torch.tensor([7, 4, 2]), batch_first=True, enforce_sorted=False)
-    evaluated = packed_bidirectional_gru(gru.eval(), packed.data, packed.batch_sizes)
+    evaluated = stacked_bidirectional_gru(gru.eval(), packed.data, packed.batch_sizes)
     assert torch.allclose(evaluated, gru(packed)[0].data, atol=1e-6)
-    trained = packed_bidirectional_gru(gru.train(), packed.data, packed.batch_sizes)
+    trained = stacked_bidirectional_gru(gru.train(), packed.data, packed.batch_sizes)
     assert not torch.allclose(trained, evaluated, atol=1e-3)
+
+
+def test_the_cuda_layer_call_stacks_to_nn_gru(device):
+    """cudnn_bidirectional_gru_layer passes each layer's weights in nn.GRU's order: checked here on cpu too
+    (ATen's own GRU behind the same call), so a wrong order does not wait for a GPU to show."""
+    gru = torch.nn.GRU(6, 5, num_layers=2, bidirectional=True, batch_first=True).double().to(device).eval()
+    packed = pack_padded_sequence(torch.randn(5, 9, 6, dtype=torch.double, device=device), torch.tensor([5, 9, 1, 7, 9]),
+                                  batch_first=True, enforce_sorted=False)
+    data = packed.data
+    for layer in range(2):
+        weights = [getattr(gru, f"{name}_l{layer}{suffix}") for suffix in ("", "_reverse")
+                   for name in ("weight_ih", "bias_ih", "weight_hh", "bias_hh")]
+        data = cudnn_bidirectional_gru_layer(weights, data, packed.batch_sizes, False)
+    torch.testing.assert_close(data, gru(packed)[0].data, rtol=0, atol=1e-12)
+
+
+def test_gru_dropout_between_layers_repeats_under_the_same_torch_seed(device):
+    """The masks between the layers come from torch's generator on every device (cuDNN's own dropout
+    state is not in torch's RNG state, so a resumed run could not repeat it)."""
+    gru = torch.nn.GRU(6, 5, num_layers=2, bidirectional=True, batch_first=True, dropout=0.5).to(device).train()
+    packed = pack_padded_sequence(torch.randn(3, 7, 6, device=device), torch.tensor([7, 4, 2]), batch_first=True,
+                                  enforce_sorted=False)
+    outputs = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        outputs.append(stacked_bidirectional_gru(gru, packed.data, packed.batch_sizes))
+    assert torch.equal(*outputs)
+    assert not torch.allclose(outputs[0], stacked_bidirectional_gru(gru, packed.data, packed.batch_sizes), atol=1e-3)
 
 
 def test_input_dropout_zeroes_features_in_training_only():
