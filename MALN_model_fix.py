@@ -22,6 +22,7 @@ Modalities are named 't' (text), 'a' (audio) and 'v' (visual); any non-empty sub
 Feature sizes and the class count come from the data through MALNConfig.
 """
 
+import numbers
 import os
 import re
 import warnings
@@ -32,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from utils import load_checkpoint, load_model_state
+from utils import check_state_shapes, load_checkpoint, load_model_state
 
 MODALITY_ORDER = "tav"
 
@@ -79,15 +80,58 @@ class MALNConfig:
         unknown = set(self.feature_sizes) - set(MODALITY_ORDER)
         if not self.feature_sizes or unknown:
             raise ValueError(f"feature_sizes must use a non-empty subset of {MODALITY_ORDER!r}, got {self.feature_sizes}")
+        if not all(is_count(size, 1) for size in self.feature_sizes.values()):
+            raise ValueError(f"feature_sizes must be whole numbers >= 1, got {self.feature_sizes}")
         self.feature_sizes = {m: int(self.feature_sizes[m]) for m in MODALITY_ORDER if m in self.feature_sizes}
         if self.sclm_mode not in ("speaker", "utterance", "release", "off"):
             raise ValueError(f"sclm_mode must be 'speaker', 'utterance', 'release' or 'off', got {self.sclm_mode!r}")
         if self.cross_input not in ("common", "specific"):
             raise ValueError(f"cross_input must be 'common' or 'specific', got {self.cross_input!r}")
+        for name, value in vars(self).items():
+            if not CONFIG_RULES.get(name, (None, lambda v: True))[1](value):
+                raise ValueError(f"{name}={value!r}: must be {CONFIG_RULES[name][0]}")
+        for name, size, heads in self.attention_sizes():
+            if size % heads:
+                raise ValueError(f"{name}={heads}: must divide {size}, the size its attention runs on")
+
+    def attention_sizes(self):
+        """(heads setting, size its attention runs on, heads) of every attention layer this config builds."""
+        sclm = [("sclm_heads", size, self.sclm_heads) for size in self.feature_sizes.values()] if self.sclm_mode != "off" else []
+        cross = [("cross_heads", self.hidden_size, self.cross_heads)] if self.cross_attention and len(self.feature_sizes) > 1 else []
+        return sclm + cross
 
     @property
     def modalities(self):
         return list(self.feature_sizes)
+
+
+def is_count(value, low):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
+
+
+def is_fraction(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value < 1
+
+
+def is_weight(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value < float("inf")
+
+
+CONFIG_RULES = {  # MALNConfig field -> (what a valid value is, test): a checkpoint's model_args meet them too
+    "n_classes": ("a whole number >= 1", lambda v: is_count(v, 1)),
+    "max_positions": ("a whole number >= 2 (the longest dialogue + 1)", lambda v: is_count(v, 2)),
+    **{name: ("a whole number >= 1", lambda v: is_count(v, 1))
+       for name in ("sclm_layers", "sclm_heads", "sclm_feedforward", "speaker_size", "gru_layers", "hidden_size",
+                    "discriminator_hidden", "cross_heads")},
+    "context_hidden": ("a whole number >= 0 (0 = the feature size)", lambda v: is_count(v, 0)),
+    **{name: ("True or False", lambda v: isinstance(v, bool))
+       for name in ("standardize", "adversarial", "orthogonality", "cross_attention")},
+    **{name: ("a number in [0, 1)", is_fraction)
+       for name in ("input_dropout", "sclm_dropout", "context_dropout", "specific_dropout", "common_dropout",
+                    "discriminator_dropout", "dropout")},
+    **{name: ("a finite number >= 0", is_weight)
+       for name in ("gradient_reversal", "unimodal_weight", "adversarial_weight", "orthogonality_weight")},
+}
 
 
 class Standardizer(nn.Module):
@@ -560,7 +604,13 @@ class MALN(nn.Module):
         unknown = set(checkpoint["model_args"]) - {f.name for f in fields(MALNConfig)}
         if unknown:
             raise ValueError(f"{path}: saved with settings this MALNConfig does not have: {', '.join(sorted(unknown))}")
-        model = cls(MALNConfig(**checkpoint["model_args"]))
+        try:
+            config = MALNConfig(**checkpoint["model_args"])
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{path}: field 'model_args': {error}") from None
+        with torch.device("meta"):  # sizes only, nothing allocated: model_args may claim a model the file does not hold
+            check_state_shapes(cls(config), checkpoint["model"], path)
+        model = cls(config)
         load_model_state(model, checkpoint["model"], path)
         model.checkpoint = {k: v for k, v in checkpoint.items() if k not in ("model", "optimizer")}
         return model.to(map_location).eval()
@@ -582,31 +632,29 @@ class MALN(nn.Module):
         missing = [key for key in RELEASE_REQUIRED_KEYS if key not in state]
         if missing:
             raise ValueError(f"{name}: not a state dict of the release's MALN (no {missing[0]!r})")
+        flat = next((key for key in RELEASE_REQUIRED_KEYS if not (isinstance(state[key], torch.Tensor) and state[key].dim() == 2)), None)
+        if flat:
+            shape = f"of shape {tuple(state[flat].shape)}" if isinstance(state[flat], torch.Tensor) else f"a {type(state[flat]).__name__}"
+            raise ValueError(f"{name}: not a state dict of the release's MALN ({flat!r} is {shape}, not a weight matrix)")
         sizes = {m: state[f"{RELEASE_NAMES[m][0]}TopicFc.weight"].shape[1] for m in MODALITY_ORDER}
         transformer = "Text_Topic_Transformer_Speaker.encoder.layers."
-        config = MALNConfig(**{
-            "feature_sizes": sizes, "n_classes": state["fc.3.weight"].shape[0],
-            "max_positions": min(max_positions, state["Text_Topic_Transformer_Speaker.pos_encoder.weight"].shape[0]),
-            "sclm_mode": "release", "speaker_size": state["TextTopicFc.weight"].shape[0],
-            "sclm_layers": len({key[len(transformer):].split(".")[0] for key in state if key.startswith(transformer)}),
-            "sclm_feedforward": state[transformer + "0.fc.0.weight"].shape[0],
-            "context_hidden": state["TexGRU.gru.weight_hh_l0"].shape[1] if state["TexGRU.gru.weight_hh_l0"].shape[1] != sizes["t"] else 0,
-            "hidden_size": state["fc_text.0.weight"].shape[0],
-            "discriminator_hidden": state["modal_discriminator.0.weight"].shape[0], **settings})
+        try:
+            config = MALNConfig(**{
+                "feature_sizes": sizes, "n_classes": state["fc.3.weight"].shape[0],
+                "max_positions": min(max_positions, state["Text_Topic_Transformer_Speaker.pos_encoder.weight"].shape[0]),
+                "sclm_mode": "release", "speaker_size": state["TextTopicFc.weight"].shape[0],
+                "sclm_layers": len({key[len(transformer):].split(".")[0] for key in state if key.startswith(transformer)}),
+                "sclm_feedforward": state[transformer + "0.fc.0.weight"].shape[0],
+                "context_hidden": state["TexGRU.gru.weight_hh_l0"].shape[1] if state["TexGRU.gru.weight_hh_l0"].shape[1] != sizes["t"] else 0,
+                "hidden_size": state["fc_text.0.weight"].shape[0],
+                "discriminator_hidden": state["modal_discriminator.0.weight"].shape[0], **settings})
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{name}: the sizes of its tensors give no model of this repository ({error})") from None
+        with torch.device("meta"):  # the sizes the tensors claim are compared before the model is allocated
+            skeleton = cls(config)
+        mapped = release_state(skeleton, state, config, name)
+        check_state_shapes(skeleton, mapped, name)
         model = cls(config)
-        mapped, prefixes = {}, release_prefixes()
-        for key in model.state_dict():
-            release = release_key(key, prefixes)
-            if release not in state:
-                raise ValueError(f"{name}: not a state dict of the release's MALN (no {release!r})")
-            value = state[release]
-            if key.endswith(".cls"):
-                value = value.reshape(-1)                                                     # (1, 1, D) -> (D,)
-            elif key.endswith("positions.weight"):
-                value = value[:config.max_positions]
-            elif key.startswith("amdm.discriminator.3."):
-                value = value[[RELEASE_MODALITY_INDEX[m] for m in config.modalities]]         # the release's rows are t, v, a
-            mapped[key] = value
         load_model_state(model, mapped, name)
         return model.eval()
 
@@ -625,6 +673,27 @@ RELEASE_REQUIRED_KEYS = ["fc.3.weight", "modal_discriminator.3.weight", "av_fc.w
                          "fc_text.0.weight", "Text_Topic_Transformer_Speaker.pos_encoder.weight",
                          "Text_Topic_Transformer_Speaker.encoder.layers.0.fc.0.weight",
                          *(f"{names[0]}TopicFc.weight" for names in RELEASE_NAMES.values())]
+
+
+def release_state(model, state, config, name):
+    """The release's state dict with this model's names and layout, for `model` (of `config`)."""
+    mapped, prefixes = {}, release_prefixes()
+    for key in model.state_dict():
+        release = release_key(key, prefixes)
+        if release not in state or not isinstance(state[release], torch.Tensor):
+            raise ValueError(f"{name}: not a state dict of the release's MALN (no tensor {release!r})")
+        value = state[release]
+        if key.endswith(".cls"):
+            value = value.reshape(-1)                                                         # (1, 1, D) -> (D,)
+        elif key.endswith("positions.weight"):
+            value = value[:config.max_positions]
+        elif key.startswith("amdm.discriminator.3."):
+            if value.dim() == 0 or value.shape[0] != len(RELEASE_MODALITY_INDEX):
+                raise ValueError(f"{name}: {release!r} is of shape {tuple(value.shape)}, the release's discriminator has one per "
+                                 f"modality ({len(RELEASE_MODALITY_INDEX)})")
+            value = value[[RELEASE_MODALITY_INDEX[m] for m in config.modalities]]             # the release's rows are t, v, a
+        mapped[key] = value
+    return mapped
 
 
 def release_prefixes():

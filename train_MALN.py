@@ -16,6 +16,7 @@ release's optimistic figure (best test epoch) is printed too, labelled as such
 
 import copy
 import itertools
+import json
 import math
 import os
 import sys
@@ -36,9 +37,9 @@ from tqdm import tqdm
 
 from dataloader import CLASS_NAMES, DataError, check_training_splits, collate, load_dataset, to_device
 from MALN_model_fix import MALN, MALNConfig
-from utils import (LAST_CHECKPOINT_FIELDS, OutputError, atomic_write, check_checkpoint, check_output_path,
-                   check_writable_place, load_checkpoint, load_model_state, remove_stale_temporaries, save_checkpoint,
-                   scores, set_seed, write_json)
+from utils import (LAST_CHECKPOINT_FIELDS, OutputError, atomic_write, check_adam_state, check_checkpoint,
+                   check_output_path, check_regular_file, check_writable_place, load_checkpoint, load_model_state,
+                   remove_stale_temporaries, save_checkpoint, scores, set_seed, write_json)
 
 # ----------------------------------------------------------------------------- hyperparameters
 # data
@@ -162,9 +163,17 @@ CONSTRAINTS = {  # name -> (what a valid value is, test of the value given the w
     "lr_schedule": ("'cosine' or 'constant'", lambda v, c: v in ("cosine", "constant")),
     "seed": (">= 0", lambda v, c: v >= 0),
     "threads": (">= 0 (0 = torch's default)", lambda v, c: v >= 0),
-    "seeds": ("comma-separated integers >= 0, e.g. 1,2,3", lambda v, c: not v or all(s.strip().isdigit() for s in v.split(","))),
+    "seeds": ("comma-separated integers >= 0, each once, e.g. 1,2,3", lambda v, c: not v or seed_list_of(v) is not None),
     "device": ("'auto', 'cpu', or an available 'cuda' / 'cuda:N' / 'mps'", lambda v, c: device_available(v)),
 }
+
+
+def seed_list_of(text):
+    """The seeds of a --seeds value, e.g. '1,2,3' -> [1, 2, 3]; None unless each is an integer >= 0 given once."""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isdecimal() for part in parts) or len(set(map(int, parts))) != len(parts):
+        return None
+    return [int(part) for part in parts]
 
 
 def check_config(config):
@@ -587,11 +596,37 @@ def run(config, feature_set=None):
         "decomposition": decomposition_probes(final["train"]["vectors"], final["test"]["vectors"]),
         "config": config, **feature_set.info,
     }
-    write_json(os.path.join(run_dir, "metrics.json"), metrics)
     if config["export_features"]:
         for split, result in final.items():
             atomic_write(os.path.join(run_dir, f"features_{split}.npz"), lambda path: np.savez(path, **result["vectors"]))
+    write_json(os.path.join(run_dir, "metrics.json"), metrics)  # the last output: a run with it has all the others
     print_outcome(best, metrics, optimistic)
+    return metrics
+
+
+def run_outputs(config):
+    """The files a finished run's directory holds; metrics.json, written last, comes last."""
+    exports = [f"features_{split}.npz" for split in ("train", "valid", "test")] if config.get("export_features") else []
+    return ["last.pt", "best.pt", "history.csv", *exports, "metrics.json"]
+
+
+def finished_metrics(run_dir):
+    """A finished run's metrics.json, or None while the run is unfinished: it has no metrics.json, or
+    an output that metrics.json lists as written before it is missing (a run stopped during its export
+    by an earlier version). A metrics.json that does not read is one ValueError naming it."""
+    path = os.path.join(run_dir, "metrics.json")
+    if not os.path.lexists(path):
+        return None
+    check_regular_file(path, "metrics.json")
+    try:
+        with open(path) as f:
+            metrics = json.load(f)
+    except (ValueError, OSError) as error:
+        raise ValueError(f"{path}: not a metrics.json that reads ({type(error).__name__}: {error})") from None
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("config"), dict):
+        raise ValueError(f"{path}: not the metrics of a run of train_MALN.py (a {type(metrics).__name__} without 'config')")
+    if not all(os.path.isfile(os.path.join(run_dir, name)) for name in run_outputs(metrics["config"])):
+        return None
     return metrics
 
 
@@ -647,6 +682,9 @@ def claim_run_directory(config):
 
 
 def run_taken(path):
+    if os.path.isdir(path) and not os.path.lexists(os.path.join(path, "last.pt")) and not os.listdir(path):
+        return (f"{path} exists, empty: a run stopped there before its first epoch finished, so there is nothing to "
+                f"resume; remove it, or choose another --run_name")
     return (f"{path} exists: a run's directory is never overwritten; continue that run with --resume={path}, "
             f"or choose another --run_name")
 
@@ -710,6 +748,7 @@ def restore(run_dir, model, optimizer, generator, device, averaged=None):
     load_model_state(model, last["model"], path)
     if averaged is not None:
         load_model_state(averaged, last["averaged"], path)
+    check_adam_state(optimizer, last["optimizer"], path)
     try:
         optimizer.load_state_dict(last["optimizer"])
         torch.set_rng_state(last["rng"]["torch"])
@@ -757,13 +796,16 @@ def resumed_config(config, given):
                          f"--trust_pickle may be given with it, not {', '.join('--' + name for name in sorted(changed))}")
     path = os.path.join(config["resume"], "last.pt")
     try:
+        if not os.path.lexists(path) and os.path.isdir(config["resume"]):
+            raise ValueError(f"{config['resume']} holds no last.pt: no epoch of that run finished, so there is nothing to "
+                             f"resume; remove the directory, or start a new run under another --run_name")
         last = load_checkpoint(path)
         check_checkpoint(last, path, LAST_CHECKPOINT_FIELDS)
-        saved = last["config"]
-        check_saved_config(saved, path)
+        saved = {name: value for name, value in last["config"].items() if name not in SAFETY_SWITCHES}
+        check_saved_config(saved, path, given)
+        check_epochs_left(config if "epochs" in given else saved, last["epoch"], config["resume"])
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: cannot resume: {error}") from None
-    saved = {name: value for name, value in saved.items() if name not in SAFETY_SWITCHES}
     resumed = check_config({**HYPERPARAMETERS, **saved, **{name: config[name] for name in given}})
     check_resumed_epochs(resumed, saved.get("epochs", resumed["epochs"]), last["epoch"])
     return resumed
@@ -782,12 +824,36 @@ def check_resumed_epochs(config, saved_epochs, finished):
                          f"without --epochs, or start a new run of {epochs} epochs")
 
 
-def check_saved_config(saved, path):
-    """Every saved hyperparameter this version knows has its type (an int where a float is expected is fine)."""
+SAVED_PATHS = ("features", "av_features")  # input files a saved config names: checked like command-line paths
+
+
+def check_saved_config(saved, path, given=()):
+    """Every saved hyperparameter this version knows has its type (an int where a float is expected is
+    fine) and meets its CONSTRAINTS, and every input file it names is a regular file; the message names
+    the file and the setting, not a flag the user never typed. Those the command line gives (`given`)
+    are the command line's to check."""
     for name, value in saved.items():
         kind = type(HYPERPARAMETERS.get(name, value))
         if not (type(value) is kind or (kind is float and type(value) is int)):
             raise ValueError(f"{path}: its saved setting {name}={value!r} is not a {kind.__name__}")
+    merged = {**HYPERPARAMETERS, **saved}
+    for name, (requirement, valid) in CONSTRAINTS.items():
+        if name in saved and name not in given and not valid(saved[name], merged):
+            raise ValueError(f"{path}: its saved setting {name}={saved[name]!r} must be {requirement}")
+    for name in SAVED_PATHS:
+        if saved.get(name):
+            try:
+                check_regular_file(saved[name], "feature file")
+            except (FileNotFoundError, ValueError) as error:
+                raise ValueError(f"{path}: its saved setting {name}: {error}") from None
+
+
+def check_epochs_left(config, trained, run_dir):
+    """Resuming a finished run to the epochs it has trained would train nothing and rewrite its outputs."""
+    finished = os.path.lexists(os.path.join(run_dir, "metrics.json"))
+    if config["epochs"] == trained and finished:  # fewer: check_resumed_epochs
+        raise ValueError(f"{run_dir} has trained {trained} epochs and finished; --epochs={config['epochs']} would train "
+                         f"none and rewrite its outputs: give --epochs={trained + 1} or more to continue it")
 
 
 def report(names, labels, predictions):
@@ -871,7 +937,7 @@ def write_predictions(config, given=frozenset()):
                                splits["valid_fraction"], splits["split_seed"], config["trust_pickle"], config["demo_seed"])
     feature_set = selection_splits(feature_set, splits)
     table = predict(model, feature_set, config["predict_split"], config["batch_size"])
-    atomic_write(path, lambda temporary: table.to_csv(temporary, index=False))
+    atomic_write(path, lambda temporary: spreadsheet_safe(table).to_csv(temporary, index=False))
     labelled = table[table["label"] != ""]
     accuracy = f", accuracy {100 * (labelled['prediction'] == labelled['label']).mean():.2f} on them" if len(labelled) else ""
     print(f"wrote {len(table)} predictions to {path} ({len(labelled)} utterances labelled{accuracy})")
@@ -890,6 +956,17 @@ def checkpoint_splits(checkpoint, config, given):
     return splits
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet reads a cell starting so as a formula (OWASP, CSV injection)
+
+
+def spreadsheet_safe(table):
+    """The table with a ' put before every text cell that starts like a formula (a speaker name
+    '=HYPERLINK(...)' copied from a feature file), so that a spreadsheet shows the text and runs nothing."""
+    def escaped(cell):
+        return "'" + cell if isinstance(cell, str) and cell.startswith(FORMULA_STARTS) else cell
+    return table.apply(lambda column: column.map(escaped) if column.dtype == object else column)
+
+
 def convert_release(config):
     """--from_release=FILE: the release's trained MALN as out_dir/run_name/best.pt, which --predict,
     MALN.from_checkpoint and the exports accept."""
@@ -900,6 +977,9 @@ def convert_release(config):
     if len(names) != model.config.n_classes or not all(names):
         raise SystemExit(f"--class_names: {config['from_release']} has {model.config.n_classes} classes; name them in "
                          f"order, e.g. --class_names=hap,sad,neu,ang,exc,fru (IEMOCAP's)")
+    if len(set(names)) != len(names):
+        raise SystemExit(f"--class_names={config['class_names']}: names a class twice; each of the "
+                         f"{model.config.n_classes} classes needs its own name")
     path = os.path.join(config["out_dir"], config["run_name"] or "release", "best.pt")
     check_output_path(path, "--run_name", [config["from_release"]])
     save_checkpoint({"model": model.state_dict(), "model_args": model.model_args(), "config": config,
@@ -938,7 +1018,7 @@ def main(argv):
             config = claim_run_directory(config)  # one directory, or the one holding a directory per seed
     except (ValueError, OSError) as error:  # DataError, OutputError
         raise SystemExit(f"error: {error}") from None
-    seed_list = [int(s) for s in config["seeds"].split(",") if s.strip()] if config["seeds"] else [config["seed"]]
+    seed_list = seed_list_of(config["seeds"]) if config["seeds"] else [config["seed"]]
     if len(seed_list) == 1 or config["resume"]:
         run_configs = [{**config, "seed": config["seed"] if config["resume"] else seed_list[0]}]
     else:

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import random
+import stat
 import tempfile
 import zipfile
 
@@ -125,18 +126,69 @@ def size_text(n_bytes):
 
 
 def load_checkpoint(path, map_location="cpu"):
-    """A checkpoint dict, loaded without running any code stored in the file; the fields it has are checked."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+    """A checkpoint dict, loaded without running any code stored in the file; the sizes its tensors
+    claim and the fields it has are checked."""
+    check_regular_file(path, "checkpoint")
     check_checkpoint_size(path)
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
-        detail = str(error).split("WeightsUnpickler error:")[-1].strip().splitlines()  # torch's own advice is many lines
         raise ValueError(f"{path}: not a MALN checkpoint that loads safely ({type(error).__name__}: "
-                         f"{detail[0] if detail else ''})") from None
+                         f"{refusal_reason(error)})") from None
+    check_tensor_claims(checkpoint, path, expansion_budget(os.path.getsize(path)))
     check_checkpoint(checkpoint, path)
     return checkpoint
+
+
+def refusal_reason(error):
+    """The line of torch's load error that says what is wrong with the file, without its advice to load
+    the file unsafely (weights_only=False), which this repository never does."""
+    lines = [line.strip() for line in str(error).split("WeightsUnpickler error:")[-1].splitlines() if line.strip()]
+    reasons = [line for line in lines if "weights_only" not in line and not line.startswith("Check the documentation")]
+    return (reasons or lines or [""])[0]
+
+
+def check_regular_file(path, what):
+    """`path` is an existing regular file (after symbolic links): a directory, a FIFO (reading one
+    blocks until something writes to it), a device such as /dev/zero (endless) or a socket is
+    refused with one ValueError naming it; a missing file is a FileNotFoundError."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} not found: {path}") from None
+    except OSError as error:
+        raise ValueError(f"{path}: cannot be read ({error.strerror or error})") from None
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{path}: is {file_kind(mode)}, not a regular file; give the path of a {what}")
+
+
+def file_kind(mode):
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "no regular file")
+
+
+def check_tensor_claims(value, path, budget, where=""):
+    """Every tensor in a loaded checkpoint is dense and claims (its shape and strides) at most the
+    bytes its storage holds, and all of them together at most `budget` bytes: a tensor of stride 0
+    can claim terabytes on 16 bytes, which the first copy would allocate. -> bytes claimed."""
+    if isinstance(value, torch.Tensor):
+        if value.layout != torch.strided:
+            raise ValueError(f"{path}: the tensor {where or '(top level)'} is {value.layout}, not a dense tensor")
+        claimed = value.numel() * value.element_size()
+        held = value.untyped_storage().nbytes() - value.storage_offset() * value.element_size() if value.numel() else 0
+        if claimed > held:
+            raise ValueError(f"{path}: the tensor {where} claims shape {tuple(value.shape)} and strides {value.stride()} "
+                             f"({size_text(claimed)}) on a storage of {size_text(max(held, 0))}; refused before using it")
+        return claimed
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    total = 0
+    for key, child in children:
+        total += check_tensor_claims(child, path, budget - total, f"{where}/{key}" if where else str(key))
+        if total > budget:
+            raise ValueError(f"{path}: its tensors claim more than {size_text(budget)} in all (the most a file of "
+                             f"{size_text(os.path.getsize(path))} may expand to); refused before using them")
+    return total
 
 
 def check_checkpoint_size(path):
@@ -159,6 +211,15 @@ def _is_int(value, low=0):
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
+EPOCH_ROW_KEYS = ("epoch", "seconds", *(f"{split}_{name}" for split in ("train", "valid", "test")
+                                        for name in ("loss", "accuracy", "weighted_f1")))  # a row of history.csv
+
+
+def _is_epoch_row(row):
+    return (isinstance(row, dict) and _is_int(row.get("epoch"), 1)
+            and all(isinstance(row.get(key), (int, float)) and not isinstance(row.get(key), bool) for key in EPOCH_ROW_KEYS))
+
+
 CHECKPOINT_FIELDS = {  # field -> (what it must be, test); train_MALN.py writes best.pt with the first five, last.pt with all
     "model": ("a dict of tensors", lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, torch.Tensor)
                                                                         for k, x in v.items())),
@@ -168,8 +229,9 @@ CHECKPOINT_FIELDS = {  # field -> (what it must be, test); train_MALN.py writes 
     "config": ("a dict of hyperparameters", lambda v: isinstance(v, dict)),
     "epoch": ("an epoch number", lambda v: _is_int(v)),
     "optimizer": ("an optimizer state", lambda v: isinstance(v, dict) and {"state", "param_groups"} <= set(v)),
-    "history": ("a list of epoch rows", lambda v: isinstance(v, list) and all(isinstance(row, dict) for row in v)),
-    "best": ("the best epoch's row", lambda v: isinstance(v, dict) and _is_int(v.get("epoch"), 1)),
+    "history": (f"a list of epoch rows, each with the numbers {', '.join(EPOCH_ROW_KEYS)}",
+                lambda v: isinstance(v, list) and all(_is_epoch_row(row) for row in v)),
+    "best": (f"the best epoch's row, with the numbers {', '.join(EPOCH_ROW_KEYS)}", lambda v: _is_epoch_row(v)),
     "rng": ("the random-number states", lambda v: isinstance(v, dict) and isinstance(v.get("torch"), torch.Tensor)
             and isinstance(v.get("generator"), torch.Tensor)),
     "averaged": ("a moving average's dict of tensors", lambda v: CHECKPOINT_FIELDS["model"][1](v)),  # with --average_decay
@@ -192,17 +254,29 @@ def check_checkpoint(checkpoint, path, required=()):
         if name in checkpoint and not valid(checkpoint[name]):
             raise ValueError(f"{path}: field '{name}' must be {kind}, got {type(checkpoint[name]).__name__} "
                              f"{str(checkpoint[name])[:60]!r}")
+    if "class_names" in checkpoint and len(set(checkpoint["class_names"])) != len(checkpoint["class_names"]):
+        raise ValueError(f"{path}: field 'class_names' repeats a class: {list(checkpoint['class_names'])[:12]}")
     n_classes = checkpoint.get("model_args", {}).get("n_classes")
     if "class_names" in checkpoint and n_classes is not None and len(checkpoint["class_names"]) != n_classes:
         raise ValueError(f"{path}: field 'class_names' names {len(checkpoint['class_names'])} classes, the model has {n_classes}")
     if "history" in checkpoint and "epoch" in checkpoint and len(checkpoint["history"]) != checkpoint["epoch"]:
         raise ValueError(f"{path}: field 'history' holds {len(checkpoint['history'])} epochs, field 'epoch' says {checkpoint['epoch']}")
+    if "history" in checkpoint and [row["epoch"] for row in checkpoint["history"]] != list(range(1, len(checkpoint["history"]) + 1)):
+        raise ValueError(f"{path}: field 'history' does not hold the epochs 1, 2, ... in order")
     if "best" in checkpoint and "epoch" in checkpoint and checkpoint["best"]["epoch"] > checkpoint["epoch"]:
         raise ValueError(f"{path}: its best epoch {checkpoint['best']['epoch']} is after its last epoch {checkpoint['epoch']}")
 
 
 def load_model_state(model, state, source):
-    """model.load_state_dict(state), or one message that says how the checkpoint differs."""
+    """model.load_state_dict(state), or one message that says how the checkpoint differs or that its weights are not finite."""
+    check_state_shapes(model, state, source)
+    check_finite(state, source, "weights")
+    model.load_state_dict(state)
+
+
+def check_state_shapes(model, state, source):
+    """The state dict has exactly the model's entries, each of its shape; one message listing the differences otherwise.
+    The model may live on the meta device (shapes without memory)."""
     own = model.state_dict()
     differences = [f"{k} is missing" for k in own if k not in state]
     differences += [f"{k} is not in this model" for k in state if k not in own]
@@ -211,4 +285,54 @@ def load_model_state(model, state, source):
     if differences:
         raise ValueError(f"{source}: saved by a model of other settings or feature sizes; {len(differences)} "
                          f"difference(s): " + "; ".join(differences[:3]) + ("; ..." if len(differences) > 3 else ""))
-    model.load_state_dict(state)
+
+
+def check_finite(tensors, source, what):
+    """Every floating-point tensor of the dict {name: tensor} is finite: a model of NaN weights predicts one
+    class for everything, and an optimizer moment of NaN makes every later step NaN."""
+    bad = [name for name, x in tensors.items() if x.is_floating_point() and not bool(torch.isfinite(x).all())]
+    if bad:
+        raise ValueError(f"{source}: its {what} hold NaN or inf ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); "
+                         f"refused, as nothing computed from them could be right")
+
+
+def check_adam_state(optimizer, saved, source):
+    """A saved torch.optim.Adam state fits `optimizer` before it is loaded: the same parameter groups
+    and settings (the learning rate is set every epoch), and for each parameter a step count and
+    moments of exactly its shape and dtype. Fused Adam trusts those shapes and writes past the end of
+    a smaller buffer, corrupting memory; so each is checked here, naming the file and the parameter."""
+    own = optimizer.state_dict()
+    groups = saved.get("param_groups")
+    if not isinstance(groups, list) or len(groups) != len(own["param_groups"]):
+        raise ValueError(f"{source}: field 'optimizer' has {len(groups) if isinstance(groups, list) else 'no list of'} "
+                         f"parameter groups, this model's optimizer {len(own['param_groups'])}")
+    parameters = {}
+    for index, (group, mine) in enumerate(zip(groups, own["param_groups"])):
+        if not isinstance(group, dict) or set(group) != set(mine) or len(group.get("params", ())) != len(mine["params"]):
+            raise ValueError(f"{source}: field 'optimizer': parameter group {index} is not this model's "
+                             f"({len(mine['params'])} parameters with the settings {', '.join(sorted(mine))})")
+        changed = [key for key in mine if key not in ("params", "lr") and group[key] != mine[key]]
+        if changed or not (isinstance(group["lr"], float) and 0 <= group["lr"] < float("inf")):
+            wrong = changed[0] if changed else "lr"
+            raise ValueError(f"{source}: field 'optimizer': parameter group {index} has {wrong}={group[wrong]!r}, "
+                             f"the run's settings give {mine[wrong]!r}")
+        parameters.update(zip(group["params"], (p for p in optimizer.param_groups[index]["params"])))
+    state = saved.get("state")
+    if not isinstance(state, dict):
+        raise ValueError(f"{source}: field 'optimizer' has no dict of parameter states")
+    moments = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if optimizer.defaults.get("amsgrad") else ())
+    for key, entry in state.items():
+        if key not in parameters:
+            raise ValueError(f"{source}: field 'optimizer' holds a state for parameter {key!r}, which this model has not")
+        parameter, where = parameters[key], f"{source}: field 'optimizer', state of parameter {key}"
+        if not isinstance(entry, dict) or set(entry) != {"step", *moments} \
+                or not all(isinstance(entry[name], torch.Tensor) for name in entry):
+            raise ValueError(f"{where}: must be the tensors {', '.join(('step',) + moments)}")
+        step = entry["step"]
+        if step.numel() != 1 or not step.is_floating_point() or not (0 <= float(step) < float("inf")):
+            raise ValueError(f"{where}: step must be one finite count >= 0, got shape {tuple(step.shape)} {step.dtype}")
+        for name in moments:
+            if entry[name].shape != parameter.shape or entry[name].dtype != parameter.dtype:
+                raise ValueError(f"{where}: {name} is {tuple(entry[name].shape)} {entry[name].dtype}, the parameter "
+                                 f"{tuple(parameter.shape)} {parameter.dtype}")
+        check_finite({f"{key}.{name}": entry[name] for name in moments}, source, "optimizer moments")
