@@ -40,7 +40,7 @@ from tqdm import tqdm
 import text_encoder
 from text_encoder import import_package, print_rate
 from dataloader import CLASS_NAMES, DataError, build_features, check_table, describe
-from utils import OutputError, check_output_path, check_writable_place
+from utils import OutputError, check_output_path, check_regular_file, check_writable_place
 
 AUDIO_FEATURE_SETS = {  # --audio_features -> opensmile.FeatureSet member
     "IS10": "IS10",             # INTERSPEECH 2010 paralinguistic challenge: 1582 values (MMGCN's IEMOCAP audio)
@@ -48,6 +48,10 @@ AUDIO_FEATURE_SETS = {  # --audio_features -> opensmile.FeatureSet member
     "ComParE": "ComParE_2016",  # ComParE 2016 challenge: 6373 values
 }
 SAMPLING_RATE = 16000  # every clip is resampled to this (and mixed down to mono) before openSMILE
+MAX_AUDIO_SECONDS = 300  # longest clip read (--max_audio_seconds): openSMILE's memory grows with the duration (an
+                         # issue report: 7 GB at 30 minutes); utterances last seconds
+SAMPLES_PER_SECOND = 2 * 96000  # a clip may hold at most max_audio_seconds x this many samples (frames x channels):
+                                # stereo at 96 kHz; what soundfile decodes is 4 bytes a sample
 
 
 FINETUNE_DEFAULTS = {"finetune_epochs": 4, "finetune_learning_rate": 5e-5, "finetune_batch_size": 32,
@@ -55,7 +59,8 @@ FINETUNE_DEFAULTS = {"finetune_epochs": 4, "finetune_learning_rate": 5e-5, "fine
 
 
 def extract_features(table, out, text_model="", audio_features="", batch_size=64, device="auto",
-                     class_names=None, audio_root=None, finetune=False, **finetune_settings):
+                     class_names=None, audio_root=None, finetune=False, max_audio_seconds=MAX_AUDIO_SECONDS,
+                     **finetune_settings):
     """Extract text and audio features for every row of `table` and write them to `out`; return what was written.
 
     table: a CSV path or a DataFrame in the builder's format with a `text` and / or an `audio` column.
@@ -64,8 +69,10 @@ def extract_features(table, out, text_model="", audio_features="", batch_size=64
     AUDIO_FEATURE_SETS; empty = IS10 where the table has an `audio` column. device: 'auto' (cuda when
     available), 'cpu', 'cuda', ... audio_root: the folder audio paths are relative to (default: the table's
     folder; the working directory for a DataFrame). finetune: fine-tune the text model first (the module
-    docstring); finetune_settings: keys of FINETUNE_DEFAULTS.
-    Raises DataError naming the first row that is wrong, before anything is written or trained.
+    docstring); finetune_settings: keys of FINETUNE_DEFAULTS. max_audio_seconds: the longest clip read (a
+    longer one, or one of more than max_audio_seconds x SAMPLES_PER_SECOND samples, is refused from its header).
+    Raises DataError naming the first row that is wrong, and OutputError for an `out` that cannot be written,
+    before anything is written or trained.
     """
     if audio_features and audio_features not in AUDIO_FEATURE_SETS:
         raise DataError(f"audio features {audio_features!r}: choose one of {', '.join(AUDIO_FEATURE_SETS)}")
@@ -91,7 +98,7 @@ def extract_features(table, out, text_model="", audio_features="", batch_size=64
     if audio_root is None:
         audio_root = os.path.dirname(os.path.abspath(table)) if isinstance(table, (str, os.PathLike)) else os.getcwd()
     texts = check_texts(rows["text"], where) if "text" in rows else None
-    audio_paths = check_audio_files(rows["audio"], where, audio_root) if "audio" in rows else None
+    audio_paths = check_audio_files(rows["audio"], where, audio_root, max_audio_seconds) if "audio" in rows else None
     inputs = ([table] if isinstance(table, (str, os.PathLike)) else []) + (audio_paths or [])
     if os.path.exists(out) and any(os.path.samefile(out, path) for path in inputs):
         raise DataError(f"{out} is an input (the table or a wav file): give another --out")
@@ -106,7 +113,7 @@ def extract_features(table, out, text_model="", audio_features="", batch_size=64
     elif texts is not None:
         arrays["t"] = encode_text(texts, text_model, batch_size, device)
     if audio_paths is not None:
-        arrays["a"] = audio_functionals(audio_paths, where, audio_features or "IS10")
+        arrays["a"] = audio_functionals(audio_paths, where, audio_features or "IS10", max_audio_seconds)
     return build_features(table, arrays, out, class_names)
 
 
@@ -196,23 +203,32 @@ def check_texts(texts, where):
     return texts
 
 
-def check_audio_files(paths, where, root):
-    """The wav paths made absolute, each one checked to be a sound file with samples (its header is read)."""
+def check_audio_files(paths, where, root, max_seconds=MAX_AUDIO_SECONDS):
+    """The wav paths made absolute, each one checked to be a regular sound file with samples, at most
+    max_seconds long and of at most max_seconds x SAMPLES_PER_SECOND samples (its header is read)."""
     soundfile = import_package("soundfile")
     checked = []
     for i, path in enumerate(paths):
         if not path:
             raise DataError(f"{where(i)}: empty audio (every utterance needs its wav file)")
         full = os.path.join(root, path)
-        if not os.path.isfile(full):
-            raise DataError(f"{where(i)}: audio file not found: {full}")
+        try:
+            check_regular_file(full, "audio file")
+        except FileNotFoundError as error:
+            raise DataError(f"{where(i)}: {error}") from None
+        except ValueError as error:
+            raise DataError(f"{where(i)}: audio {error}") from None
         try:
             info = soundfile.info(full)
-        except (soundfile.SoundFileError, OSError) as error:
+        except (soundfile.SoundFileError, OSError, RuntimeError) as error:
             raise DataError(f"{where(i)}: audio {full}: not a sound file that can be read "
                             f"({getattr(error, 'error_string', error)})") from None
         if info.frames == 0:
             raise DataError(f"{where(i)}: audio {full}: no samples (a file of zero length)")
+        if info.frames > max_seconds * info.samplerate or info.frames * info.channels > max_seconds * SAMPLES_PER_SECOND:
+            raise DataError(f"{where(i)}: audio {full}: {info.frames / info.samplerate:.1f} s of {info.channels} channel(s) "
+                            f"at {info.samplerate} Hz, more than the {max_seconds:g} s (and {max_seconds * SAMPLES_PER_SECOND:,.0f} "
+                            f"samples) read at most; cut it into utterances, or raise --max_audio_seconds")
         checked.append(full)
     return checked
 
@@ -238,7 +254,7 @@ def load_text_model(name, device):
         raise DataError(f"text model {name!r}: cannot be loaded as a sentence-transformers model ({reason})") from None
 
 
-def audio_functionals(paths, where, feature_set):
+def audio_functionals(paths, where, feature_set, max_seconds=MAX_AUDIO_SECONDS):
     """(rows, D) float32 openSMILE functionals of the whole of every clip."""
     opensmile = import_package("opensmile")
     smile = opensmile.Smile(feature_set=opensmile.FeatureSet[AUDIO_FEATURE_SETS[feature_set]],
@@ -246,7 +262,7 @@ def audio_functionals(paths, where, feature_set):
     features = np.empty((len(paths), len(smile.feature_names)), dtype=np.float32)
     start = time.perf_counter()
     for i, path in enumerate(tqdm(paths, desc=f"audio {feature_set}", unit="utterance")):
-        signal, rate = read_sound(path, where(i))  # (samples,)
+        signal, rate = read_sound(path, where(i), max_seconds)  # (samples,)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # openSMILE warns on a clip too short, and fills NaN: checked below
             values = smile.process_signal(signal, rate).to_numpy()  # (1, D)
@@ -258,13 +274,23 @@ def audio_functionals(paths, where, feature_set):
     return features
 
 
-def read_sound(path, where):
-    """A wav file's samples as float32, mixed down to mono (the mean of its channels), and its sampling rate."""
+def read_sound(path, where, max_seconds=MAX_AUDIO_SECONDS):
+    """A wav file's samples as float32, mixed down to mono (the mean of its channels), and its sampling rate.
+    At most max_seconds are read, whatever the header claims; NaN or inf samples are refused (openSMILE
+    would give them the features of silence)."""
     soundfile = import_package("soundfile")
     try:
-        samples, rate = soundfile.read(path, dtype="float32", always_2d=True)  # (samples, channels)
-    except (soundfile.SoundFileError, OSError) as error:
+        with soundfile.SoundFile(path) as sound:
+            limit = int(min(max_seconds * sound.samplerate, max_seconds * SAMPLES_PER_SECOND // sound.channels))
+            samples = sound.read(limit + 1, dtype="float32", always_2d=True)  # (samples, channels)
+            rate = sound.samplerate
+    except (soundfile.SoundFileError, OSError, RuntimeError) as error:
         raise DataError(f"{where}: audio {path}: its samples cannot be read ({getattr(error, 'error_string', error)})") from None
+    if len(samples) > limit:
+        raise DataError(f"{where}: audio {path}: holds more than the {max_seconds:g} s its header claimed at most; "
+                        f"cut it into utterances, or raise --max_audio_seconds")
+    if not np.isfinite(samples).all():
+        raise DataError(f"{where}: audio {path}: {int((~np.isfinite(samples)).sum())} of its samples are NaN or inf")
     return samples.mean(axis=1), rate  # (samples,)
 
 
@@ -339,7 +365,7 @@ def speaker_name(speaker, path, dialogue):
 OPTIONS = {"table": str, "transcripts": str, "out": str, "text_model": str, "audio_features": str, "batch_size": int,
            "device": str, "class_names": str, "dataset": str, "finetune": bool, "finetune_epochs": int,
            "finetune_learning_rate": float, "finetune_batch_size": int, "finetune_folds": int, "pooling": str, "seed": int,
-           "threads": int}
+           "threads": int, "max_audio_seconds": int}
 
 
 def main(argv):
@@ -347,7 +373,7 @@ def main(argv):
     [--audio_features=IS10|eGeMAPS|ComParE] [--batch_size=64] [--device=auto|cpu|cuda] [--class_names=name,name,...]
     [--finetune=True [--finetune_epochs=4] [--finetune_learning_rate=5e-5] [--finetune_batch_size=32]
     [--finetune_folds=3] [--pooling=mean|first] [--seed=0]] [--threads=N (torch's cpu threads; 0 = its default)]
-    or --transcripts=COSMIC_FILE.pkl [--dataset=IEMOCAP|MELD] in place of --table"""
+    [--max_audio_seconds=300] or --transcripts=COSMIC_FILE.pkl [--dataset=IEMOCAP|MELD] in place of --table"""
     options = {}
     for argument in argv:
         name, _, value = argument[2:].partition("=")
@@ -361,6 +387,8 @@ def main(argv):
     settings = {k: options[k] for k in FINETUNE_DEFAULTS if k in options}
     if options.get("threads", 0) < 0:
         raise SystemExit(f"--threads={options['threads']}: must be >= 0 (0 = torch's default, every core)")
+    if options.get("max_audio_seconds", 1) < 1:
+        raise SystemExit(f"--max_audio_seconds={options['max_audio_seconds']}: must be a whole number of seconds >= 1")
     if options.get("threads"):
         importlib.import_module("torch").set_num_threads(options["threads"])
     class_names = options["class_names"].split(",") if "class_names" in options else None
@@ -371,9 +399,14 @@ def main(argv):
             table, class_names = read_transcripts(options["transcripts"], options.get("dataset", ""), class_names)
         data = extract_features(table, options["out"], options.get("text_model", ""), options.get("audio_features", ""),
                                 options.get("batch_size", 64), options.get("device", "auto"), class_names,
-                                finetune=options.get("finetune", False), **settings)
+                                finetune=options.get("finetune", False),
+                                max_audio_seconds=options.get("max_audio_seconds", MAX_AUDIO_SECONDS), **settings)
     except (DataError, OSError) as error:  # OSError: OutputError, an output place that cannot be written
         raise SystemExit(f"error: {error}") from None
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: nothing was written ({options['out']} is written only once every feature is extracted)",
+              file=sys.stderr)
+        raise SystemExit(130) from None
     print(f"wrote {options['out']}: {describe(data)}")
 
 

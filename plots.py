@@ -30,9 +30,10 @@ import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 
-from utils import atomic_write  # noqa: E402
+from utils import OutputError, atomic_write, check_archive_size, check_no_symlink, check_regular_file  # noqa: E402
 
 MAX_POINTS = 1500       # points in one t-SNE map
+MAX_CLASSES = 20        # classes a figure draws one by one (the most frequent); the others are drawn as one group
 SEED = 0                # seed of the sample and of t-SNE
 MIN_POINTS = 10         # fewer labelled test utterances than this: no t-SNE
 MODALITY_NAMES = {"t": "text", "a": "audio", "v": "visual"}
@@ -40,26 +41,80 @@ MARKERS = "os^Dv<>pP*Xh"
 
 
 def load_run(run_dir):
-    """What the run directory holds: metrics (dict), history (DataFrame) and test vectors (dict), each None when absent."""
+    """What the run directory holds: metrics (dict), history (DataFrame) and test vectors (dict), each None when absent.
+    Each file is checked to be a regular file of what train_MALN.py writes; anything else is one line naming it."""
     if not os.path.isdir(run_dir):
         raise SystemExit(f"error: {run_dir} is not a directory")
     paths = {name: os.path.join(run_dir, name) for name in ("metrics.json", "history.csv", "features_test.npz")}
-    if not os.path.exists(paths["metrics.json"]) and not os.path.exists(paths["history.csv"]):
+    if not os.path.lexists(paths["metrics.json"]) and not os.path.lexists(paths["history.csv"]):
         seeds = sorted(name for name in os.listdir(run_dir) if name.startswith("seed"))
         if seeds:
             raise SystemExit(f"error: {run_dir} holds several seeds' runs; give one, e.g. {os.path.join(run_dir, seeds[0])}")
         raise SystemExit(f"error: {run_dir} is not a run directory of train_MALN.py (no metrics.json, no history.csv)")
     try:
-        metrics = json.load(open(paths["metrics.json"])) if os.path.exists(paths["metrics.json"]) else None
-        history = pd.read_csv(paths["history.csv"]) if os.path.exists(paths["history.csv"]) else None
-        if os.path.exists(paths["features_test.npz"]):
-            with np.load(paths["features_test.npz"]) as exported:
-                vectors = dict(exported)
-        else:
-            vectors = None
+        for path in paths.values():
+            if os.path.lexists(path):
+                check_regular_file(path, os.path.basename(path))
+        metrics = read_metrics(paths["metrics.json"]) if os.path.lexists(paths["metrics.json"]) else None
+        history = read_history(paths["history.csv"]) if os.path.lexists(paths["history.csv"]) else None
+        vectors = read_vectors(paths["features_test.npz"], metrics) if os.path.lexists(paths["features_test.npz"]) else None
     except (ValueError, OSError, KeyError) as error:
-        raise SystemExit(f"error: {run_dir}: a file does not read ({type(error).__name__}: {error})") from None
+        raise SystemExit(f"error: {error}") from None
     return {"metrics": metrics, "history": history, "vectors": vectors}
+
+
+def read_metrics(path):
+    """metrics.json: a dict whose best_epoch is an epoch and class_names distinct names."""
+    with open(path) as f:
+        try:
+            metrics = json.load(f)
+        except ValueError as error:
+            raise ValueError(f"{path}: not JSON ({error})") from None
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{path}: holds a {type(metrics).__name__}, not the dict train_MALN.py writes")
+    epoch, names = metrics.get("best_epoch"), metrics.get("class_names")
+    if not (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 1):
+        raise ValueError(f"{path}: field 'best_epoch' must be an epoch number >= 1, got {epoch!r}")
+    if not (isinstance(names, list) and names and all(isinstance(name, str) for name in names) and len(set(names)) == len(names)):
+        raise ValueError(f"{path}: field 'class_names' must be a list of distinct class names, got {str(names)[:60]}")
+    return metrics
+
+
+HISTORY_COLUMNS = ["epoch", *(f"{split}_{name}" for split in ("train", "valid", "test") for name in ("loss", "weighted_f1"))]
+
+
+def read_history(path):
+    """history.csv: one row per epoch with the numeric columns HISTORY_COLUMNS."""
+    history = pd.read_csv(path)
+    missing = [column for column in HISTORY_COLUMNS if column not in history.columns]
+    if missing or history.empty:
+        raise ValueError(f"{path}: " + (f"has no column {', '.join(missing)}" if missing else "has no epoch"))
+    wrong = [column for column in HISTORY_COLUMNS if not pd.api.types.is_numeric_dtype(history[column])]
+    if wrong:
+        raise ValueError(f"{path}: column {wrong[0]} holds values that are not numbers")
+    return history
+
+
+def read_vectors(path, metrics):
+    """features_test.npz (its size bounded before loading): 1-d integer label and prediction of one length, each a
+    class of metrics.json (label -1 = unlabelled), and 2-d vectors with a row per utterance."""
+    check_archive_size(path, "an .npz archive as train_MALN.py writes")
+    with np.load(path, allow_pickle=False) as exported:
+        vectors = dict(exported)
+    n_classes = len(metrics["class_names"]) if metrics else None
+    for name, low in (("label", -1), ("prediction", 0)):
+        values = vectors.get(name)
+        if values is None or values.ndim != 1 or not np.issubdtype(values.dtype, np.integer):
+            raise ValueError(f"{path}: '{name}' must be a 1-d array of class indices")
+        if len(values) != len(vectors["label"]) or (len(values) and (values.min() < low or (n_classes and values.max() >= n_classes))):
+            raise ValueError(f"{path}: '{name}' must hold one class index in [{low}, {n_classes}) per utterance")
+    for name, values in vectors.items():
+        if (name == "fused" or name.startswith(("common_", "specific_", "input_"))) \
+                and (values.ndim != 2 or len(values) != len(vectors["label"]) or not np.issubdtype(values.dtype, np.floating)):
+            raise ValueError(f"{path}: '{name}' must be a 2-d float array with a row per utterance")
+    if "fused" not in vectors:
+        raise ValueError(f"{path}: has no 'fused' vectors")
+    return vectors
 
 
 def selected_epoch(run):
@@ -88,21 +143,35 @@ def learning_curves(history, epoch):
     return figure
 
 
-def confusion(vectors, class_names, epoch):
-    """Row-normalised confusion matrix (rows: gold class) of the labelled test utterances."""
-    labelled = vectors["label"] >= 0
-    n = len(class_names)
-    counts = np.zeros((n, n))
-    np.add.at(counts, (vectors["label"][labelled], vectors["prediction"][labelled]), 1)
-    normalised = counts / np.maximum(counts.sum(1, keepdims=True), 1)                      # (n, n), rows sum to 1
-    figure, axis = plt.subplots(figsize=(1.2 * n + 2.5, 1.0 * n + 2))
+def shown_classes(labels, n_classes):
+    """Indices of the classes a figure draws one by one: all of them, or the MAX_CLASSES most frequent gold
+    classes of the labelled test utterances (a figure of hundreds of classes would be unreadable and its
+    confusion matrix grows with their square)."""
+    if n_classes <= MAX_CLASSES:
+        return list(range(n_classes))
+    counts = np.bincount(labels[labels >= 0], minlength=n_classes)
+    return sorted(np.argsort(-counts, kind="stable")[:MAX_CLASSES].tolist())
+
+
+def confusion(vectors, class_names, epoch, shown):
+    """Row-normalised confusion matrix (rows: gold class) of the labelled test utterances of the `shown`
+    classes; predictions of the other classes, when some are left out, in one last column."""
+    n, others = len(shown), len(shown) < len(class_names)
+    position = np.full(len(class_names), n)                                                 # a left-out class -> column n
+    position[shown] = np.arange(n)
+    kept = (vectors["label"] >= 0) & np.isin(vectors["label"], shown)
+    counts = np.zeros((n, n + others))
+    np.add.at(counts, (position[vectors["label"][kept]], position[vectors["prediction"][kept]]), 1)
+    normalised = counts / np.maximum(counts.sum(1, keepdims=True), 1)                      # (n, n [+ 1]), rows sum to 1
+    figure, axis = plt.subplots(figsize=(1.2 * (n + others) + 2.5, 1.0 * n + 2))
     image = axis.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
     for i in range(n):
-        for j in range(n):
+        for j in range(n + others):
             axis.text(j, i, f"{normalised[i, j]:.2f}", ha="center", va="center",
                       color="white" if normalised[i, j] > 0.5 else "black")
-    axis.set_xticks(range(n), class_names, rotation=45, ha="right")
-    axis.set_yticks(range(n), class_names)
+    names = [class_names[k] for k in shown]
+    axis.set_xticks(range(n + others), names + ["other classes"] * others, rotation=45, ha="right")
+    axis.set_yticks(range(n), names)
     axis.set_xlabel("predicted")
     axis.set_ylabel("gold")
     axis.set_title(f"test, epoch {epoch}: share of each gold class")
@@ -128,7 +197,7 @@ def class_colour(k):
     return plt.get_cmap("tab10" if k < 10 else "tab20")(k % 20)
 
 
-def tsne_inputs_fused(vectors, class_names, modalities):
+def tsne_inputs_fused(vectors, class_names, modalities, shown):
     """Labelled test utterances, coloured by gold emotion: the input features (every modality's,
     concatenated, each dimension standardised) beside the fused vectors; -> figure, note."""
     labelled = np.flatnonzero(vectors["label"] >= 0)
@@ -145,9 +214,12 @@ def tsne_inputs_fused(vectors, class_names, modalities):
     figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5.5), squeeze=False)
     for axis, (title, x) in zip(axes[0], panels):
         points = embed(x)
-        for k, name in enumerate(class_names):
+        rest = ~np.isin(labels, shown)
+        if rest.any():
+            axis.scatter(points[rest, 0], points[rest, 1], s=8, color="0.7", label="other classes")
+        for k in shown:
             mine = labels == k
-            axis.scatter(points[mine, 0], points[mine, 1], s=8, color=class_colour(k), label=name)
+            axis.scatter(points[mine, 0], points[mine, 1], s=8, color=class_colour(k), label=class_names[k])
         axis.set_title(f"{title}, {len(chosen)} test utterances")
         axis.set_xticks([])
         axis.set_yticks([])
@@ -157,7 +229,7 @@ def tsne_inputs_fused(vectors, class_names, modalities):
     return figure, note
 
 
-def tsne_common_specific(vectors, class_names, modalities):
+def tsne_common_specific(vectors, class_names, modalities, shown):
     """One t-SNE map of every modality's common and specific vectors of the same labelled test
     utterances, shown twice: common vectors highlighted on the left, specific on the right;
     colour: modality, marker: gold emotion."""
@@ -172,16 +244,19 @@ def tsne_common_specific(vectors, class_names, modalities):
     for axis, kind in zip(axes, ("common", "specific")):
         axis.scatter(everything[:, 0], everything[:, 1], s=4, color="0.88")
         for index, m in enumerate(modalities):
-            for k in range(len(class_names)):
+            rest = points[(kind, m)][~np.isin(labels, shown)]
+            axis.scatter(rest[:, 0], rest[:, 1], s=10, color=class_colour(index), marker=".")
+            for marker, k in enumerate(shown):
                 mine = points[(kind, m)][labels == k]
-                axis.scatter(mine[:, 0], mine[:, 1], s=10, color=class_colour(index), marker=MARKERS[k % len(MARKERS)])
+                axis.scatter(mine[:, 0], mine[:, 1], s=10, color=class_colour(index), marker=MARKERS[marker % len(MARKERS)])
         axis.set_title(f"{kind} vectors (the other kind in grey)")
         axis.set_xticks([])
         axis.set_yticks([])
     handles = [Line2D([], [], linestyle="", marker="o", color=class_colour(index), label=MODALITY_NAMES.get(m, m))
                for index, m in enumerate(modalities)]
-    handles += [Line2D([], [], linestyle="", marker=MARKERS[k % len(MARKERS)], color="black", label=name)
-                for k, name in enumerate(class_names)]
+    handles += [Line2D([], [], linestyle="", marker=MARKERS[marker % len(MARKERS)], color="black", label=class_names[k])
+                for marker, k in enumerate(shown)]
+    handles += [Line2D([], [], linestyle="", marker=".", color="black", label="other classes")] * (len(shown) < len(class_names))
     axes[1].legend(handles=handles, fontsize="small")
     figure.suptitle(f"t-SNE of common and specific vectors, {len(chosen)} test utterances: "
                     "colour = modality, marker = emotion")
@@ -202,12 +277,17 @@ def draw(run):
         return {**drawn, **{name: "no features_test.npz (trained with --export_features=False?)" for name in later}}, notes
     class_names = metrics["class_names"]
     modalities = [key[len("common_"):] for key in vectors if key.startswith("common_")]
-    drawn["confusion_matrix.png"] = confusion(vectors, class_names, epoch)
+    shown = shown_classes(vectors["label"], len(class_names))
+    if len(shown) < len(class_names):
+        notes.append(f"confusion_matrix.png and the t-SNE maps draw the {len(shown)} most frequent of the {len(class_names)} "
+                     f"classes one by one; the other {len(class_names) - len(shown)} are one group 'other classes' "
+                     f"(in the confusion matrix, a column of predictions; their rows are left out)")
+    drawn["confusion_matrix.png"] = confusion(vectors, class_names, epoch, shown)
     if (vectors["label"] >= 0).sum() < MIN_POINTS:
         return {**drawn, **{name: f"fewer than {MIN_POINTS} labelled test utterances" for name in later[1:]}}, notes
-    drawn["tsne_inputs_fused.png"], note = tsne_inputs_fused(vectors, class_names, modalities)
+    drawn["tsne_inputs_fused.png"], note = tsne_inputs_fused(vectors, class_names, modalities, shown)
     notes += [f"tsne_inputs_fused.png: {note}"] if note else []
-    drawn["tsne_common_specific.png"] = tsne_common_specific(vectors, class_names, modalities)
+    drawn["tsne_common_specific.png"] = tsne_common_specific(vectors, class_names, modalities, shown)
     return drawn, notes
 
 
@@ -215,16 +295,21 @@ def main(argv):
     if len(argv) != 1 or argv[0].startswith("--"):
         raise SystemExit("usage: python plots.py saved_models/<run>")
     run_dir = argv[0]
-    drawn, notes = draw(load_run(run_dir))
+    run = load_run(run_dir)
     directory = os.path.join(run_dir, "figures")
-    for name, figure in drawn.items():
-        if isinstance(figure, str):
-            print(f"skipped {name}: {figure}")
-            continue
-        path = os.path.join(directory, name)
-        atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=120, format="png"))
-        plt.close(figure)
-        print(path)
+    try:
+        check_no_symlink(directory, "plots.py")  # before t-SNE's seconds: a place that cannot take the figures stops here
+        drawn, notes = draw(run)
+        for name, figure in drawn.items():
+            if isinstance(figure, str):
+                print(f"skipped {name}: {figure}")
+                continue
+            path = os.path.join(directory, name)
+            atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=120, format="png"))
+            plt.close(figure)
+            print(path)
+    except OutputError as error:
+        raise SystemExit(f"error: {error}") from None
     for note in notes:
         print(f"note: {note}")
 

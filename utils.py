@@ -159,7 +159,7 @@ def check_regular_file(path, what):
     except OSError as error:
         raise ValueError(f"{path}: cannot be read ({error.strerror or error})") from None
     if not stat.S_ISREG(mode):
-        raise ValueError(f"{path}: is {file_kind(mode)}, not a regular file; give the path of a {what}")
+        raise ValueError(f"{path}: is {file_kind(mode)}, not a regular file (the {what} expected here)")
 
 
 def file_kind(mode):
@@ -195,16 +195,32 @@ def check_checkpoint_size(path):
     """A checkpoint is a zip archive (what torch.save writes) whose entries expand to at most
     expansion_budget(its size): torch would allocate them before reading (a compressed entry,
     or the legacy format's claimed storage sizes)."""
+    check_archive_size(path, "a MALN checkpoint that loads safely (not a zip archive as torch.save writes)")
+
+
+def check_archive_size(path, kind):
+    """A zip archive (a checkpoint, an .npz) whose entries expand to at most expansion_budget(its size);
+    `kind` opens the message for a file that is no zip archive."""
     on_disk = os.path.getsize(path)
     try:
         with zipfile.ZipFile(path) as archive:
             claimed = sum(entry.file_size for entry in archive.infolist())
     except (zipfile.BadZipFile, OSError) as error:
-        raise ValueError(f"{path}: not a MALN checkpoint that loads safely (not a zip archive as torch.save writes: "
-                         f"{error})") from None
+        raise ValueError(f"{path}: not {kind} ({error})") from None
     if claimed > expansion_budget(on_disk):
         raise ValueError(f"{path}: its entries expand to {size_text(claimed)} from {size_text(on_disk)} on disk (at most "
                          f"{size_text(expansion_budget(on_disk))} allowed); refused before loading it")
+
+
+def check_no_symlink(path, option):
+    """An output directory that a run folder holds is no symbolic link (writing there would change the
+    files it points to, anywhere) and, where it exists, a writable directory."""
+    if os.path.islink(path):
+        raise OutputError(f"{option}: {path} is a symbolic link (to {os.readlink(path)}); nothing is written through it: "
+                          f"remove the link")
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise OutputError(f"{option}: {path} is a file, not a directory, so nothing can be written under it")
+    check_writable_place(path, option)
 
 
 def _is_int(value, low=0):
