@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from utils import atomic_write, check_output_path, expansion_budget, size_text
+from utils import atomic_write, check_output_path, check_regular_file, expansion_budget, size_text
 
 CLASS_NAMES = {
     "IEMOCAP": ["hap", "sad", "neu", "ang", "exc", "fru"],
@@ -187,8 +187,10 @@ def read_pickle(path, trust=False):
     values would take more memory than its size allows (expansion_budget)."""
     if not os.path.exists(path):
         raise DataError(f"feature file not found: {path}\n{SOURCES}.\n`python train_MALN.py --dataset=demo` runs without any file.")
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: is {'a directory' if os.path.isdir(path) else 'no regular file'}, not a feature file")
+    try:
+        check_regular_file(path, "feature file")
+    except ValueError as error:
+        raise DataError(str(error)) from None
     if os.path.getsize(path) == 0:
         raise DataError(f"{path}: is empty, not a feature file")
     budget = expansion_budget(os.path.getsize(path))
@@ -564,8 +566,10 @@ def read_table(table, extra=()):
         def where(i):
             return f"table row {i}"
     else:
-        if not os.path.isfile(table):
-            raise DataError(f"table not found: {table}" if not os.path.exists(table) else f"{table}: is a directory, not a table")
+        try:
+            check_regular_file(table, "table")
+        except (FileNotFoundError, ValueError) as error:
+            raise DataError(str(error)) from None
         frame = read_csv(table)
         def where(i):
             return f"{table} row {i} (line {i + 2})"
@@ -651,8 +655,12 @@ def read_array(modality, array, n_rows):
 
 def read_npy(path, name):
     """A .npy array of numbers; its header is checked against the file's size before anything is allocated."""
-    if not os.path.isfile(path):
-        raise DataError(f"{name}: {'file not found' if not os.path.exists(path) else 'is a directory, not a .npy file'}")
+    try:
+        check_regular_file(path, ".npy file")
+    except FileNotFoundError:
+        raise DataError(f"{name}: file not found") from None
+    except ValueError as error:
+        raise DataError(f"{name}: {error}") from None
     with open(path, "rb") as f:
         is_archive = f.read(4) == b"PK\x03\x04"
     if is_archive:

@@ -159,7 +159,7 @@ def check_regular_file(path, what):
     except OSError as error:
         raise ValueError(f"{path}: cannot be read ({error.strerror or error})") from None
     if not stat.S_ISREG(mode):
-        raise ValueError(f"{path}: is {file_kind(mode)}, not a regular file (the {what} expected here)")
+        raise ValueError(f"{path}: is {file_kind(mode)}, not {'an' if what[0] in 'aeiou.' else 'a'} {what}")
 
 
 def file_kind(mode):

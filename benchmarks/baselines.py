@@ -106,9 +106,23 @@ def utterances(feature_set, splits, describe=single_utterance):
     return features[labels >= 0], labels[labels >= 0]
 
 
+def check_scorable(feature_set):
+    """A baseline is fitted on the labelled utterances of train + valid, which must hold two classes or more,
+    and scored on those of test, which must exist; DataError naming the file otherwise."""
+    labels = {split: np.concatenate([d.labels.numpy() for d in feature_set.splits[split]] or [np.zeros(0, int)])
+              for split in ("train", "valid", "test")}
+    fitted = np.unique(np.concatenate([labels["train"], labels["valid"]]))
+    if len(fitted[fitted >= 0]) < 2:
+        raise DataError(f"{feature_set.source}: the labelled utterances of train and valid hold "
+                        f"{len(fitted[fitted >= 0])} class(es); a classifier needs two or more")
+    if not (labels["test"] >= 0).any():
+        raise DataError(f"{feature_set.source}: the test split has no labelled utterance, so a baseline has nothing to be scored on")
+
+
 def logistic_regression_baseline(feature_set, describe=single_utterance):
     """-> (weighted-F1, {class: F1}) on test of logistic regression fitted on train + valid, each
     utterance described by `describe` (single_utterance or with_speaker_context)."""
+    check_scorable(feature_set)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
@@ -125,12 +139,16 @@ def scored(labels, predictions, class_names):
 
 
 def main(argv):
+    usage = "usage: python benchmarks/baselines.py --features=FILE [--dataset=IEMOCAP|MELD] [--trust_pickle=True] | --dataset=demo"
     options = dict(argument[2:].split("=", 1) for argument in argv if argument.startswith("--") and "=" in argument)
     demo = options.get("dataset") == "demo" and "features" not in options
-    if not (demo or "features" in options) or set(options) - {"features", "dataset"}:
-        raise SystemExit("usage: python benchmarks/baselines.py --features=FILE [--dataset=IEMOCAP|MELD] | --dataset=demo")
+    if not (demo or "features" in options) or set(options) - {"features", "dataset", "trust_pickle"} \
+            or options.get("trust_pickle", "False") not in ("True", "False"):
+        raise SystemExit(usage)
     try:
-        feature_set = load_dataset("demo") if demo else load_features(options["features"], options.get("dataset"))
+        feature_set = load_dataset("demo") if demo else \
+            load_features(options["features"], options.get("dataset"), trust=options.get("trust_pickle") == "True")
+        check_scorable(feature_set)
     except DataError as error:
         raise SystemExit(f"error: {error}") from None
     for name, describe in (("single utterances", single_utterance), ("speaker context", with_speaker_context)):

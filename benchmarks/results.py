@@ -33,6 +33,7 @@ import pandas as pd
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import train_MALN  # noqa: E402
+from utils import check_regular_file  # noqa: E402
 
 MODEL_ROWS = {
     "full model": [],
@@ -136,7 +137,9 @@ def seed_command(arguments, seed, seed_dir, out_dir, threads):
 def train_missing(suite, seeds, out_dir, extra, only, jobs=1):
     """Train every unfinished (row, seed) of the suite, `jobs` at a time, each with cores/jobs
     threads, then write each finished row's summary.json; -> one message per failed run."""
-    seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    seed_list = train_MALN.seed_list_of(seeds)
+    if not seed_list:
+        raise SystemExit(f"--seeds={seeds}: must be comma-separated integers >= 0, each once, e.g. 1,2,3")
     threads = max(1, available_cores() // jobs)
     rows = {row: row_arguments(suite, row, out_dir, extra, threads) for row in SUITES[suite][1]
             if (not only or row in only) and not os.path.exists(os.path.join(run_dir(out_dir, suite, row), "summary.json"))}
@@ -147,18 +150,27 @@ def train_missing(suite, seeds, out_dir, extra, only, jobs=1):
     for row, arguments in rows.items():
         for seed in seed_list:
             seed_dir = os.path.join(run_dir(out_dir, suite, row), f"seed{seed}")
-            if not os.path.exists(os.path.join(seed_dir, "metrics.json")):
+            if finished_seed(seed_dir) is None:
                 runs.append((f"{row!r} seed {seed}", seed_command(arguments, seed, seed_dir, out_dir, threads), seed_dir))
     print(f"{len(runs)} run(s) to train, {jobs} at a time with --threads={threads} each ({available_cores()} cores)", flush=True)
     started = time.time()
     failures = run_side_by_side(runs, jobs)
     for row, config in configs.items():
-        directories = [os.path.join(run_dir(out_dir, suite, row), f"seed{seed}") for seed in seed_list]
-        if all(os.path.exists(os.path.join(d, "metrics.json")) for d in directories):
+        finished = [finished_seed(os.path.join(run_dir(out_dir, suite, row), f"seed{seed}")) for seed in seed_list]
+        if all(metrics is not None for metrics in finished):  # every seed trained and wrote all its outputs
             print(row)
-            train_MALN.write_seed_summary(config, seed_list, [json.load(open(os.path.join(d, "metrics.json"))) for d in directories])
+            train_MALN.write_seed_summary(config, seed_list, finished)
     print(f"whole table: {len(runs)} run(s) in {time.time() - started:.0f} s wall time (--jobs={jobs}, --threads={threads})")
     return failures
+
+
+def finished_seed(seed_dir):
+    """The metrics of a seed that finished with all its outputs (train_MALN.finished_metrics), else None;
+    a damaged metrics.json stops with one line naming it."""
+    try:
+        return train_MALN.finished_metrics(seed_dir)
+    except (ValueError, OSError) as error:
+        raise SystemExit(f"error: {error}; remove that seed's directory to train it again") from None
 
 
 def run_side_by_side(runs, jobs):
@@ -168,7 +180,11 @@ def run_side_by_side(runs, jobs):
         os.makedirs(os.path.dirname(directory), exist_ok=True)
         print(" ".join(command[1:]), flush=True)
         start = time.time()
-        with open(directory + ".log", "a") as log:
+        try:  # O_NOFOLLOW: a log that is a symbolic link is refused, not appended to wherever it points
+            log = os.open(directory + ".log", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as error:
+            return f"cannot write its log {directory}.log ({error.strerror}; a symbolic link is never written through)", 0
+        with os.fdopen(log, "a") as log:
             return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode, time.time() - start
 
     failures = []
@@ -189,7 +205,9 @@ def run_side_by_side(runs, jobs):
 
 
 def failure_message(name, directory, status, n_lines=5):
-    """A failed run's name, exit status and the end of its log."""
+    """A failed run's name, exit status and the end of its log (or why it did not start)."""
+    if isinstance(status, str):
+        return f"failed: {name}: {status}"
     log = directory + ".log"
     tail = open(log).read().splitlines()[-n_lines:] if os.path.exists(log) else []
     return f"failed: {name} (exit status {status}); end of {log}:\n    " + "\n    ".join(tail)
@@ -202,11 +220,40 @@ def table(suite, out_dir):
         path = os.path.join(run_dir(out_dir, suite, row), "summary.json")
         if not os.path.exists(path):
             continue
-        summary = json.load(open(path))
+        summary = read_summary(path)
         record = {"setting": row, "seeds": len(summary["seeds"])}
-        record.update({name: f"{summary[key]['mean']:.2f} ± {summary[key]['std']:.2f}" for key, name in COLUMNS.items()})
+        record.update({name: f"{number(summary[key]['mean'])} ± {number(summary[key]['std'])}" for key, name in COLUMNS.items()})
         records.append(record)
     return pd.DataFrame(records)
+
+
+def read_json(path):
+    """A JSON file's dict; anything else (not a regular file, damaged, not a dict) stops with one line naming it."""
+    try:
+        check_regular_file(path, "JSON file")
+        with open(path) as f:
+            data = json.load(f)
+    except (ValueError, OSError) as error:
+        raise SystemExit(f"error: {path}: does not read as JSON ({error}); remove it to train its row again") from None
+    if not isinstance(data, dict):
+        raise SystemExit(f"error: {path}: holds a {type(data).__name__}, not the dict train_MALN.py writes")
+    return data
+
+
+def read_summary(path):
+    """A summary.json with a list of seeds and a number mean and std for each of COLUMNS."""
+    summary = read_json(path)
+    numbers = all(isinstance(summary.get(key), dict) and all(isinstance(summary[key].get(part), (int, float, type(None)))
+                                                            for part in ("mean", "std")) for key in COLUMNS)
+    if not (isinstance(summary.get("seeds"), list) and summary["seeds"] and numbers):
+        raise SystemExit(f"error: {path}: not a summary of trained seeds (it needs seeds and a mean and std of "
+                         f"{', '.join(COLUMNS)}); remove it to train its row again")
+    return summary
+
+
+def number(value):
+    """A mean or std of the table; null (a test split without labels, the std of one seed) is n/a."""
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def decomposition_table(suite, out_dir):
@@ -216,7 +263,7 @@ def decomposition_table(suite, out_dir):
         directory = run_dir(out_dir, suite, row)
         paths = sorted(glob.glob(os.path.join(directory, "seed*", "metrics.json"))) or \
             glob.glob(os.path.join(directory, "metrics.json"))
-        probes = [figures for figures in (json.load(open(path)).get("decomposition") for path in paths) if figures]
+        probes = [figures for figures in (read_json(path).get("decomposition") for path in paths) if isinstance(figures, dict)]
         if probes:
             records.append({"setting": row, "seeds": len(probes),
                             **{name: mean_std([p[key] for p in probes]) for key, name in PROBE_COLUMNS.items()}})
@@ -250,6 +297,8 @@ def main(argv):
             extra.append(argument)  # passed on to train_MALN.py, e.g. --features=... --epochs=...
     if not options["jobs"].isdigit() or int(options["jobs"]) < 1:
         raise SystemExit(f"--jobs={options['jobs']}: must be a whole number >= 1")
+    if not train_MALN.seed_list_of(options["seeds"]):
+        raise SystemExit(f"--seeds={options['seeds']}: must be comma-separated integers >= 0, each once, e.g. 1,2,3")
     if options["suite"] not in SUITES:
         raise SystemExit(f"--suite={options['suite']}: choose one of {', '.join(SUITES)}")
     failures = []
