@@ -964,7 +964,7 @@ def spreadsheet_safe(table):
     '=HYPERLINK(...)' copied from a feature file), so that a spreadsheet shows the text and runs nothing."""
     def escaped(cell):
         return "'" + cell if isinstance(cell, str) and cell.startswith(FORMULA_STARTS) else cell
-    return table.apply(lambda column: column.map(escaped) if column.dtype == object else column)
+    return table.map(escaped)
 
 
 def convert_release(config):

@@ -351,4 +351,4 @@ def check_adam_state(optimizer, saved, source):
             if entry[name].shape != parameter.shape or entry[name].dtype != parameter.dtype:
                 raise ValueError(f"{where}: {name} is {tuple(entry[name].shape)} {entry[name].dtype}, the parameter "
                                  f"{tuple(parameter.shape)} {parameter.dtype}")
-        check_finite({f"{key}.{name}": entry[name] for name in moments}, source, "optimizer moments")
+        check_finite({f"{key}.{name}": entry[name] for name in moments}, f"{source}: field 'optimizer'", "moments")
