@@ -1032,9 +1032,10 @@ def write_seed_summary(config, seed_list, results):
     """Mean and std over seeds of the runs' metrics, printed and written to out_dir/run_name/summary.json."""
     summary = {"seeds": seed_list, "config": config}
     for key in ("test_weighted_f1", "test_accuracy", "valid_weighted_f1", "optimistic_test_weighted_f1"):
-        values = np.array([r[key] for r in results])
-        summary[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)), "values": values.tolist()}
-        print(f"{key:>30}: {values.mean():.2f} ± {values.std(ddof=1):.2f} over seeds {seed_list}")
+        values = np.array([r[key] for r in results], dtype=float)  # a null score (no test labels) is NaN
+        std = float(values.std(ddof=1)) if len(values) > 1 else float("nan")  # one seed has no spread
+        summary[key] = {"mean": float(values.mean()), "std": std, "values": values.tolist()}
+        print(f"{key:>30}: {values.mean():.2f} ± {std:.2f} over seeds {seed_list}")
     write_json(os.path.join(config["out_dir"], config["run_name"], "summary.json"), summary)
 
 

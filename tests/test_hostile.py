@@ -384,7 +384,8 @@ def test_plots_of_many_classes_draw_the_most_frequent_one_by_one_and_say_what_wa
 # ----------------------------------------------------------------------------- seeds and results.py
 
 @pytest.mark.parametrize("seeds", ["", "1,1", "1,a", ",", "-1"])
-def test_seeds_that_are_empty_repeated_or_not_numbers_are_refused_before_anything_runs(seeds, tmp_path):
+def test_seeds_that_are_empty_repeated_or_not_numbers_are_refused_before_anything_runs(seeds, tmp_path, monkeypatch):
+    monkeypatch.setattr(results, "run_side_by_side", lambda runs, jobs: pytest.fail(f"{len(runs)} runs started"))
     with pytest.raises(SystemExit, match=f"^--seeds={seeds}: must be comma-separated integers >= 0, each once"):
         results.main([f"--seeds={seeds}", "--run", f"--out_dir={tmp_path}"])
     assert not (tmp_path / "results").exists()
