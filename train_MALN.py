@@ -37,9 +37,9 @@ from tqdm import tqdm
 
 from dataloader import CLASS_NAMES, DataError, check_training_splits, collate, load_dataset, to_device
 from MALN_model_fix import MALN, MALNConfig
-from utils import (LAST_CHECKPOINT_FIELDS, OutputError, atomic_write, check_adam_state, check_checkpoint,
-                   check_output_path, check_regular_file, check_writable_place, load_checkpoint, load_model_state,
-                   remove_stale_temporaries, save_checkpoint, scores, set_seed, write_json)
+from utils import (LAST_CHECKPOINT_FIELDS, OutputError, atomic_write, check_adam_state, check_checkpoint, check_finite,
+                   check_output_path, check_regular_file, check_state_shapes, check_writable_place, load_checkpoint,
+                   load_model_state, remove_stale_temporaries, save_checkpoint, scores, set_seed, write_json)
 
 # ----------------------------------------------------------------------------- hyperparameters
 # data
@@ -761,10 +761,13 @@ def restore(run_dir, model, optimizer, generator, device, averaged=None):
     best = last["best"]
     if best["epoch"] == last["epoch"]:
         return last["history"], best, copy.deepcopy(averaged.module.state_dict()) if averaged is not None else last["model"]
-    best_checkpoint = load_checkpoint(os.path.join(run_dir, "best.pt"))
-    check_checkpoint(best_checkpoint, os.path.join(run_dir, "best.pt"), ("model", "epoch"))
+    best_path = os.path.join(run_dir, "best.pt")
+    best_checkpoint = load_checkpoint(best_path)
+    check_checkpoint(best_checkpoint, best_path, ("model", "epoch"))
     if best_checkpoint["epoch"] != best["epoch"]:
         raise ValueError(f"{run_dir}: best.pt holds epoch {best_checkpoint['epoch']}, last.pt expects epoch {best['epoch']}")
+    check_state_shapes(model, best_checkpoint["model"], best_path)  # loaded only after the last epoch: checked now
+    check_finite(best_checkpoint["model"], best_path, "weights")
     return last["history"], best, best_checkpoint["model"]
 
 

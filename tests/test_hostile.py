@@ -212,6 +212,23 @@ def test_a_tampered_last_pt_is_named_by_file_and_field_not_by_a_flag_never_typed
     assert "--epochs=0" not in str(stop.value) and len(pd.read_csv(run_copy / "history.csv")) == 1
 
 
+@pytest.mark.parametrize("change, message", [
+    (lambda state: state.update({name: x.fill_(float("nan")) for name, x in list(state.items())[-1:]}),
+     r"best.pt: its weights hold NaN or inf \(classifier.3.bias\)"),
+    (lambda state: state.update({"classifier.3.bias": torch.zeros(9)}), r"best.pt: saved by a model of other settings"),
+])
+def test_a_tampered_best_pt_is_refused_when_resuming_not_after_the_last_epoch(tmp_path, monkeypatch, change, message):
+    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args: tiny_demo())
+    train_MALN.main(arguments(tmp_path, "run", epochs=2))
+    run = tmp_path / "run"
+    os.remove(run / "metrics.json")
+    tamper(run, lambda c: c.update(best=c["history"][0]))                    # best epoch 1: resuming reads best.pt
+    tamper(run, lambda c: (change(c["model"]), c.update(epoch=1)), "best.pt")
+    monkeypatch.setattr(train_MALN, "train_epoch", lambda *args: pytest.fail("an epoch trained"))
+    with pytest.raises(SystemExit, match=r"^error: .*" + message):
+        train_MALN.main([f"--resume={run}", "--epochs=3"])
+
+
 def test_resume_with_no_more_epochs_than_trained_is_refused_and_the_finished_run_is_untouched(run_copy):
     before = (run_copy / "metrics.json").read_bytes()
     with pytest.raises(SystemExit, match=r"has trained 1 epochs and finished; --epochs=1 would train none and rewrite "
@@ -343,7 +360,8 @@ def test_plots_on_a_damaged_run_folder_is_one_line_naming_the_file(run_copy, nam
     one_line(stop)
 
 
-def test_plots_never_writes_through_a_figures_symlink_nor_into_a_figures_file(run_copy, tmp_path):
+def test_plots_never_writes_through_a_figures_symlink_nor_into_a_figures_file_nor_a_read_only_folder(run_copy, tmp_path,
+                                                                                                    monkeypatch):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "learning_curves.png").write_text("someone's file")
@@ -355,6 +373,10 @@ def test_plots_never_writes_through_a_figures_symlink_nor_into_a_figures_file(ru
     (run_copy / "figures").unlink()
     (run_copy / "figures").write_text("a file")
     with pytest.raises(SystemExit, match=r"^error: plots.py: .*figures is a file, not a directory"):
+        plots.main([str(run_copy)])
+    (run_copy / "figures").unlink()
+    monkeypatch.setattr(utils.os, "access", lambda path, mode: False)          # a read-only run folder (root may write anywhere)
+    with pytest.raises(SystemExit, match=r"^error: plots.py: .*run is not writable$"):
         plots.main([str(run_copy)])
 
 
