@@ -220,7 +220,9 @@ def test_a_run_folder_cannot_make_resume_unpickle_code(tmp_path, monkeypatch):
 def test_resume_refuses_settings_other_than_device_epochs_and_threads(tmp_path):
     with pytest.raises(SystemExit, match="only --device, --epochs, --threads and --trust_pickle may be given with it, not --learning_rate"):
         train_MALN.main([f"--resume={tmp_path}", "--learning_rate=1e-3"])
-    with pytest.raises(SystemExit, match="cannot resume: checkpoint not found: .*last.pt"):
+    with pytest.raises(SystemExit, match="cannot resume: checkpoint not found: .*missing/last.pt"):
+        train_MALN.main([f"--resume={tmp_path / 'missing'}"])
+    with pytest.raises(SystemExit, match="cannot resume: .* holds no last.pt: no epoch of that run finished"):
         train_MALN.main([f"--resume={tmp_path}"])
 
 
