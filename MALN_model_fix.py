@@ -599,6 +599,16 @@ class MALN(nn.Module):
     def from_checkpoint(cls, path, map_location="cpu"):
         """A ready model in eval mode from a checkpoint saved by train_MALN.py."""
         checkpoint = load_checkpoint(path, map_location)
+        model = cls(cls.checkpoint_config(checkpoint, path))
+        load_model_state(model, checkpoint["model"], path)
+        model.checkpoint = {k: v for k, v in checkpoint.items() if k not in ("model", "optimizer")}
+        return model.to(map_location).eval()
+
+    @classmethod
+    def checkpoint_config(cls, checkpoint, path):
+        """The MALNConfig of a loaded checkpoint's model_args, checked by its rules, whose model fits the
+        checkpoint's tensors: it is built on the meta device first (sizes only, nothing allocated), as
+        model_args may claim a model far larger than the file holds."""
         if not isinstance(checkpoint, dict) or not {"model", "model_args"} <= set(checkpoint):
             raise ValueError(f"{path}: not a checkpoint saved by train_MALN.py (it needs 'model' and 'model_args')")
         unknown = set(checkpoint["model_args"]) - {f.name for f in fields(MALNConfig)}
@@ -608,12 +618,9 @@ class MALN(nn.Module):
             config = MALNConfig(**checkpoint["model_args"])
         except (ValueError, TypeError) as error:
             raise ValueError(f"{path}: field 'model_args': {error}") from None
-        with torch.device("meta"):  # sizes only, nothing allocated: model_args may claim a model the file does not hold
+        with torch.device("meta"):
             check_state_shapes(cls(config), checkpoint["model"], path)
-        model = cls(config)
-        load_model_state(model, checkpoint["model"], path)
-        model.checkpoint = {k: v for k, v in checkpoint.items() if k not in ("model", "optimizer")}
-        return model.to(map_location).eval()
+        return config
 
     @classmethod
     def from_release(cls, source, max_positions=128, **settings):

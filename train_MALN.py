@@ -806,6 +806,7 @@ def resumed_config(config, given):
         check_checkpoint(last, path, LAST_CHECKPOINT_FIELDS)
         saved = {name: value for name, value in last["config"].items() if name not in SAFETY_SWITCHES}
         check_saved_config(saved, path, given)
+        check_saved_model(saved, last, path)
         check_epochs_left(config if "epochs" in given else saved, last["epoch"], config["resume"])
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: cannot resume: {error}") from None
@@ -849,6 +850,16 @@ def check_saved_config(saved, path, given=()):
                 check_regular_file(saved[name], "feature file")
             except (FileNotFoundError, ValueError) as error:
                 raise ValueError(f"{path}: its saved setting {name}: {error}") from None
+
+
+def check_saved_model(saved, last, path):
+    """The model the saved settings build is the one last.pt holds (its model_args, sized against its
+    tensors before anything is allocated): run() builds it from those settings before loading last.pt."""
+    MALN.checkpoint_config(last, path)
+    for name in MODEL_KEYS:
+        if name in last["model_args"] and saved.get(name, HYPERPARAMETERS.get(name)) != last["model_args"][name]:
+            raise ValueError(f"{path}: its saved setting {name}={saved.get(name)!r} is not the one its model was built "
+                             f"with (field 'model_args': {name}={last['model_args'].get(name)!r})")
 
 
 def check_epochs_left(config, trained, run_dir):

@@ -194,6 +194,10 @@ def test_an_optimizer_state_that_does_not_fit_the_parameters_is_refused_before_f
     (lambda c: c["config"].update(epochs=0), r"its saved setting epochs=0 must be >= 1$"),
     (lambda c: c["config"].update(dropout=1.5), r"its saved setting dropout=1.5 must be in \[0, 1\)$"),
     (lambda c: c["config"].update(sclm_mode="evil"), r"its saved setting sclm_mode='evil' must be 'speaker', "),
+    (lambda c: c["config"].update(hidden_size=10 ** 6, cross_heads=1), r"its saved setting hidden_size=1000000 is not the one "
+                                                                          r"its model was built with \(field 'model_args': "
+                                                                          r"hidden_size=100\)$"),
+    (lambda c: c["model_args"].update(hidden_size=10 ** 6, cross_heads=1), r"saved by a model of other settings or feature"),
     (lambda c: c["config"].update(features="/dev/zero", dataset="IEMOCAP"), r"its saved setting features: /dev/zero: is a "
                                                                              r"character device, not a feature file$"),
     (lambda c: c["config"].update(av_features="/nowhere.pkl"), r"its saved setting av_features: feature file not found"),
