@@ -23,6 +23,7 @@ Below the accuracy table comes the table of the decomposition probes (metrics.js
 import glob
 import json
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -180,10 +181,13 @@ def run_side_by_side(runs, jobs):
         os.makedirs(os.path.dirname(directory), exist_ok=True)
         print(" ".join(command[1:]), flush=True)
         start = time.time()
-        try:  # O_NOFOLLOW: a log that is a symbolic link is refused, not appended to wherever it points
-            log = os.open(directory + ".log", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:  # O_NOFOLLOW: a symbolic link is refused, not appended to wherever it points; O_NONBLOCK: a FIFO never waits
+            log = os.open(directory + ".log", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
         except OSError as error:
             return f"cannot write its log {directory}.log ({error.strerror}; a symbolic link is never written through)", 0
+        if not stat.S_ISREG(os.fstat(log).st_mode):
+            os.close(log)
+            return f"cannot write its log {directory}.log (not a regular file)", 0
         with os.fdopen(log, "a") as log:
             return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode, time.time() - start
 
@@ -209,7 +213,11 @@ def failure_message(name, directory, status, n_lines=5):
     if isinstance(status, str):
         return f"failed: {name}: {status}"
     log = directory + ".log"
-    tail = open(log).read().splitlines()[-n_lines:] if os.path.exists(log) else []
+    tail = []
+    if os.path.isfile(log):
+        with open(log, "rb") as f:
+            f.seek(max(0, os.path.getsize(log) - 2 ** 16))  # the end of the log, however long it grew
+            tail = f.read().decode(errors="replace").splitlines()[-n_lines:]
     return f"failed: {name} (exit status {status}); end of {log}:\n    " + "\n    ".join(tail)
 
 

@@ -476,12 +476,15 @@ def test_a_damaged_metrics_json_of_a_seed_is_one_line(tmp_path):
         results.train_missing("demo", "1", str(tmp_path), [], ["full model"])
 
 
-def test_a_seed_log_that_is_a_symlink_is_never_written_through(tmp_path):
+def test_a_seed_log_that_is_a_symlink_or_a_fifo_is_never_written_through_nor_waited_on(tmp_path, no_hang):
     target = tmp_path / "someones_file"
     target.write_text("kept")
     (tmp_path / "seed1.log").symlink_to(target)
-    failures = results.run_side_by_side([("row seed 1", [sys.executable, "-c", "print('x')"], str(tmp_path / "seed1"))], 1)
-    assert len(failures) == 1 and "cannot write its log" in failures[0] and "symbolic link" in failures[0]
+    os.mkfifo(tmp_path / "seed2.log")
+    runs = [(f"row seed {seed}", [sys.executable, "-c", "print('x')"], str(tmp_path / f"seed{seed}")) for seed in (1, 2)]
+    failures = sorted(results.run_side_by_side(runs, 1))
+    assert len(failures) == 2 and "seed1.log (" in failures[0] and "symbolic link" in failures[0]
+    assert "cannot write its log" in failures[1] and "seed2.log" in failures[1]
     assert target.read_text() == "kept"
 
 
