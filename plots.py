@@ -110,8 +110,9 @@ def read_vectors(path, metrics):
             raise ValueError(f"{path}: '{name}' must hold one class index in [{low}, {n_classes}) per utterance")
     for name, values in vectors.items():
         if (name == "fused" or name.startswith(("common_", "specific_", "input_"))) \
-                and (values.ndim != 2 or len(values) != len(vectors["label"]) or not np.issubdtype(values.dtype, np.floating)):
-            raise ValueError(f"{path}: '{name}' must be a 2-d float array with a row per utterance")
+                and (values.ndim != 2 or len(values) != len(vectors["label"]) or not np.issubdtype(values.dtype, np.floating)
+                     or not np.isfinite(values).all()):
+            raise ValueError(f"{path}: '{name}' must be a 2-d float array of finite values with a row per utterance")
     if "fused" not in vectors:
         raise ValueError(f"{path}: has no 'fused' vectors")
     return vectors

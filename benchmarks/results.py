@@ -280,8 +280,8 @@ def decomposition_table(suite, out_dir):
 
 def mean_std(values):
     """'mean ± std' (n-1) of the values; 'n/a' where undefined (None, one modality)."""
-    if any(v is None for v in values):
-        return "n/a"
+    if any(v is None or isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+        return "n/a"  # None where undefined; anything else is no probe figure of train_MALN.py
     values = pd.Series(values, dtype=float)
     return f"{values.mean():.2f} ± {values.std():.2f}" if len(values) > 1 else f"{values.mean():.2f}"
 

@@ -355,7 +355,9 @@ def damage(run_dir, name, content):
     ("features_test.npz", {"label": np.array([0.5]), "prediction": np.array([0]), "fused": np.zeros((1, 2))},
      r"features_test.npz: 'label' must be a 1-d array of class indices$"),
     ("features_test.npz", {"label": np.array([0, 1]), "prediction": np.array([0, 1]), "fused": np.zeros((3, 2))},
-     r"features_test.npz: 'fused' must be a 2-d float array with a row per utterance$"),
+     r"features_test.npz: 'fused' must be a 2-d float array of finite values with a row per utterance$"),
+    ("features_test.npz", {"label": np.array([0, 1]), "prediction": np.array([0, 1]), "fused": np.full((2, 2), np.nan)},
+     r"features_test.npz: 'fused' must be a 2-d float array of finite values"),
 ])
 def test_plots_on_a_damaged_run_folder_is_one_line_naming_the_file(run_copy, name, content, message):
     damage(run_copy, name, content)
@@ -466,6 +468,14 @@ def test_a_damaged_summary_is_one_line_naming_it(tmp_path, content, message):
     with pytest.raises(SystemExit, match=r"^error: .*" + message) as stop:
         results.main(["--suite=demo", f"--out_dir={tmp_path}"])
     one_line(stop)
+
+
+def test_probe_figures_that_are_not_numbers_are_not_tabulated(tmp_path):
+    seed_dir = os.path.join(results.run_dir(str(tmp_path), "decomposition", "full model"), "seed1")
+    os.makedirs(seed_dir)
+    json.dump({"decomposition": {key: "=cmd" for key in results.PROBE_COLUMNS}}, open(os.path.join(seed_dir, "metrics.json"), "w"))
+    frame = results.decomposition_table("decomposition", str(tmp_path))
+    assert (frame.drop(columns=["setting", "seeds"]) == "n/a").all().all()
 
 
 def test_a_damaged_metrics_json_of_a_seed_is_one_line(tmp_path):
