@@ -80,16 +80,20 @@ def read_metrics(path):
     return metrics
 
 
-HISTORY_COLUMNS = ["epoch", *(f"{split}_{name}" for split in ("train", "valid", "test") for name in ("loss", "weighted_f1"))]
+SPLITS = ("train", "valid", "test")
+HISTORY_COLUMNS = ["epoch", *(f"{split}_weighted_f1" for split in SPLITS)]  # and each split's nll (or, older runs, loss)
 
 
 def read_history(path):
-    """history.csv: one row per epoch with the numeric columns HISTORY_COLUMNS."""
+    """history.csv: one row per epoch with the numeric columns HISTORY_COLUMNS and each split's nll (an older
+    run's: loss)."""
     history = pd.read_csv(path)
-    missing = [column for column in HISTORY_COLUMNS if column not in history.columns]
+    losses = "nll" if "train_nll" in history.columns else "loss"
+    needed = HISTORY_COLUMNS + [f"{split}_{losses}" for split in SPLITS]
+    missing = [column for column in needed if column not in history.columns]
     if missing or history.empty:
         raise ValueError(f"{path}: " + (f"has no column {', '.join(missing)}" if missing else "has no epoch"))
-    wrong = [column for column in HISTORY_COLUMNS if not pd.api.types.is_numeric_dtype(history[column])]
+    wrong = [column for column in needed if not pd.api.types.is_numeric_dtype(history[column])]
     if wrong:
         raise ValueError(f"{path}: column {wrong[0]} holds values that are not numbers")
     return history

@@ -227,8 +227,8 @@ def _is_int(value, low=0):
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
-EPOCH_ROW_KEYS = ("epoch", "seconds", *(f"{split}_{name}" for split in ("train", "valid", "test")
-                                        for name in ("loss", "accuracy", "weighted_f1")))  # a row of history.csv
+EPOCH_ROW_KEYS = ("epoch", "seconds", "train_loss", *(f"{split}_{name}" for split in ("train", "valid", "test")
+                                                      for name in ("nll", "accuracy", "weighted_f1")))  # a row of history.csv
 
 
 def _is_epoch_row(row):

@@ -43,7 +43,7 @@ def tiny_demo():
 
 def arguments(directory, run_name, epochs=1, export=False):
     return [f"--out_dir={directory}", f"--run_name={run_name}", f"--epochs={epochs}", "--batch_size=8",
-            f"--export_features={export}", "--device=cpu"]
+            f"--export_features={export}", "--device=cpu", "--lr_schedule=constant"]  # constant: --resume may add epochs
 
 
 @pytest.fixture(scope="module")
@@ -347,9 +347,9 @@ def damage(run_dir, name, content):
     ("metrics.json", '{"class_names": ["a", "b"]}', r"metrics.json: field 'best_epoch' must be an epoch number >= 1, got None$"),
     ("metrics.json", '{"best_epoch": 1, "class_names": ["a", "a"]}', r"field 'class_names' must be a list of distinct"),
     ("metrics.json", '{"best_epoch": 1, ', r"metrics.json: not JSON"),
-    ("history.csv", "epoch,train_loss\n1,0.5\n", r"history.csv: has no column train_weighted_f1, valid_loss"),
-    ("history.csv", "epoch,train_loss,train_weighted_f1,valid_loss,valid_weighted_f1,test_loss,test_weighted_f1\n1,a,b,c,d,e,f\n",
-     r"history.csv: column train_loss holds values that are not numbers$"),
+    ("history.csv", "epoch,train_nll\n1,0.5\n", r"history.csv: has no column train_weighted_f1, valid_weighted_f1, "),
+    ("history.csv", "epoch,train_nll,train_weighted_f1,valid_nll,valid_weighted_f1,test_nll,test_weighted_f1\n1,a,b,c,d,e,f\n",
+     r"history.csv: column train_weighted_f1 holds values that are not numbers$"),
     ("features_test.npz", {"label": np.array([0, 1, 99]), "prediction": np.array([0, 1, 2]), "fused": np.zeros((3, 2))},
      r"features_test.npz: 'label' must hold one class index in \[-1, \d+\) per utterance$"),
     ("features_test.npz", {"label": np.array([0.5]), "prediction": np.array([0]), "fused": np.zeros((1, 2))},
