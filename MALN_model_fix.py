@@ -90,15 +90,6 @@ class MALNConfig:
         for name, value in vars(self).items():
             if not CONFIG_RULES.get(name, (None, lambda v: True))[1](value):
                 raise ValueError(f"{name}={value!r}: must be {CONFIG_RULES[name][0]}")
-        for name, size, heads in self.attention_sizes():
-            if size % heads:
-                raise ValueError(f"{name}={heads}: must divide {size}, the size its attention runs on")
-
-    def attention_sizes(self):
-        """(heads setting, size its attention runs on, heads) of every attention layer this config builds."""
-        sclm = [("sclm_heads", size, self.sclm_heads) for size in self.feature_sizes.values()] if self.sclm_mode != "off" else []
-        cross = [("cross_heads", self.hidden_size, self.cross_heads)] if self.cross_attention and len(self.feature_sizes) > 1 else []
-        return sclm + cross
 
     @property
     def modalities(self):
@@ -616,10 +607,11 @@ class MALN(nn.Module):
             raise ValueError(f"{path}: saved with settings this MALNConfig does not have: {', '.join(sorted(unknown))}")
         try:
             config = MALNConfig(**checkpoint["model_args"])
-        except (ValueError, TypeError) as error:
+            with torch.device("meta"):
+                skeleton = cls(config)
+        except (ValueError, TypeError) as error:  # a setting out of its rules, heads that do not divide a size
             raise ValueError(f"{path}: field 'model_args': {error}") from None
-        with torch.device("meta"):
-            check_state_shapes(cls(config), checkpoint["model"], path)
+        check_state_shapes(skeleton, checkpoint["model"], path)
         return config
 
     @classmethod

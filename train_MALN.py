@@ -807,7 +807,6 @@ def resumed_config(config, given):
         saved = {name: value for name, value in last["config"].items() if name not in SAFETY_SWITCHES}
         check_saved_config(saved, path, given)
         check_saved_model(saved, last, path)
-        check_epochs_left(config if "epochs" in given else saved, last["epoch"], config["resume"])
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: cannot resume: {error}") from None
     resumed = check_config({**HYPERPARAMETERS, **saved, **{name: config[name] for name in given}})
@@ -860,14 +859,6 @@ def check_saved_model(saved, last, path):
         if name in last["model_args"] and saved.get(name, HYPERPARAMETERS.get(name)) != last["model_args"][name]:
             raise ValueError(f"{path}: its saved setting {name}={saved.get(name)!r} is not the one its model was built "
                              f"with (field 'model_args': {name}={last['model_args'].get(name)!r})")
-
-
-def check_epochs_left(config, trained, run_dir):
-    """Resuming a finished run to the epochs it has trained would train nothing and rewrite its outputs."""
-    finished = os.path.lexists(os.path.join(run_dir, "metrics.json"))
-    if config["epochs"] == trained and finished:  # fewer: check_resumed_epochs
-        raise ValueError(f"{run_dir} has trained {trained} epochs and finished; --epochs={config['epochs']} would train "
-                         f"none and rewrite its outputs: give --epochs={trained + 1} or more to continue it")
 
 
 def report(names, labels, predictions):
