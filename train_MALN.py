@@ -611,9 +611,9 @@ def run_outputs(config):
 
 
 def finished_metrics(run_dir):
-    """A finished run's metrics.json, or None while the run is unfinished: it has no metrics.json, or
-    an output that metrics.json lists as written before it is missing (a run stopped during its export
-    by an earlier version). A metrics.json that does not read is one ValueError naming it."""
+    """A finished run's metrics.json, or None while the run is unfinished: it has no metrics.json, or one
+    of the outputs its run writes before metrics.json (run_outputs) is missing (a run an earlier version
+    stopped during its export). A metrics.json that does not read is one ValueError naming it."""
     path = os.path.join(run_dir, "metrics.json")
     if not os.path.lexists(path):
         return None
@@ -953,6 +953,10 @@ def checkpoint_splits(checkpoint, config, given):
     one given on the command line with another value is refused."""
     saved = checkpoint.get("config") if isinstance(checkpoint.get("config"), dict) else {}
     splits = {name: saved.get(name, config[name]) for name in HOLD_OUT_SETTINGS}
+    try:  # a file's settings meet the command line's rules, named by the file
+        check_saved_config({name: saved[name] for name in HOLD_OUT_SETTINGS if name in saved}, config["predict"])
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
     differing = [name for name in HOLD_OUT_SETTINGS if name in given and config[name] != splits[name]]
     if differing:
         name = differing[0]

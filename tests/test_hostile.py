@@ -233,6 +233,17 @@ def test_a_tampered_best_pt_is_refused_when_resuming_not_after_the_last_epoch(tm
         train_MALN.main([f"--resume={run}", "--epochs=3"])
 
 
+@pytest.mark.parametrize("setting, message", [
+    ({"valid_fraction": 5.0}, r"best.pt: its saved setting valid_fraction=5.0 must be in \(0, 1\)$"),
+    ({"split_seed": "x"}, r"best.pt: its saved setting split_seed='x' is not a int$"),
+])
+def test_predict_checks_the_hold_out_settings_a_checkpoint_saved_naming_the_file(run_copy, tmp_path, setting, message):
+    tamper(run_copy, lambda c: c["config"].update(setting), "best.pt")
+    with pytest.raises(SystemExit, match=r"^error: .*" + message):
+        train_MALN.main([f"--predict={run_copy / 'best.pt'}", f"--predictions={tmp_path / 'p.csv'}"])
+    assert not (tmp_path / "p.csv").exists()
+
+
 def test_resume_with_fewer_epochs_than_trained_is_refused_and_the_finished_run_is_untouched(tmp_path, monkeypatch):
     monkeypatch.setattr(train_MALN, "load_dataset", lambda *args: tiny_demo())
     train_MALN.main(arguments(tmp_path, "run", epochs=2))
