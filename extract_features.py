@@ -82,15 +82,14 @@ def extract_features(table, out, text_model="", audio_features="", batch_size=64
     if unknown:
         raise DataError(f"unknown fine-tuning settings {sorted(unknown)}; they are {', '.join(FINETUNE_DEFAULTS)}")
     settings = {**FINETUNE_DEFAULTS, **finetune_settings}
-    rows, where, given_names, _, _ = check_table(table, class_names, extra=("text", "audio"))
+    rows, where, table_classes, _, _ = check_table(table, class_names, extra=("text", "audio"))
     if finetune and not class_names:  # the classes of train and valid: test labels never shape the encoder
         class_names = sorted({label for label, split in zip(rows["label"], rows["split"]) if split != "test" and label})
-        unseen = sorted({label for label, split in zip(rows["label"], rows["split"]) if label and label not in class_names})
-        if unseen:
+        unseen = sorted(set(table_classes) - set(class_names))
+        if unseen and class_names:
             raise DataError(f"test labels {', '.join(unseen)} are in no train or valid row: fine-tuning takes its classes "
                             f"from train and valid; name every class in order with --class_names")
-        given_names = class_names or given_names
-    class_names = given_names
+    class_names = class_names or table_classes
     if "text" not in rows and "audio" not in rows:
         raise DataError("the table has neither a 'text' column (transcripts) nor an 'audio' column (wav files)")
     if audio_features and "audio" not in rows:
