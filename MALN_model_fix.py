@@ -52,6 +52,8 @@ class MALNConfig:
     sclm_heads: int = 1
     sclm_feedforward: int = 128
     sclm_dropout: float = 0.1
+    sclm_positions: str = "release" # SCLM's position table drawn from 'release': N(0, 1) (nn.Embedding's default, as
+                                    # released), or 'small': N(0, 0.02^2), so positions do not swamp standardised features
     speaker_size: int = 100         # size of the projected speaker-characteristic vector
     # context encoders
     gru_layers: int = 2
@@ -64,6 +66,8 @@ class MALNConfig:
     discriminator_hidden: int = 50
     discriminator_dropout: float = 0.1
     gradient_reversal: float = 1.0  # lambda of the gradient reversal layer
+    adversarial_objective: str = "reversal"  # what the common encoders do against the discriminator: 'reversal' (released:
+                                    # maximise its loss through the gradient reversal) or 'confusion' (make its prediction uniform)
     adversarial: bool = True        # modality-discriminator losses on/off
     orthogonality: bool = True      # difference losses on/off
     cross_attention: bool = True    # cross-modal attention on/off
@@ -85,6 +89,10 @@ class MALNConfig:
         self.feature_sizes = {m: int(self.feature_sizes[m]) for m in MODALITY_ORDER if m in self.feature_sizes}
         if self.sclm_mode not in ("speaker", "utterance", "release", "off"):
             raise ValueError(f"sclm_mode must be 'speaker', 'utterance', 'release' or 'off', got {self.sclm_mode!r}")
+        if self.adversarial_objective not in ("reversal", "confusion"):
+            raise ValueError(f"adversarial_objective must be 'reversal' or 'confusion', got {self.adversarial_objective!r}")
+        if self.sclm_positions not in ("release", "small"):
+            raise ValueError(f"sclm_positions must be 'release' or 'small', got {self.sclm_positions!r}")
         if self.cross_input not in ("common", "specific"):
             raise ValueError(f"cross_input must be 'common' or 'specific', got {self.cross_input!r}")
         for name, value in vars(self).items():
@@ -203,6 +211,8 @@ class SpeakerTransformer(nn.Module):
         super().__init__()
         self.cls = nn.Parameter(torch.randn(size))                                          # N(0, 1), as released
         self.positions = nn.Embedding(config.max_positions, size)
+        if config.sclm_positions == "small":
+            nn.init.normal_(self.positions.weight, std=0.02)                                # (max_positions, D)
         self.norm = nn.LayerNorm(size)
         self.layers = nn.ModuleList(
             EncoderLayer(size, config.sclm_heads, config.sclm_dropout,
@@ -440,6 +450,7 @@ class AMDM(nn.Module):
                                            nn.ReLU(), nn.Linear(config.discriminator_hidden, len(config.feature_sizes)))
         self.unimodal = nn.ModuleDict({m: nn.Sequential(nn.Linear(H, H), nn.ReLU(), nn.Dropout(config.dropout), nn.Linear(H, config.n_classes))
                                        for m in config.feature_sizes})
+        self.reversal_factor = 1.0  # a schedule's factor on gradient_reversal, set by the training loop (not saved)
 
     def forward(self, inputs):
         # inputs {m: (B, N, D_m + speaker_size)}
@@ -450,19 +461,43 @@ class AMDM(nn.Module):
 
     def adversarial_losses(self, specific, common, utterance_mask):
         """Cross-entropy of the modality discriminator on specific and (reversed) common vectors,
-        summed over the modalities; the target of modality m is its index in config.modalities."""
+        summed over the modalities; the target of modality m is its index in config.modalities.
+        Beside them, detached, the discriminator's accuracy on each kind over every modality's real
+        utterances (watched during training, not a term of the objective; chance is 1 / modalities).
+
+        With adversarial_objective='confusion' the discriminator learns from the common vectors as
+        they are (detached), and the common encoders instead minimise, times lambda, the cross-entropy
+        of its prediction against the uniform distribution (ln M when it cannot tell): reversing the
+        gradient rewards an encoder that makes the discriminator name the wrong modality, which keeps
+        the modality as plain as before; confusion rewards only a prediction that cannot tell."""
         real = utterance_mask.reshape(-1)
         losses = {}
-        for name, vectors, scale in (("adversarial_specific", specific, None), ("adversarial_common", common, self.config.gradient_reversal)):
-            loss = 0.0
+        reversal = self.config.gradient_reversal * self.reversal_factor
+        confusion = self.config.adversarial_objective == "confusion"
+        for kind, vectors, scale in (("specific", specific, None), ("common", common, reversal)):
+            loss, correct = 0.0, 0
             for index, m in enumerate(self.config.modalities):
                 x = vectors[m].reshape(-1, vectors[m].size(-1))                            # (B*N, H)
-                if scale is not None:
-                    x = GradientReversal.apply(x, scale)
                 targets = torch.where(real, index, -1)                                      # padding ignored
-                loss = loss + F.cross_entropy(self.discriminator(x), targets, ignore_index=-1)
-            losses[name] = loss
+                if scale is not None and confusion:
+                    loss = loss + scale * self.confusion_loss(x, real)
+                    x = x.detach()
+                elif scale is not None:
+                    x = GradientReversal.apply(x, scale)
+                logits = self.discriminator(x)                                              # (B*N, M)
+                loss = loss + F.cross_entropy(logits, targets, ignore_index=-1)
+                correct = correct + (logits.detach().argmax(-1) == targets).sum()
+            losses[f"adversarial_{kind}"] = loss
+            losses[f"discriminator_{kind}_accuracy"] = correct / (real.sum() * len(self.config.modalities)).clamp(min=1)
         return losses
+
+    def confusion_loss(self, x, real):
+        """Cross-entropy between the discriminator's prediction on x (B*N, H) and the uniform
+        distribution over modalities, mean over the real rows; its gradient reaches x only, not the
+        discriminator."""
+        frozen = {name: p.detach() for name, p in self.discriminator.named_parameters()}
+        log_probs = F.log_softmax(torch.func.functional_call(self.discriminator, frozen, (x,)), -1)   # (B*N, M)
+        return -(log_probs.mean(-1) * real).sum() / real.sum().clamp(min=1)
 
     def orthogonality_losses(self, specific, common, utterance_mask):
         modalities = self.config.modalities
@@ -556,7 +591,8 @@ class MALN(nn.Module):
 
     def losses(self, log_probs, unimodal, specific, common, utterance_mask, labels, class_weights):
         """The released objective: NLL(fused) + 0.1 sum_m NLL(unimodal_m)
-        + 0.01 (adv_common + adv_specific) + 5e-6 (orth_specific + orth_common)."""
+        + 0.01 (adv_common + adv_specific) + 5e-6 (orth_specific + orth_common). The dict also holds
+        the discriminator's accuracies (AMDM.adversarial_losses), which are not terms of the total."""
         config = self.config
         targets = labels.reshape(-1)                                                                # -1 = padding / unlabelled
         any_labelled = (targets >= 0).any()                                                         # no sync

@@ -748,7 +748,8 @@ def check_feature_sizes(splits, source):
 
 # ----------------------------------------------------------------------------- demo data
 
-def make_demo(seed=0, n_dialogues=(240, 30, 60), sizes=(24, 16, 20), switch=0.2, signal=1.5, noise=1.0, speaker_scale=1.0):
+def make_demo(seed=0, n_dialogues=(240, 30, 60), sizes=(24, 16, 20), switch=0.2, signal=1.5, noise=1.0, speaker_scale=1.0,
+              common=0.0):
     """A synthetic multimodal conversation data set that tests what MALN is built for.
 
     Four emotions = (valence, arousal): happy (+,+), angry (-,+), sad (-,-), calm (+,-).
@@ -759,6 +760,11 @@ def make_demo(seed=0, n_dialogues=(240, 30, 60), sizes=(24, 16, 20), switch=0.2,
     modality can tell the four classes apart and any two can. Audio and visual carry a
     per-dialogue channel vector (modality-specific nuisance); all carry Gaussian noise.
 
+    With `common` > 0 (a variant, not the default demo) every modality also shows the whole
+    emotion, valence and arousal each along a random direction of its own, at that strength: a
+    part the modalities share, which a modality-invariant common vector could capture. The default
+    demo has none (0): what one modality tells of the emotion is not what another tells.
+
     info['oracle_accuracy'] is the accuracy of the Bayes-optimal decision that knows every
     generating parameter (offsets, channels, class directions, the persistence), computed
     per speaker by forward-backward: no model can expect to beat it.
@@ -768,6 +774,11 @@ def make_demo(seed=0, n_dialogues=(240, 30, 60), sizes=(24, 16, 20), switch=0.2,
     codes = {"t": valence, "a": arousal, "v": valence * arousal}
     directions = {m: (lambda u: u / np.linalg.norm(u))(rng.normal(size=d)) for m, d in zip("tav", sizes)}
     means = {m: signal * codes[m][:, None] * directions[m][None] for m in "tav"}              # (4, D_m)
+    if common:
+        shared = np.random.default_rng([seed, 1])                                           # the default demo's draws unchanged
+        for m, d in zip("tav", sizes):
+            along_valence, along_arousal = (u / np.linalg.norm(u) for u in shared.normal(size=(2, d)))
+            means[m] = means[m] + common * (valence[:, None] * along_valence + arousal[:, None] * along_arousal)
     K = 4
     transition = np.full((K, K), switch / (K - 1))
     np.fill_diagonal(transition, 1 - switch)
@@ -798,7 +809,8 @@ def make_demo(seed=0, n_dialogues=(240, 30, 60), sizes=(24, 16, 20), switch=0.2,
             dialogues.append(Dialogue(f"demo_{split}_{index}", {m: torch.from_numpy(x) for m, x in features.items()},
                                       torch.from_numpy(speakers.astype(np.int64)), torch.from_numpy(labels)))
         splits[split] = dialogues
-    return FeatureSet("demo", "demo", CLASS_NAMES["demo"], splits, {"oracle_accuracy": correct / total, "seed": seed})
+    return FeatureSet("demo", "demo", CLASS_NAMES["demo"], splits, {"oracle_accuracy": correct / total, "seed": seed,
+                                                                    **({"demo_common": common} if common else {})})
 
 
 def speaker_posteriors(loglik, speakers, transition):
@@ -822,10 +834,11 @@ def speaker_posteriors(loglik, speakers, transition):
 
 
 def load_dataset(dataset, features="", av_features="", modalities="", valid_fraction=0.1, split_seed=100,
-                 trust_pickle=False, demo_seed=0):
-    """The FeatureSet a run asks for: the demo set, or the named / default feature files."""
+                 trust_pickle=False, demo_seed=0, demo_common=0.0):
+    """The FeatureSet a run asks for: the demo set (its variant with a common part when demo_common > 0),
+    or the named / default feature files."""
     if dataset == "demo" and not features:
-        demo = make_demo(demo_seed)
+        demo = make_demo(demo_seed, common=demo_common)
         for dialogues in demo.splits.values():
             for d in dialogues:
                 d.features = {m: d.features[m] for m in (modalities or "tav")}

@@ -6,6 +6,9 @@ Figures of one training run, drawn from its directory alone:
 writes PNGs to saved_models/<run>/figures/ and prints their paths:
 
     learning_curves.png       fused NLL and weighted-F1 of train, valid and test by epoch, the selected epoch marked
+    adversarial_game.png      the modality discriminator by epoch, train and valid: its accuracy on common vectors
+                              (through the gradient reversal) and on specific ones, and its two loss terms, each
+                              beside chance (accuracy 1 / modalities; a loss term M ln M, M modalities)
     confusion_matrix.png      the selected epoch's confusion matrix on test, each true class's row normalised
     tsne_inputs_fused.png     t-SNE of test utterances coloured by gold emotion: input features beside fused vectors
     tsne_common_specific.png  t-SNE of every modality's common and specific test vectors in one map, coloured by
@@ -148,6 +151,50 @@ def learning_curves(history, epoch):
     return figure
 
 
+GAME_LINES = (("common", "-"), ("specific", ":"))  # vector kind, line style
+
+
+def adversarial_game(history, n_modalities, epoch):
+    """The discriminator's accuracies and loss terms (history.csv's *_discriminator_* and
+    *_adversarial_* columns) by epoch, for train and valid, with chance marked: where the game
+    works, the accuracy on common vectors falls to chance while the one on specific vectors stays high."""
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    chances = ((axes[0], "discriminator_{}_accuracy", 1 / n_modalities, "accuracy of the modality discriminator"),
+               (axes[1], "adversarial_{}", n_modalities * np.log(n_modalities), "adversarial loss terms"))
+    for axis, column, chance, title in chances:
+        for split, colour in (("train", "C0"), ("valid", "C1")):
+            for kind, style in GAME_LINES:
+                axis.plot(history["epoch"], history[f"{split}_{column.format(kind)}"], marker=".", color=colour,
+                          linestyle=style, label=f"{split}, {kind} vectors")
+        axis.axhline(chance, color="black", linewidth=1, label=f"chance ({chance:.2f})")
+        axis.axvline(epoch, color="grey", linestyle="--", label=f"selected epoch {epoch}")
+        axis.set_xlabel("epoch")
+        axis.set_title(title)
+    axes[0].set_ylim(0, 1.05)
+    axes[0].legend(fontsize="small")
+    figure.suptitle("common vectors reach the discriminator through the gradient reversal")
+    figure.tight_layout()
+    return figure
+
+
+def game_skipped(run):
+    """Why adversarial_game.png cannot be drawn, or '' when it can."""
+    if run["history"] is None:
+        return "no history.csv"
+    if "train_discriminator_common_accuracy" not in run["history"]:
+        return "history.csv has no discriminator columns (a run without the adversarial loss, or of an earlier version)"
+    if run["metrics"] is None:
+        return "no metrics.json (the run has not finished), which names the modalities that set chance"
+    modalities = run["metrics"].get("modalities")
+    if not (isinstance(modalities, str) and len(modalities) > 1 and set(modalities) <= set("tav")):
+        return f"metrics.json's field 'modalities' is not two or more of 't', 'a', 'v' (got {str(modalities)[:40]!r})"
+    columns = [f"{split}_{name}_{kind}{suffix}" for split in ("train", "valid") for kind in ("common", "specific")
+               for name, suffix in (("discriminator", "_accuracy"), ("adversarial", ""))]
+    if not all(c in run["history"] and pd.api.types.is_numeric_dtype(run["history"][c]) for c in columns):
+        return "history.csv's discriminator columns are incomplete or not numbers"
+    return ""
+
+
 def shown_classes(labels, n_classes):
     """Indices of the classes a figure draws one by one: all of them, or the MAX_CLASSES most frequent gold
     classes of the labelled test utterances (a figure of hundreds of classes would be unreadable and its
@@ -275,6 +322,7 @@ def draw(run):
     drawn, notes = {}, []
     epoch = selected_epoch(run)
     drawn["learning_curves.png"] = learning_curves(history, epoch) if history is not None else "no history.csv"
+    drawn["adversarial_game.png"] = game_skipped(run) or adversarial_game(history, len(metrics["modalities"]), epoch)
     later = ("confusion_matrix.png", "tsne_inputs_fused.png", "tsne_common_specific.png")
     if metrics is None:
         return {**drawn, **{name: "no metrics.json (the run has not finished)" for name in later}}, notes

@@ -52,6 +52,8 @@ select_on = "valid"         # 'valid': the epoch is chosen on validation; 'test'
                             # validation folded into train, the epoch chosen on test, every test figure optimistic
 split_seed = 100            # seed of that held-out share (the same for every training seed)
 demo_seed = 0               # seed of the generated demo data set
+demo_common = 0.0           # > 0: the demo variant in which every modality also shows the whole emotion at this strength
+                            # (a common part; 0 = the default demo, whose modalities share none)
 trust_pickle = False        # load feature pickles without the restricted unpickler (only for files you trust)
 # model: input
 standardize = True          # standardise every feature dimension with training-set statistics (released: False)
@@ -63,6 +65,7 @@ sclm_layers = 1             # Transformer layers of SCLM
 sclm_heads = 1              # attention heads of SCLM
 sclm_feedforward = 128      # feed-forward size of SCLM
 sclm_dropout = 0.1          # dropout inside SCLM
+sclm_positions = "release"  # SCLM's position table drawn from 'release': N(0, 1) (released), or 'small': N(0, 0.02^2)
 speaker_size = 100          # projected speaker-characteristic vector
 max_positions = 0           # rows of SCLM's position table (longest dialogue + 1); 0 = max(128, the longest training
                             # dialogue + 1): never sized from valid or test. A longer valid or test dialogue is refused
@@ -77,6 +80,11 @@ common_dropout = 0.3        # dropout of the common encoders
 discriminator_hidden = 50   # hidden size of the modality discriminator
 discriminator_dropout = 0.1 # dropout of the modality discriminator
 gradient_reversal = 1.0     # lambda of the gradient reversal layer
+adversarial_objective = "reversal"  # common encoders against the discriminator: 'reversal' (released: maximise its loss
+                            # through the reversed gradient) or 'confusion' (minimise lambda x the cross-entropy of its
+                            # prediction against uniform; the discriminator learns from the vectors as they are)
+reversal_schedule = "constant"  # 'constant' (released) or 'dann': lambda times 2 / (1 + exp(-10 p)) - 1 at training
+                            # progress p = (epoch - 1) / epochs, the warm-up of domain-adversarial training (Ganin et al.)
 adversarial = True          # modality-discriminator losses
 orthogonality = True        # orthogonality (difference) losses
 cross_attention = True      # cross-modal attention (False: plain concatenation)
@@ -123,8 +131,10 @@ preset = ""                 # '' = the dataset's own (PRESETS[dataset]: IEMOCAP,
 PRESETS = {
     "released": {"standardize": False, "sclm_mode": "release", "context_dropout": 0.5, "dropout": 0.66, "epochs": 60,
                  "batch_size": 32, "learning_rate": 4e-4, "lr_schedule": "constant", "weight_decay": 3e-5,
-                 "reseed_every_epoch": True, "cudnn_deterministic": True},
-    "demo": {"epochs": 15, "batch_size": 16, "learning_rate": 2e-3},  # the small synthetic set: about 1.5 minutes on 2 cores
+                 "reseed_every_epoch": True, "cudnn_deterministic": True, "reversal_schedule": "constant",
+                 "sclm_positions": "release", "adversarial_objective": "reversal"},
+    "demo": {"epochs": 15, "batch_size": 16, "learning_rate": 2e-3,  # the small synthetic set: about 1.5 minutes on 2 cores
+             "sclm_mode": "utterance"},  # no stalled start: every utterance's own row reaches AMDM (docs/adversarial.md)
     # the dataset presets, applied with --dataset=IEMOCAP / MELD; chosen on validation weighted-F1 (README, Results).
     # A moving average over about an epoch and a half (IEMOCAP, 14 steps an epoch) or one epoch (MELD, 117 steps)
     "IEMOCAP": {"class_weights": True, "input_dropout": 0.3, "average_decay": 0.95},
@@ -145,8 +155,11 @@ CONSTRAINTS = {  # name -> (what a valid value is, test of the value given the w
     "select_on": ("'valid' or 'test' (the release's optimistic protocol)", lambda v, c: v in ("valid", "test")),
     "split_seed": (">= 0", lambda v, c: v >= 0),
     "demo_seed": (">= 0", lambda v, c: v >= 0),
+    "demo_common": (">= 0 and finite, and given only with the generated demo set (--dataset=demo, no --features)",
+                    lambda v, c: 0 <= v < float("inf") and (v == 0 or (c["dataset"] == "demo" and not c["features"]))),
     "sclm_mode": ("'speaker', 'utterance', 'release' or 'off'", lambda v, c: v in ("speaker", "utterance", "release", "off")),
     "cross_input": ("'common' or 'specific'", lambda v, c: v in ("common", "specific")),
+    "sclm_positions": ("'release' or 'small'", lambda v, c: v in ("release", "small")),
     **{name: (">= 1", lambda v, c: v >= 1) for name in ("sclm_layers", "sclm_heads", "sclm_feedforward", "speaker_size",
                                                         "gru_layers", "hidden_size", "discriminator_hidden",
                                                         "epochs", "batch_size")},
@@ -161,6 +174,8 @@ CONSTRAINTS = {  # name -> (what a valid value is, test of the value given the w
     "learning_rate": ("> 0 and finite", lambda v, c: 0 < v < float("inf")),
     "average_decay": ("in [0, 1)", lambda v, c: 0 <= v < 1),
     "lr_schedule": ("'cosine' or 'constant'", lambda v, c: v in ("cosine", "constant")),
+    "reversal_schedule": ("'constant' or 'dann'", lambda v, c: v in ("constant", "dann")),
+    "adversarial_objective": ("'reversal' or 'confusion'", lambda v, c: v in ("reversal", "confusion")),
     "seed": (">= 0", lambda v, c: v >= 0),
     "threads": (">= 0 (0 = torch's default)", lambda v, c: v >= 0),
     "seeds": ("comma-separated integers >= 0, each once, e.g. 1,2,3", lambda v, c: not v or seed_list_of(v) is not None),
@@ -291,6 +306,14 @@ def learning_rate_at(epoch, config):
     return config["learning_rate"] * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def reversal_factor_at(epoch, config):
+    """Factor on the gradient-reversal lambda in an epoch (1-based): 1, or DANN's warm-up from 0 towards 1."""
+    if config["reversal_schedule"] == "constant":
+        return 1.0
+    progress = (epoch - 1) / config["epochs"]
+    return 2 / (1 + math.exp(-10 * progress)) - 1
+
+
 def make_optimizer(model, config):
     """Adam (learning rate and weight decay from config); fused: the same update in one kernel (about 10x faster on cpu)."""
     return torch.optim.Adam(model.parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"], fused=True)
@@ -308,7 +331,7 @@ def train_epoch(model, optimizer, batches, device, amp, class_weights, averaged=
     steps elsewhere (each check waits for the device); nothing of the epoch is kept then."""
     model.train()
     check_every = 1 if device.type == "cpu" else NON_FINITE_CHECK_EVERY
-    total, nll, n_labelled, labels, predictions = [], [], [], [], []
+    total, nll, n_labelled, labels, predictions, game = [], [], [], [], [], []
     for step, (_, batch) in enumerate(tqdm(batches, desc="train", leave=False, disable=None), 1):
         batch = to_device(batch, device)
         with autocast(device, amp):
@@ -326,9 +349,11 @@ def train_epoch(model, optimizer, batches, device, amp, class_weights, averaged=
         batch_nll, batch_labelled = labelled_nll(output["log_probs"].detach(), batch["labels"])
         nll.append(batch_nll)
         n_labelled.append(batch_labelled)
+        game.append(game_terms(output["losses"], batch["utterance_mask"]))
         labels.append(batch["labels"].reshape(-1))
         predictions.append(output["log_probs"].detach().argmax(-1).reshape(-1))
-    return {"loss": float(torch.stack(total).mean()), "nll": mean_nll(nll, n_labelled), **summarise(labels, predictions)}
+    return {"loss": float(torch.stack(total).mean()), "nll": mean_nll(nll, n_labelled), **summarise(labels, predictions),
+            **game_means(game)}
 
 
 NON_FINITE_CHECK_EVERY = 16  # training steps between checks of the loss on cuda (and mps), where a check is a host sync
@@ -357,6 +382,44 @@ def mean_nll(sums, counts):
     return float(torch.stack(sums).sum()) / count if count else float("nan")
 
 
+GAME_KEYS = ("adversarial_common", "adversarial_specific", "discriminator_common_accuracy", "discriminator_specific_accuracy")
+
+
+def game_terms(losses, utterance_mask):
+    """The modality discriminator's loss terms and accuracies of one batch, each times the batch's
+    real utterances, (5,) with that count last; None when the run has no adversarial loss."""
+    if "adversarial_common" not in losses:
+        return None
+    n_real = utterance_mask.sum().float()
+    return torch.stack([*(losses[k].detach().float() * n_real for k in GAME_KEYS), n_real])
+
+
+def game_means(game):
+    """{name: mean over the epoch's real utterances} of GAME_KEYS from game_terms' rows; {} without them."""
+    if not game or game[0] is None:
+        return {}
+    sums = torch.stack(game).sum(0).tolist()                                         # one sync
+    return {k: value / sums[-1] for k, value in zip(GAME_KEYS, sums)}
+
+
+def game_row(train, valid, reversal):
+    """History columns of the adversarial game: the lambda used and, for train and valid, the
+    discriminator's accuracies and loss terms (none when the run has no adversarial loss; NaN for
+    valid when there is none, with --select_on=test)."""
+    if "adversarial_common" not in train:
+        return {}
+    return {"gradient_reversal": reversal, **{f"{split}_{k}": result.get(k, float("nan"))
+                                              for split, result in (("train", train), ("valid", valid)) for k in GAME_KEYS}}
+
+
+def game_text(row):
+    """The valid discriminator accuracies of a history row, for the epoch's line ('' without them)."""
+    if "valid_discriminator_common_accuracy" not in row:
+        return ""
+    return (f" | discriminator acc common {row['valid_discriminator_common_accuracy']:.2f} "
+            f"specific {row['valid_discriminator_specific_accuracy']:.2f}")
+
+
 class NonFiniteLoss(FloatingPointError):
     """The training loss became NaN or inf; nothing of that epoch is saved."""
 
@@ -374,7 +437,7 @@ def evaluate(model, batches, device, amp, class_weights, keep_vectors=False):
     the batches; with keep_vectors, also every real utterance's fused, common and specific vectors,
     dialogue id, position, label and prediction. `class_weights` weigh only the losses the model returns."""
     model.eval()
-    nll, n_labelled, labels, predictions, vectors = [], [], [], [], []
+    nll, n_labelled, labels, predictions, vectors, game = [], [], [], [], [], []
     for dialogues, batch in batches:
         batch = to_device(batch, device)
         with autocast(device, amp):
@@ -383,11 +446,12 @@ def evaluate(model, batches, device, amp, class_weights, keep_vectors=False):
         batch_nll, batch_labelled = labelled_nll(output["log_probs"], batch["labels"])
         nll.append(batch_nll)
         n_labelled.append(batch_labelled)
+        game.append(game_terms(output["losses"], batch["utterance_mask"]))
         labels.append(batch["labels"].reshape(-1))
         predictions.append(output["log_probs"].argmax(-1).reshape(-1))
         if keep_vectors:
             vectors.append(real_utterance_vectors(dialogues, batch, output))
-    result = {"nll": mean_nll(nll, n_labelled), **summarise(labels, predictions)}
+    result = {"nll": mean_nll(nll, n_labelled), **summarise(labels, predictions), **game_means(game)}
     real = torch.cat([b["utterance_mask"].reshape(-1) for _, b in batches]).numpy()
     result["labels"] = torch.cat(labels).cpu().numpy()[real]
     result["predictions"] = torch.cat(predictions).cpu().numpy()[real]
@@ -419,12 +483,16 @@ def decomposition_probes(train_vectors, test_vectors, max_train=5000, seed=0):
       utterance's c_m (s_m) labelled m. Where AMDM works, common vectors sit near
       modality_chance (1 / number of modalities) and specific ones far above it. None with one
       modality, where it is undefined.
+    - modality_from_common_standardised_accuracy: the same probe after each modality's common
+      vectors are standardised with that modality's own train mean and std, so that a shift or a
+      scale between the modalities cannot tell them apart; what is left is in the vectors' shape.
     - emotion_from_{common,specific}_{accuracy,weighted_f1}: the emotion from the
       concatenation of every modality's common (specific) vectors alone, labelled utterances.
     - common_specific_abs_cosine: mean |cosine| of an utterance's common and specific vector
       of the same modality on test, which the orthogonality loss pushes towards 0."""
     modalities = [key[len("common_"):] for key in train_vectors if key.startswith("common_")]
-    result = {"modality_chance": None, "modality_from_common_accuracy": None, "modality_from_specific_accuracy": None}
+    result = {"modality_chance": None, "modality_from_common_accuracy": None, "modality_from_specific_accuracy": None,
+              "modality_from_common_standardised_accuracy": None}
     if len(modalities) > 1:
         result["modality_chance"] = 1 / len(modalities)
         for kind in ("common", "specific"):
@@ -432,6 +500,11 @@ def decomposition_probes(train_vectors, test_vectors, max_train=5000, seed=0):
             test_x, test_y = stack_by_modality(test_vectors, kind, modalities)
             fitted = linear_probe(train_x, train_y, test_x, test_y, max_train, seed)
             result[f"modality_from_{kind}_accuracy"] = fitted and fitted["accuracy"]
+        standardised = [standardised_by_modality(train_vectors, test_vectors, m) for m in modalities]
+        train_x, test_x = (np.concatenate([pair[i] for pair in standardised]) for i in (0, 1))
+        fitted = linear_probe(train_x, stack_by_modality(train_vectors, "common", modalities)[1], test_x,
+                              stack_by_modality(test_vectors, "common", modalities)[1], max_train, seed)
+        result["modality_from_common_standardised_accuracy"] = fitted and fitted["accuracy"]
     else:
         result["note"] = "one modality: modality identification is undefined"
     train_labelled, test_labelled = train_vectors["label"] >= 0, test_vectors["label"] >= 0
@@ -445,6 +518,13 @@ def decomposition_probes(train_vectors, test_vectors, max_train=5000, seed=0):
     cosines = [np.abs(cosine(test_vectors[f"common_{m}"], test_vectors[f"specific_{m}"])) for m in modalities]
     result["common_specific_abs_cosine"] = float(np.mean(np.concatenate(cosines)))
     return result
+
+
+def standardised_by_modality(train_vectors, test_vectors, m):
+    """Modality m's train and test common vectors, each standardised with m's own train mean and std."""
+    train, test = train_vectors[f"common_{m}"], test_vectors[f"common_{m}"]
+    mean, std = train.mean(0), np.maximum(train.std(0), 1e-12)
+    return (train - mean) / std, (test - mean) / std
 
 
 def stack_by_modality(vectors, kind, modalities):
@@ -474,13 +554,48 @@ def cosine(a, b):
     return (a * b).sum(1) / np.maximum(norms, 1e-12)
 
 
+def logistic_regression_baseline(feature_set, max_iterations=2000):
+    """What context and speakers have to beat: logistic regression on single utterances of the
+    run's inputs (each utterance's modalities concatenated, standardised), fitted on the labelled
+    train utterances, scored on test. -> {'test_weighted_f1', 'test_accuracy'} in percent (NaN
+    when test has no label); None when train has fewer than two classes."""
+    def utterances(split):
+        dialogues = feature_set.splits[split]
+        x = np.concatenate([torch.cat([d.features[m] for m in feature_set.modalities], 1).numpy() for d in dialogues])
+        y = np.concatenate([d.labels.numpy() for d in dialogues])
+        return x[y >= 0], y[y >= 0]
+
+    train_x, train_y = utterances("train")
+    if len(np.unique(train_y)) < 2:
+        return None
+    classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iterations))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        classifier.fit(train_x, train_y)
+    test_x, test_y = utterances("test")
+    figures = scores(test_y, classifier.predict(test_x)) if len(test_y) else scores([], [])
+    return {f"test_{name}": value for name, value in figures.items()}
+
+
+def baseline_line(baseline, model_weighted_f1):
+    """The logistic-regression baseline beside the model's test weighted-F1, in one line."""
+    if baseline is None:
+        return "logistic regression on single utterances: undefined (train has fewer than two classes)"
+    if not math.isfinite(baseline["test_weighted_f1"]):
+        return "logistic regression on single utterances: no labelled test utterance to score"
+    return (f"logistic regression on single utterances (fitted on train): test weighted-F1 "
+            f"{baseline['test_weighted_f1']:.2f}, accuracy {baseline['test_accuracy']:.2f}; the model: "
+            f"{model_weighted_f1:.2f} ({model_weighted_f1 - baseline['test_weighted_f1']:+.2f})")
+
+
 def decomposition_line(decomposition):
     """The probe figures in one line of the run's report."""
     d = decomposition
     if d["modality_chance"] is None:
         modality = "modality identification undefined (one modality)"
     else:
-        modality = (f"modality from common {d['modality_from_common_accuracy']:.2f} (chance {d['modality_chance']:.2f}), "
+        modality = (f"modality from common {d['modality_from_common_accuracy']:.2f} (chance {d['modality_chance']:.2f}; "
+                    f"each modality standardised {d['modality_from_common_standardised_accuracy']:.2f}), "
                     f"from specific {d['modality_from_specific_accuracy']:.2f}")
     emotion = "; ".join(f"emotion from {kind} accuracy {d[f'emotion_from_{kind}_accuracy']:.2f} "
                         f"wF1 {d[f'emotion_from_{kind}_weighted_f1']:.2f}"
@@ -520,7 +635,8 @@ def run(config, feature_set=None):
     set_threads(config)
     if feature_set is None:
         feature_set = load_dataset(config["dataset"], config["features"], config["av_features"], config["modalities"],
-                                   config["valid_fraction"], config["split_seed"], config["trust_pickle"], config["demo_seed"])
+                                   config["valid_fraction"], config["split_seed"], config["trust_pickle"], config["demo_seed"],
+                                   config["demo_common"])
     feature_set = selection_splits(feature_set, config)
     check_training_splits(feature_set, config["select_on"])
     check_training_lengths(feature_set, config)
@@ -552,6 +668,7 @@ def run(config, feature_set=None):
         epoch_start = time.time()
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(epoch, config)
+        model.amdm.reversal_factor = reversal_factor_at(epoch, config)
         if config["reseed_every_epoch"]:
             set_seed(config["seed"])
             generator.manual_seed(config["seed"])
@@ -566,12 +683,13 @@ def run(config, feature_set=None):
         row = {"epoch": epoch, "seconds": time.time() - epoch_start, "train_loss": train["loss"]}  # loss: the objective
         for split, result in (("train", train), ("valid", valid), ("test", test)):
             row.update({f"{split}_{k}": result[k] for k in ("nll", "accuracy", "weighted_f1")})
+        row.update(game_row(train, valid, config["gradient_reversal"] * model.amdm.reversal_factor))
         history.append(row)
         selected_on = config["select_on"]
         improved = best is None or row[f"{selected_on}_weighted_f1"] > best[f"{selected_on}_weighted_f1"]
         tqdm.write(f"epoch {epoch:3d} | train objective {row['train_loss']:.3f} | " + " | ".join(
             f"{s} nll {row[f'{s}_nll']:.3f} acc {row[f'{s}_accuracy']:5.2f} wF1 {row[f'{s}_weighted_f1']:5.2f}"
-            for s in ("train", "valid", "test")) + f" | {row['seconds']:.1f}s" + (" *" if improved else ""))
+            for s in ("train", "valid", "test")) + game_text(row) + f" | {row['seconds']:.1f}s" + (" *" if improved else ""))
         if improved:
             best, best_state = row, copy.deepcopy(evaluated.state_dict())
         save_last(run_dir, model, optimizer, generator, device, config, feature_set, history, best, averaged)
@@ -594,6 +712,7 @@ def run(config, feature_set=None):
         "optimistic_test_accuracy": optimistic["test_accuracy"], "parameters": model.n_parameters(),
         "seconds_per_epoch": float(np.mean([r["seconds"] for r in history])), "seconds": time.time() - started,
         "decomposition": decomposition_probes(final["train"]["vectors"], final["test"]["vectors"]),
+        "logistic_regression": logistic_regression_baseline(feature_set),
         "config": config, **feature_set.info,
     }
     if config["export_features"]:
@@ -651,6 +770,7 @@ def print_outcome(best, metrics, optimistic):
     print(f"{selected}: test weighted-F1 {metrics['test_weighted_f1']:.2f}, accuracy {metrics['test_accuracy']:.2f}")
     print(f"[optimistic, the release's protocol] best test epoch {optimistic['epoch']}: "
           f"test weighted-F1 {optimistic['test_weighted_f1']:.2f}, accuracy {optimistic['test_accuracy']:.2f}")
+    print(baseline_line(metrics["logistic_regression"], metrics["test_weighted_f1"]))
     print(decomposition_line(metrics["decomposition"]))
     return metrics
 
@@ -939,7 +1059,8 @@ def write_predictions(config, given=frozenset()):
     model = load_prediction_model(config["predict"], resolve_device(config["device"]))
     splits = checkpoint_splits(model.checkpoint, config, given)
     feature_set = load_dataset(config["dataset"], config["features"], config["av_features"], "".join(model.config.modalities),
-                               splits["valid_fraction"], splits["split_seed"], config["trust_pickle"], config["demo_seed"])
+                               splits["valid_fraction"], splits["split_seed"], config["trust_pickle"], config["demo_seed"],
+                               config["demo_common"])
     feature_set = selection_splits(feature_set, splits)
     table = predict(model, feature_set, config["predict_split"], config["batch_size"])
     atomic_write(path, lambda temporary: spreadsheet_safe(table).to_csv(temporary, index=False))
@@ -1019,7 +1140,8 @@ def main(argv):
         if not config["resume"]:
             check_run_name_free(config)
         feature_set = load_dataset(config["dataset"], config["features"], config["av_features"], config["modalities"],
-                                   config["valid_fraction"], config["split_seed"], config["trust_pickle"], config["demo_seed"])
+                                   config["valid_fraction"], config["split_seed"], config["trust_pickle"], config["demo_seed"],
+                                   config["demo_common"])
         feature_set = selection_splits(feature_set, config)
         check_training_splits(feature_set, config["select_on"])
         check_training_lengths(feature_set, config)

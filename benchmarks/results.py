@@ -34,7 +34,7 @@ import pandas as pd
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import train_MALN  # noqa: E402
-from utils import check_regular_file  # noqa: E402
+from utils import atomic_write, check_regular_file  # noqa: E402
 
 MODEL_ROWS = {
     "full model": [],
@@ -89,6 +89,28 @@ MELD_ROWS = {  # each with class weights, the one switch that helped at once
                                                                         "--unimodal_weight=0"],
     "MELD preset (--preset=MELD)": ["--preset=MELD"],
 }
+ADVERSARIAL_WEIGHTS = {"adversarial weight 0.01 (released)": 0.01, "adversarial weight 0.03": 0.03,
+                       "adversarial weight 0.1": 0.1, "adversarial weight 0.3": 0.3, "adversarial weight 1": 1.0}
+ADVERSARIAL_ROWS = {  # does the gradient-reversal game make common vectors modality-invariant, at what weight and cost?
+    "without adversarial loss": ["--adversarial=False"],
+    **{row: [f"--adversarial_weight={weight}"] for row, weight in ADVERSARIAL_WEIGHTS.items()},
+    "gradient reversal 3": ["--gradient_reversal=3"],
+    "gradient reversal 10": ["--gradient_reversal=10"],
+    "reversal schedule dann": ["--reversal_schedule=dann"],
+    "reversal schedule dann + adversarial weight 1": ["--reversal_schedule=dann", "--adversarial_weight=1"],
+    # the encoders make the discriminator's prediction uniform instead of maximising its loss
+    "confusion objective + adversarial weight 0.1": ["--adversarial_objective=confusion", "--adversarial_weight=0.1"],
+    "confusion objective + adversarial weight 1": ["--adversarial_objective=confusion", "--adversarial_weight=1"],
+    # candidate causes of a missing invariance, each at the weight where the game is strongest
+    "adversarial weight 1 + discriminator hidden 200": ["--adversarial_weight=1", "--discriminator_hidden=200"],
+    "adversarial weight 1 + without input standardisation": ["--adversarial_weight=1", "--standardize=False"],
+    # the demo variant with a known common part (every modality shows the whole emotion)
+    "common-part demo without adversarial loss": ["--demo_common=1", "--adversarial=False"],
+    "common-part demo + adversarial weight 0.01": ["--demo_common=1"],
+    "common-part demo + adversarial weight 1": ["--demo_common=1", "--adversarial_weight=1"],
+    "common-part demo + confusion objective + adversarial weight 1": ["--demo_common=1", "--adversarial_objective=confusion",
+                                                                      "--adversarial_weight=1"],
+}
 SUITES = {
     "demo": (["--dataset=demo"], {**MODEL_ROWS, **MODALITY_ROWS, **DEMO_ROWS}),
     # text only: no adversarial loss or cross-modal attention to remove. The rows start from the defaults above the
@@ -99,11 +121,13 @@ SUITES = {
     # make specific vectors differ from common ones?
     "decomposition": (["--dataset=demo"], {k: MODEL_ROWS[k] for k in ("full model", "without adversarial loss",
                                                                       "without orthogonality")}),
+    "adversarial": (["--dataset=demo"], ADVERSARIAL_ROWS),
 }
 COLUMNS = {"test_weighted_f1": "test wF1", "test_accuracy": "test acc", "valid_weighted_f1": "valid wF1",
            "optimistic_test_weighted_f1": "best-test-epoch wF1 (optimistic)"}
 
 PROBE_COLUMNS = {"modality_from_common_accuracy": "modality from common", "modality_chance": "modality chance",
+                 "modality_from_common_standardised_accuracy": "modality from common, each modality standardised",
                  "modality_from_specific_accuracy": "modality from specific",
                  "emotion_from_common_accuracy": "emotion acc from common",
                  "emotion_from_common_weighted_f1": "emotion wF1 from common",
@@ -274,7 +298,7 @@ def decomposition_table(suite, out_dir):
         probes = [figures for figures in (read_json(path).get("decomposition") for path in paths) if isinstance(figures, dict)]
         if probes:
             records.append({"setting": row, "seeds": len(probes),
-                            **{name: mean_std([p[key] for p in probes]) for key, name in PROBE_COLUMNS.items()}})
+                            **{name: mean_std([p.get(key) for p in probes]) for key, name in PROBE_COLUMNS.items()}})
     return pd.DataFrame(records)
 
 
@@ -284,6 +308,63 @@ def mean_std(values):
         return "n/a"  # None where undefined; anything else is no probe figure of train_MALN.py
     values = pd.Series(values, dtype=float)
     return f"{values.mean():.2f} ± {values.std():.2f}" if len(values) > 1 else f"{values.mean():.2f}"
+
+
+def sensitivity_figure(suite, out_dir):
+    """Weighted-F1 (test, valid) and the modality probes (from common, from specific, chance)
+    against the adversarial weight, mean ± std over seeds, from the ADVERSARIAL_WEIGHTS rows that
+    have finished; 'without adversarial loss' as dashed lines. -> the figure, or None without rows."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    points = {}
+    for row in ("without adversarial loss", *ADVERSARIAL_WEIGHTS):
+        paths = sorted(glob.glob(os.path.join(run_dir(out_dir, suite, row), "seed*", "metrics.json")))
+        if paths:
+            points[row] = pd.DataFrame([flat_figures(read_json(path)) for path in paths])
+    weighted = [row for row in ADVERSARIAL_WEIGHTS if row in points]
+    if not weighted:
+        return None
+    x = [ADVERSARIAL_WEIGHTS[row] for row in weighted]
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    panels = ((axes[0], (("test_weighted_f1", "test"), ("valid_weighted_f1", "valid")), "weighted-F1 (%)"),
+              (axes[1], (("modality_from_common_accuracy", "modality from common"),
+                         ("modality_from_specific_accuracy", "modality from specific")), "linear probe accuracy"))
+    for axis, columns, title in panels:
+        for index, (column, label) in enumerate(columns):
+            means = [points[row][column].mean() for row in weighted]
+            stds = [points[row][column].std() if len(points[row]) > 1 else 0 for row in weighted]
+            axis.errorbar(x, means, yerr=stds, marker="o", capsize=3, color=f"C{index}", label=label)
+            if "without adversarial loss" in points:
+                axis.axhline(points["without adversarial loss"][column].mean(), color=f"C{index}", linestyle="--",
+                             label=f"{label}, without adversarial loss")
+        axis.set_xscale("log")
+        axis.set_xlabel("adversarial weight")
+        axis.set_title(title)
+    axes[1].axhline(points[weighted[0]]["modality_chance"].mean(), color="black", linewidth=1, label="chance")
+    axes[1].set_ylim(0, 1.05)
+    for axis in axes:
+        axis.legend(fontsize="small")
+    figure.suptitle(f"{len(points[weighted[0]])} seeds per point, mean ± std")
+    figure.tight_layout()
+    return figure
+
+
+def flat_figures(metrics):
+    """A run's weighted-F1 and probe figures in one flat dict."""
+    return {"test_weighted_f1": metrics["test_weighted_f1"], "valid_weighted_f1": metrics["valid_weighted_f1"],
+            **{k: v for k, v in (metrics.get("decomposition") or {}).items() if k != "note"}}
+
+
+def write_sensitivity_figure(suite, out_dir):
+    """sensitivity.png in the suite's results directory, from sensitivity_figure; its path printed."""
+    figure = sensitivity_figure(suite, out_dir)
+    if figure is None:
+        print("no finished adversarial-weight row: no sensitivity figure")
+        return
+    path = os.path.join(out_dir, "results", suite, "sensitivity.png")
+    atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=120, format="png"))
+    print(f"figure: {path}")
 
 
 def markdown(frame):
@@ -323,6 +404,8 @@ def main(argv):
     if not probes.empty:
         print("\ndecomposition probes (fractions; linear probes fitted on train, scored on test):")
         print(markdown(probes))
+    if options["suite"] == "adversarial":
+        write_sensitivity_figure(options["suite"], options["out_dir"])
     if failures:
         raise SystemExit(f"{len(failures)} run(s) failed:\n" + "\n".join(failures))
 

@@ -8,7 +8,7 @@ import train_MALN
 from dataloader import make_demo
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-FIGURES = ("learning_curves.png", "confusion_matrix.png", "tsne_inputs_fused.png", "tsne_common_specific.png")
+FIGURES = ("learning_curves.png", "adversarial_game.png", "confusion_matrix.png", "tsne_inputs_fused.png", "tsne_common_specific.png")
 
 
 def tiny_run(directory, name, modalities, *overrides):
@@ -44,7 +44,7 @@ def test_plots_writes_every_figure_as_a_png(three_modality_run, capsys):
 def test_probe_figures_are_in_metrics_and_lie_in_the_unit_interval(three_modality_run):
     figures = probe_figures(three_modality_run[0])
     assert figures["modality_chance"] == pytest.approx(1 / 3)
-    assert len(figures) == 8 and all(0 <= value <= 1 for value in figures.values())
+    assert len(figures) == 9 and all(0 <= value <= 1 for value in figures.values())
 
 
 def test_exported_input_features_are_the_raw_inputs(three_modality_run):
@@ -86,6 +86,7 @@ def test_probes_find_modality_in_specific_vectors_and_emotion_where_it_is():
 
     figures = train_MALN.decomposition_probes(vectors(600), vectors(300))
     assert figures["modality_from_common_accuracy"] < 0.45 and figures["modality_from_specific_accuracy"] > 0.95
+    assert figures["modality_from_common_standardised_accuracy"] < 0.45
     assert figures["emotion_from_common_accuracy"] > 0.9 and figures["emotion_from_specific_accuracy"] < 0.4
     assert figures["common_specific_abs_cosine"] < 0.3
 
