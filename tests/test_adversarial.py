@@ -233,3 +233,11 @@ def test_confusion_objective_trains_the_discriminator_plainly_and_the_encoders_t
         model.amdm.discriminator[3].weight.zero_()                                  # a discriminator that cannot tell
         model.amdm.discriminator[3].bias.zero_()
     assert model.amdm.confusion_loss(x["t"], real).item() == pytest.approx(math.log(3))
+
+
+def test_game_figure_is_skipped_with_a_reason_for_bad_modalities_or_columns():
+    history = pd.DataFrame({f"{split}_{name}": [0.5] for split in ("train", "valid") for name in train_MALN.GAME_KEYS})
+    good = {"history": history, "metrics": {"modalities": "tav"}}
+    assert plots.game_skipped(good) == ""
+    assert "field 'modalities'" in plots.game_skipped({**good, "metrics": {"modalities": ["t", "a"]}})
+    assert "not numbers" in plots.game_skipped({**good, "history": history.assign(valid_adversarial_specific=["x"])})
