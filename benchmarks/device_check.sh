@@ -11,6 +11,7 @@
 #     devices draw different masks, so only arithmetic may differ): the same selected epoch and
 #     test weighted-F1 within a point;
 #   benchmarks/speed.py on cuda in fp32 and with --amp=True (bf16 autocast);
+#   text-encoder fine-tuning throughput, ours against the plain loop (benchmarks/extraction_speed.py);
 #   a run on cuda continued with --resume.
 # Without a cuda device the cuda steps say SKIP and the cpu half of the demo comparison still runs.
 # It ends with one PASS / SKIP / FAIL line per step and exits non-zero on any FAIL.
@@ -158,6 +159,27 @@ for amp in False True; do
         record SKIP "speed --amp=$amp" "$no_cuda"
     fi
 done
+
+# ------------------------------------------------------------------ text-encoder fine-tuning: ours against the plain loop
+# The GPU machine has no network: the text model must travel with the working tree (64 MiB at most). Before sending,
+#     python benchmarks/extraction_speed.py --save_half=.text_model      # the packaged MiniLM in float16, 45 MB
+# (.text_model in .git/info/exclude, named in the device run's carry); without it the packaged weights are used.
+text_model=$([ -d .text_model ] && echo .text_model || echo "")
+finetune_steps=$([ "$rehearsal" = 1 ] && echo 2 || echo 60)
+if [ "$runs_on_target" = 1 ]; then
+    rates=""
+    for loop in ours plain; do
+        if logged "finetune-$loop" 240 python3 benchmarks/extraction_speed.py --finetune=True "--loop=$loop" \
+            "--steps=$finetune_steps" "--device=$target" "--text_model=$text_model"; then
+            rates+="$loop $(grep -o '[0-9.]* training utterances per second' "$work/finetune-$loop.log" | cut -d' ' -f1) utt/s; "
+        else
+            rates+="$loop FAILED (see $work/finetune-$loop.log); "
+        fi
+    done
+    record "$(grep -q FAILED <<<"$rates" && echo FAIL || echo PASS)" "fine-tuning speed" "$rates"
+else
+    record SKIP "fine-tuning speed" "$no_cuda"
+fi
 
 # ------------------------------------------------------------------ a run on the target, continued with --resume
 if [ "$runs_on_target" = 1 ]; then
