@@ -18,8 +18,9 @@ the text encoder on the single labelled utterances of the `train` rows, selects 
 weighted-F1 of the `valid` rows (the `test` rows are never seen, labels included), writes every row's
 vector from the selected encoder (the mean of its last four layers, pooled), and saves the encoder
 beside the feature file (<out>.encoder/); --text_model=<that directory> extracts later conversations
-with it. --finetune_folds=K (the default, 3) gives the training rows vectors that do not carry their
-own labels: each comes from an encoder fine-tuned with that row's fold of training dialogues held out.
+with it. --finetune_folds=K (K >= 2; default 0, chosen on MALN's validation weighted-F1: docs/finetuned_features.md)
+gives the training rows vectors that do not carry their own labels: each comes from an encoder
+fine-tuned with that row's fold of training dialogues held out.
 
     python extract_features.py --transcripts=iemocap.pkl --dataset=IEMOCAP --finetune=True --out=Features/iemocap_finetuned.pkl
 
@@ -55,7 +56,7 @@ SAMPLES_PER_SECOND = 2 * 96000  # a clip may hold at most max_audio_seconds x th
 
 
 FINETUNE_DEFAULTS = {"finetune_epochs": 4, "finetune_learning_rate": 5e-5, "finetune_batch_size": 32,
-                     "finetune_folds": 3, "seed": 0, "pooling": ""}
+                     "finetune_folds": 0, "seed": 0, "pooling": ""}
 
 
 def extract_features(table, out, text_model="", audio_features="", batch_size=64, device="auto",
@@ -371,7 +372,7 @@ def main(argv):
     """python extract_features.py --table=utterances.csv --out=Features/mydata.pkl [--text_model=NAME_OR_DIRECTORY]
     [--audio_features=IS10|eGeMAPS|ComParE] [--batch_size=64] [--device=auto|cpu|cuda] [--class_names=name,name,...]
     [--finetune=True [--finetune_epochs=4] [--finetune_learning_rate=5e-5] [--finetune_batch_size=32]
-    [--finetune_folds=3] [--pooling=mean|first] [--seed=0]] [--threads=N (torch's cpu threads; 0 = its default)]
+    [--finetune_folds=0] [--pooling=mean|first] [--seed=0]] [--threads=N (torch's cpu threads; 0 = its default)]
     [--max_audio_seconds=300] or --transcripts=COSMIC_FILE.pkl [--dataset=IEMOCAP|MELD] in place of --table"""
     options = {}
     for argument in argv:
