@@ -316,6 +316,10 @@ def read_transcripts(path, dataset="", class_names=None):
     class_names, else the label numbers). Speakers are letters or one-hot lists, labels integers;
     splits and dialogue ids are the file's."""
     from dataloader import read_pickle  # the restricted, bounded unpickler
+    try:
+        check_regular_file(path, "COSMIC transcript file")
+    except (FileNotFoundError, ValueError) as error:
+        raise DataError(str(error)) from None
     data = read_pickle(path)
     layout = TRANSCRIPT_LAYOUTS.get(len(data) - 2) if isinstance(data, (tuple, list)) and len(data) >= 3 else None
     if layout is None or not all(isinstance(x, dict) for x in data[:len(data) - 3]) \

@@ -210,6 +210,13 @@ def test_a_transcript_file_of_an_unknown_layout_is_one_line(tmp_path, data, mess
         extract_features.main([f"--transcripts={tmp_path / 't.pkl'}", "--dataset=IEMOCAP", f"--out={tmp_path / 'x.pkl'}"])
 
 
+@pytest.mark.parametrize("path, message", [("missing.pkl", "COSMIC transcript file not found: .*missing.pkl"),
+                                           (".", ".*: is a directory, not a COSMIC transcript file")])
+def test_a_transcript_path_that_is_no_file_is_one_line(tmp_path, path, message):
+    with pytest.raises(SystemExit, match=f"^error: {message}$"):
+        extract_features.main([f"--transcripts={tmp_path / path}", f"--out={tmp_path / 'x.pkl'}"])
+
+
 def test_an_existing_output_is_refused_before_any_training(tmp_path, monkeypatch):
     monkeypatch.setattr(text_encoder, "finetune", lambda *args, **kwargs: pytest.fail("training started"))
     small_table().to_csv(tmp_path / "table.csv", index=False)
