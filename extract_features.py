@@ -28,7 +28,6 @@ fine-tuned with that row's fold of training dialogues held out.
 <dataset>.pkl) in place of a table: their speakers, labels, sentences, dialogue ids and splits.
 """
 
-import importlib
 import os
 import sys
 import time
@@ -36,6 +35,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+import torch  # text_encoder needs it: loaded either way
 from tqdm import tqdm
 
 import text_encoder
@@ -191,7 +191,7 @@ def saved_encoder_text(texts, directory, batch_size, device, pooling):
 
 def resolve_device(name):
     if name == "auto":
-        return "cuda" if importlib.import_module("torch").cuda.is_available() else "cpu"
+        return "cuda" if torch.cuda.is_available() else "cpu"
     return name
 
 
@@ -394,7 +394,7 @@ def main(argv):
     if options.get("max_audio_seconds", 1) < 1:
         raise SystemExit(f"--max_audio_seconds={options['max_audio_seconds']}: must be a whole number of seconds >= 1")
     if options.get("threads"):
-        importlib.import_module("torch").set_num_threads(options["threads"])
+        torch.set_num_threads(options["threads"])
     class_names = options["class_names"].split(",") if "class_names" in options else None
     try:
         table = options.get("table")
