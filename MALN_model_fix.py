@@ -63,6 +63,7 @@ class MALNConfig:
     hidden_size: int = 100          # size of specific and common vectors
     specific_dropout: float = 0.1
     common_dropout: float = 0.3
+    common_last_layer: str = "shared"  # the common encoders' last layer: 'shared' by every modality (released) or 'separate'
     discriminator_hidden: int = 50
     discriminator_dropout: float = 0.1
     gradient_reversal: float = 1.0  # lambda of the gradient reversal layer
@@ -91,6 +92,8 @@ class MALNConfig:
             raise ValueError(f"sclm_mode must be 'speaker', 'utterance', 'release' or 'off', got {self.sclm_mode!r}")
         if self.adversarial_objective not in ("reversal", "confusion"):
             raise ValueError(f"adversarial_objective must be 'reversal' or 'confusion', got {self.adversarial_objective!r}")
+        if self.common_last_layer not in ("shared", "separate"):
+            raise ValueError(f"common_last_layer must be 'shared' or 'separate', got {self.common_last_layer!r}")
         if self.sclm_positions not in ("release", "small"):
             raise ValueError(f"sclm_positions must be 'release' or 'small', got {self.sclm_positions!r}")
         if self.cross_input not in ("common", "specific"):
@@ -445,7 +448,11 @@ class AMDM(nn.Module):
                                        for m, d in config.feature_sizes.items()})
         self.common = nn.ModuleDict({m: nn.Sequential(nn.Linear(d + extra, H), nn.Dropout(config.common_dropout), nn.Tanh())
                                      for m, d in config.feature_sizes.items()})
-        self.shared_common = nn.Sequential(nn.Linear(H, H), nn.Dropout(config.common_dropout), nn.Tanh())
+        last_layer = lambda: nn.Sequential(nn.Linear(H, H), nn.Dropout(config.common_dropout), nn.Tanh())  # noqa: E731
+        if config.common_last_layer == "shared":
+            self.shared_common = last_layer()
+        else:  # each modality its own: whether sharing it is what lets the common vectors meet
+            self.separate_common = nn.ModuleDict({m: last_layer() for m in config.feature_sizes})
         self.discriminator = nn.Sequential(nn.Linear(H, config.discriminator_hidden), nn.Dropout(config.discriminator_dropout),
                                            nn.ReLU(), nn.Linear(config.discriminator_hidden, len(config.feature_sizes)))
         self.unimodal = nn.ModuleDict({m: nn.Sequential(nn.Linear(H, H), nn.ReLU(), nn.Dropout(config.dropout), nn.Linear(H, config.n_classes))
@@ -455,9 +462,12 @@ class AMDM(nn.Module):
     def forward(self, inputs):
         # inputs {m: (B, N, D_m + speaker_size)}
         specific = {m: self.specific[m](x) for m, x in inputs.items()}                  # {m: (B, N, H)}
-        common = {m: self.shared_common(self.common[m](x)) for m, x in inputs.items()}   # {m: (B, N, H)}
+        common = {m: self.common_last(m)(self.common[m](x)) for m, x in inputs.items()}   # {m: (B, N, H)}
         unimodal = {m: F.log_softmax(self.unimodal[m](c), -1) for m, c in common.items()}  # {m: (B, N, C)}
         return specific, common, unimodal
+
+    def common_last(self, m):
+        return self.shared_common if self.config.common_last_layer == "shared" else self.separate_common[m]
 
     def adversarial_losses(self, specific, common, utterance_mask):
         """Cross-entropy of the modality discriminator on specific and (reversed) common vectors,

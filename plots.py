@@ -21,6 +21,7 @@ MAX_POINTS points, a seeded sample of the labelled test utterances, so it takes 
 """
 
 import json
+import math
 import os
 import sys
 
@@ -133,9 +134,11 @@ def selected_epoch(run):
     return int(history["epoch"][history["valid_weighted_f1"].idxmax()])
 
 
-def learning_curves(history, epoch):
+def learning_curves(history, epoch, baseline=None):
     """The fused output's NLL and weighted-F1 of train, valid and test by epoch, a dashed line at the
-    selected epoch. Like is plotted with like: the training objective (train_loss: NLL plus the auxiliary
+    selected epoch, and beside the weighted-F1 the test figure of logistic regression on single
+    utterances (metrics.json's logistic_regression) when the run has one: what context and speakers
+    must beat. Like is plotted with like: the training objective (train_loss: NLL plus the auxiliary
     losses) is no NLL, so it is left out; a history.csv without NLL columns (an older run) shows its losses."""
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     loss = ("nll", "fused NLL per labelled utterance (train: dropout on)") if "train_nll" in history else \
@@ -144,11 +147,21 @@ def learning_curves(history, epoch):
         for split in ("train", "valid", "test"):
             axis.plot(history["epoch"], history[f"{split}_{metric}"], marker=".", label=split)
         axis.axvline(epoch, color="grey", linestyle="--", label=f"selected epoch {epoch}")
+        if metric == "weighted_f1" and baseline is not None:
+            axis.axhline(baseline, color="black", linestyle=":",
+                         label=f"logistic regression, single utterances (test) {baseline:.2f}")
         axis.set_xlabel("epoch")
         axis.set_title(title)
         axis.legend()
     figure.tight_layout()
     return figure
+
+
+def baseline_figure(metrics):
+    """metrics.json's logistic-regression test weighted-F1, or None (no metrics.json, or a run without it)."""
+    baseline = (metrics or {}).get("logistic_regression")
+    value = baseline.get("test_weighted_f1") if isinstance(baseline, dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
 
 
 GAME_LINES = (("common", "-"), ("specific", ":"))  # vector kind, line style
@@ -321,7 +334,8 @@ def draw(run):
     metrics, history, vectors = run["metrics"], run["history"], run["vectors"]
     drawn, notes = {}, []
     epoch = selected_epoch(run)
-    drawn["learning_curves.png"] = learning_curves(history, epoch) if history is not None else "no history.csv"
+    drawn["learning_curves.png"] = learning_curves(history, epoch, baseline_figure(metrics)) if history is not None \
+        else "no history.csv"
     drawn["adversarial_game.png"] = game_skipped(run) or adversarial_game(history, len(metrics["modalities"]), epoch)
     later = ("confusion_matrix.png", "tsne_inputs_fused.png", "tsne_common_specific.png")
     if metrics is None:

@@ -77,6 +77,7 @@ context_dropout = 0.5       # dropout between the GRU layers and on the context 
 hidden_size = 100           # specific and common vector size
 specific_dropout = 0.1      # dropout of the specific encoders
 common_dropout = 0.3        # dropout of the common encoders
+common_last_layer = "shared"  # the common encoders' last layer: 'shared' by every modality (released) or 'separate'
 discriminator_hidden = 50   # hidden size of the modality discriminator
 discriminator_dropout = 0.1 # dropout of the modality discriminator
 gradient_reversal = 1.0     # lambda of the gradient reversal layer
@@ -132,7 +133,7 @@ PRESETS = {
     "released": {"standardize": False, "sclm_mode": "release", "context_dropout": 0.5, "dropout": 0.66, "epochs": 60,
                  "batch_size": 32, "learning_rate": 4e-4, "lr_schedule": "constant", "weight_decay": 3e-5,
                  "reseed_every_epoch": True, "cudnn_deterministic": True, "reversal_schedule": "constant",
-                 "sclm_positions": "release", "adversarial_objective": "reversal"},
+                 "sclm_positions": "release", "adversarial_objective": "reversal", "common_last_layer": "shared"},
     "demo": {"epochs": 15, "batch_size": 16, "learning_rate": 2e-3,  # the small synthetic set: about 1.5 minutes on 2 cores
              "sclm_mode": "utterance"},  # no stalled start: every utterance's own row reaches AMDM (docs/adversarial.md)
     # the dataset presets, applied with --dataset=IEMOCAP / MELD; chosen on validation weighted-F1 (README, Results).
@@ -176,6 +177,7 @@ CONSTRAINTS = {  # name -> (what a valid value is, test of the value given the w
     "lr_schedule": ("'cosine' or 'constant'", lambda v, c: v in ("cosine", "constant")),
     "reversal_schedule": ("'constant' or 'dann'", lambda v, c: v in ("constant", "dann")),
     "adversarial_objective": ("'reversal' or 'confusion'", lambda v, c: v in ("reversal", "confusion")),
+    "common_last_layer": ("'shared' or 'separate'", lambda v, c: v in ("shared", "separate")),
     "seed": (">= 0", lambda v, c: v >= 0),
     "threads": (">= 0 (0 = torch's default)", lambda v, c: v >= 0),
     "seeds": ("comma-separated integers >= 0, each once, e.g. 1,2,3", lambda v, c: not v or seed_list_of(v) is not None),

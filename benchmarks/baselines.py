@@ -28,6 +28,7 @@ from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dataloader import DataError, load_dataset, load_features, speaker_posteriors  # noqa: E402
+from records import RecordError, machine, write_record  # noqa: E402
 
 
 def single_utterance(dialogue):
@@ -139,10 +140,11 @@ def scored(labels, predictions, class_names):
 
 
 def main(argv):
-    usage = "usage: python benchmarks/baselines.py --features=FILE [--dataset=IEMOCAP|MELD] [--trust_pickle=True] | --dataset=demo"
+    usage = ("usage: python benchmarks/baselines.py --features=FILE [--dataset=IEMOCAP|MELD] [--trust_pickle=True] | "
+             "--dataset=demo; [--record=NAME] keeps the table in benchmarks/measured/NAME.json")
     options = dict(argument[2:].split("=", 1) for argument in argv if argument.startswith("--") and "=" in argument)
     demo = options.get("dataset") == "demo" and "features" not in options
-    if not (demo or "features" in options) or set(options) - {"features", "dataset", "trust_pickle"} \
+    if not (demo or "features" in options) or set(options) - {"features", "dataset", "trust_pickle", "record"} \
             or options.get("trust_pickle", "False") not in ("True", "False"):
         raise SystemExit(usage)
     try:
@@ -151,17 +153,30 @@ def main(argv):
         check_scorable(feature_set)
     except DataError as error:
         raise SystemExit(f"error: {error}") from None
-    for name, describe in (("single utterances", single_utterance), ("speaker context", with_speaker_context)):
+    rows = []
+    for name, describe in (("single utterances", single_utterance), ("with the speaker's and the dialogue's mean", with_speaker_context)):
         weighted, per_class = logistic_regression_baseline(feature_set, describe)
+        rows.append([f"logistic regression, {name}", f"{weighted:.2f}", *(f"{f1:.1f}" for f1 in per_class.values())])
         print(f"{feature_set.source}: logistic regression, {name}: test weighted-F1 {weighted:.2f}")
         print("  per-class F1: " + " | ".join(f"{class_name} {f1:.1f}" for class_name, f1 in per_class.items()))
     if demo:
         weighted, per_class = structured_demo_baseline(feature_set)
+        rows.append(["the generator's structure with learned parameters", f"{weighted:.2f}",
+                     *(f"{f1:.1f}" for f1 in per_class.values())])
         print(f"demo: the generator's structure with learned parameters (speaker offsets, per-speaker HMM): "
               f"test weighted-F1 {weighted:.2f}")
         print("  per-class F1: " + " | ".join(f"{class_name} {f1:.1f}" for class_name, f1 in per_class.items()))
     if "oracle_accuracy" in feature_set.info:
+        rows.append(["Bayes decision knowing every generating parameter (accuracy)",
+                     f"{100 * feature_set.info['oracle_accuracy']:.2f}", *("" for _ in per_class)])
         print(f"Bayes-optimal accuracy with every generating parameter known: {100 * feature_set.info['oracle_accuracy']:.2f}")
+    if options.get("record"):
+        command = "python benchmarks/baselines.py " + " ".join(f"--{k}={v}" for k, v in options.items() if k != "record")
+        try:
+            write_record(options["record"], {"command": command, "machine": machine(),
+                                             "table": {"columns": ["model", "test wF1", *per_class], "rows": rows}})
+        except RecordError as error:
+            raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

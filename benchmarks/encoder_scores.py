@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import text_encoder  # noqa: E402
 from dataloader import DataError, read_table  # noqa: E402
 from extract_features import parse_option, read_transcripts  # noqa: E402
+from records import RecordError, machine, write_record  # noqa: E402
 from utils import scores  # noqa: E402
 
 
@@ -45,7 +46,8 @@ def encoder_scores(table, directory, device="cpu"):
 def main(argv):
     options = dict(argument[2:].split("=", 1) for argument in argv if argument.startswith("--") and "=" in argument)
     if "encoder" not in options or ("table" in options) == ("transcripts" in options):
-        raise SystemExit("usage: python benchmarks/encoder_scores.py --encoder=DIR (--table=CSV | --transcripts=PKL [--dataset=NAME])")
+        raise SystemExit("usage: python benchmarks/encoder_scores.py --encoder=DIR (--table=CSV | --transcripts=PKL [--dataset=NAME]) "
+                         "[--record=NAME]")
     try:
         table = options.get("table") or read_transcripts(options["transcripts"], options.get("dataset", ""))[0]
         result = encoder_scores(table, options["encoder"], parse_option("device", options.get("device", "cpu")))
@@ -54,6 +56,16 @@ def main(argv):
     for split, figures in result.items():
         print(f"{split}: accuracy {figures['accuracy']:.2f}, weighted-F1 {figures['weighted_f1']:.2f}; per class F1 "
               + ", ".join(f"{name} {value:.1f}" for name, value in figures["per_class_f1"].items()))
+    if options.get("record"):
+        names = list(result["test"]["per_class_f1"])
+        rows = [[split, f"{f['accuracy']:.2f}", f"{f['weighted_f1']:.2f}", *(f"{f['per_class_f1'][n]:.1f}" for n in names)]
+                for split, f in result.items()]
+        command = "python benchmarks/encoder_scores.py " + " ".join(f"--{k}={v}" for k, v in options.items() if k != "record")
+        try:
+            write_record(options["record"], {"command": command, "machine": machine(),
+                                             "table": {"columns": ["split", "accuracy", "weighted-F1", *names], "rows": rows}})
+        except RecordError as error:
+            raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ import pandas as pd
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import train_MALN  # noqa: E402
+from records import RecordError, machine, update_documents, write_record  # noqa: E402
 from utils import atomic_write, check_regular_file  # noqa: E402
 
 MODEL_ROWS = {
@@ -56,13 +57,10 @@ RELEASED_ROWS = {  # the defaults that differ from the release, set back one at 
 }
 TEXT_ROWS = {**{k: v for k, v in MODEL_ROWS.items() if k not in ("without adversarial loss", "without cross-modal attention")},
              "class weights": ["--class_weights=True"], **RELEASED_ROWS}
-DEMO_ROWS = {  # longer training and the per-utterance SCLM, against the demo preset's 15 epochs
+DEMO_ROWS = {  # longer training and the per-party SCLM, against the demo preset's 15 epochs and per-utterance SCLM
     "30 epochs": ["--epochs=30"],
-    "30 epochs + moving average (0.9)": ["--epochs=30", "--average_decay=0.9"],
-    "60 epochs + moving average (0.9)": ["--epochs=60", "--average_decay=0.9"],
-    "without SCLM + 30 epochs": ["--sclm_mode=off", "--epochs=30"],
-    "SCLM per utterance": ["--sclm_mode=utterance"],
-    "SCLM per utterance + 30 epochs": ["--sclm_mode=utterance", "--epochs=30"],
+    "SCLM per party (the paper's; the demo preset before)": ["--sclm_mode=speaker"],
+    "SCLM per party + small position table": ["--sclm_mode=speaker", "--sclm_positions=small"],
 }
 IEMOCAP_ROWS = {  # the regularisation switches one at a time, the combinations tried, and the preset chosen from them
                   # (moving average 0.95, input dropout 0.3, class weights)
@@ -104,6 +102,11 @@ ADVERSARIAL_ROWS = {  # does the gradient-reversal game make common vectors moda
     # candidate causes of a missing invariance, each at the weight where the game is strongest
     "adversarial weight 1 + discriminator hidden 200": ["--adversarial_weight=1", "--discriminator_hidden=200"],
     "adversarial weight 1 + without input standardisation": ["--adversarial_weight=1", "--standardize=False"],
+    "adversarial weight 1 + separate common last layers": ["--adversarial_weight=1", "--common_last_layer=separate"],
+    "confusion objective + adversarial weight 1 + separate common last layers": [
+        "--adversarial_objective=confusion", "--adversarial_weight=1", "--common_last_layer=separate"],
+    "confusion objective + adversarial weight 1 + discriminator hidden 200": [
+        "--adversarial_objective=confusion", "--adversarial_weight=1", "--discriminator_hidden=200"],
     # the demo variant with a known common part (every modality shows the whole emotion)
     "common-part demo without adversarial loss": ["--demo_common=1", "--adversarial=False"],
     "common-part demo + adversarial weight 0.01": ["--demo_common=1"],
@@ -367,6 +370,37 @@ def write_sensitivity_figure(suite, out_dir):
     print(f"figure: {path}")
 
 
+def seed_figures(metrics):
+    """One seed's figures that a record keeps, from its metrics.json (None where it has none)."""
+    probes = metrics.get("decomposition") if isinstance(metrics.get("decomposition"), dict) else {}
+    baseline = metrics.get("logistic_regression") if isinstance(metrics.get("logistic_regression"), dict) else {}
+    return {**{key: metrics.get(key) for key in COLUMNS}, **{key: probes.get(key) for key in PROBE_COLUMNS},
+            "logistic_regression_test_weighted_f1": baseline.get("test_weighted_f1")}
+
+
+def record_rows(suite, out_dir):
+    """{row: {'seeds': [...], 'figures': {figure: [one value per seed]}}} of every row whose seeds all finished."""
+    rows = {}
+    for row in SUITES[suite][1]:
+        directory = run_dir(out_dir, suite, row)
+        if not os.path.exists(os.path.join(directory, "summary.json")):
+            continue
+        seeds = read_summary(os.path.join(directory, "summary.json"))["seeds"]
+        figures = [seed_figures(read_json(os.path.join(directory, f"seed{seed}", "metrics.json"))) for seed in seeds]
+        rows[row] = {"seeds": seeds, "figures": {key: [f[key] for f in figures] for key in figures[0]}}
+    return rows
+
+
+def record_suite(name, suite, out_dir, extra):
+    """benchmarks/measured/<name>.json from the suite's finished rows, with the command and machine."""
+    rows = record_rows(suite, out_dir)
+    if not rows:
+        raise SystemExit(f"--record={name}: no finished row of suite {suite} under {out_dir} to record")
+    arguments = " ".join(f'"{a}"' if " " in a else a for a in [f"--suite={suite}", *extra])
+    write_record(name, {"suite": suite, "command": f"python benchmarks/results.py {arguments} --seeds=... --run",
+                        "machine": machine(), "rows": rows})
+
+
 def markdown(frame):
     """A pandas table as Markdown (without the optional 'tabulate' package)."""
     lines = ["| " + " | ".join(frame.columns) + " |", "|" + " --- |" * len(frame.columns)]
@@ -376,14 +410,19 @@ def markdown(frame):
 
 def main(argv):
     options = {"suite": "demo", "seeds": "1,2,3", "out_dir": os.path.join(ROOT, "saved_models"), "run": False, "rows": "",
-               "jobs": "1"}
+               "jobs": "1", "record": "", "docs": False}
     extra = []
     for argument in argv:
         name, _, value = argument[2:].partition("=")
         if name in options:
-            options[name] = value if name != "run" else value.lower() in ("", "true", "1")
+            options[name] = value if name not in ("run", "docs") else value.lower() in ("", "true", "1")
         else:
             extra.append(argument)  # passed on to train_MALN.py, e.g. --features=... --epochs=...
+    if options["docs"]:
+        try:
+            return update_documents()
+        except RecordError as error:
+            raise SystemExit(f"error: {error}") from None
     if not options["jobs"].isdigit() or int(options["jobs"]) < 1:
         raise SystemExit(f"--jobs={options['jobs']}: must be a whole number >= 1")
     if not train_MALN.seed_list_of(options["seeds"]):
@@ -404,6 +443,11 @@ def main(argv):
     if not probes.empty:
         print("\ndecomposition probes (fractions; linear probes fitted on train, scored on test):")
         print(markdown(probes))
+    if options["record"]:
+        try:
+            record_suite(options["record"], options["suite"], options["out_dir"], extra)
+        except RecordError as error:
+            raise SystemExit(f"error: {error}") from None
     if options["suite"] == "adversarial":
         write_sensitivity_figure(options["suite"], options["out_dir"])
     if failures:

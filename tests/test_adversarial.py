@@ -241,3 +241,16 @@ def test_game_figure_is_skipped_with_a_reason_for_bad_modalities_or_columns():
     assert plots.game_skipped(good) == ""
     assert "field 'modalities'" in plots.game_skipped({**good, "metrics": {"modalities": ["t", "a"]}})
     assert "not numbers" in plots.game_skipped({**good, "history": history.assign(valid_adversarial_specific=["x"])})
+
+
+def test_separate_common_last_layers_give_each_modality_its_own_last_layer():
+    torch.manual_seed(0)
+    shared, separate = model_for(), model_for(common_last_layer="separate")
+    assert not hasattr(separate.amdm, "shared_common") and set(separate.amdm.separate_common) == set(SIZES)
+    assert separate.n_parameters() - shared.n_parameters() == (len(SIZES) - 1) * (16 * 16 + 16)
+    separate.amdm.separate_common["t"][0].weight.data.zero_()   # only the text common vectors change
+    dialogues = [dialogue(5, 2), dialogue(3, 3)]
+    with torch.no_grad():
+        common = forward(separate, dialogues)["common"]
+    assert torch.allclose(common["t"], torch.tanh(separate.amdm.separate_common["t"][0].bias).expand_as(common["t"]))
+    assert common["a"].std() > 0.01

@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import plots
@@ -95,3 +96,14 @@ def test_a_directory_that_is_not_a_run_is_one_line_error(tmp_path):
     with pytest.raises(SystemExit, match="not a run directory") as error:
         plots.main([str(tmp_path)])
     assert "\n" not in str(error.value)
+
+
+def test_learning_curves_draw_the_runs_logistic_regression_line_beside_its_weighted_f1():
+    history = pd.DataFrame({"epoch": [1, 2], **{f"{s}_{m}": [1.0, 0.5] for s in ("train", "valid", "test")
+                                                 for m in ("nll", "weighted_f1")}})
+    assert plots.baseline_figure({"logistic_regression": {"test_weighted_f1": 81.59}}) == 81.59
+    assert plots.baseline_figure({"logistic_regression": {"test_weighted_f1": None}}) is None and plots.baseline_figure(None) is None
+    figure = plots.learning_curves(history, 2, 81.59)
+    labels = [line.get_label() for line in figure.axes[1].get_lines()]
+    assert "logistic regression, single utterances (test) 81.59" in labels
+    assert not any("logistic" in line.get_label() for line in plots.learning_curves(history, 2).axes[1].get_lines())

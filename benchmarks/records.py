@@ -1,0 +1,212 @@
+"""
+Measured figures kept in the repository, and the documentation tables made from them.
+
+The run directories of a results table are large and stay on the machine that trained them;
+what the tables need is small. So every table in README.md and docs/ is made from a record in
+benchmarks/measured/<name>.json, and a script writes the record when it measures:
+
+    python benchmarks/results.py --suite=demo --seeds=1,2,3 --run --record=demo      # each finished row, per seed
+    python benchmarks/baselines.py --dataset=demo --record=demo_baselines            # a printed table
+    python benchmarks/results.py --docs                                              # every table block, rewritten
+
+A table block in a Markdown file is a marker line, the table, and an end line:
+
+    <!-- table RECORD KIND -->                     every row of the record
+    <!-- table RECORD KIND: row one; row two -->   these rows, in this order
+    ...
+    <!-- /table -->
+
+KIND is one of TABLE_KINDS (columns of a results record) or `table` (a record that holds a
+printed table). `tests/test_records.py` checks that every block in the repository is what its
+record gives, so a table edited by hand fails CI.
+
+A record of results rows holds, per row, the seeds and each figure per seed; a row migrated
+from an earlier table whose runs were not kept holds mean and std only (`"migrated": true` on
+the record, and its `provenance` says from where).
+"""
+
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from utils import atomic_write  # noqa: E402
+
+MEASURED_DIR = os.path.join(ROOT, "benchmarks", "measured")
+DOCUMENTS = ("README.md", "docs")  # where table blocks are looked for (a file, or every .md under a folder)
+
+HEADERS = {  # figure -> column header
+    "test_weighted_f1": "test wF1", "test_accuracy": "test acc", "valid_weighted_f1": "valid wF1",
+    "optimistic_test_weighted_f1": "best-test-epoch wF1 (optimistic)",
+    "logistic_regression_test_weighted_f1": "logistic regression, single utterances (test wF1)",
+    "modality_from_common_accuracy": "modality from common", "modality_chance": "modality chance",
+    "modality_from_common_standardised_accuracy": "modality from common, each modality standardised",
+    "modality_from_specific_accuracy": "modality from specific",
+    "emotion_from_common_accuracy": "emotion acc from common", "emotion_from_common_weighted_f1": "emotion wF1 from common",
+    "emotion_from_specific_accuracy": "emotion acc from specific",
+    "emotion_from_specific_weighted_f1": "emotion wF1 from specific",
+    "common_specific_abs_cosine": "common-specific abs cosine",
+}
+TABLE_KINDS = {  # kind -> the figures it shows, after the setting and its number of seeds
+    "accuracy": ("test_weighted_f1", "test_accuracy", "valid_weighted_f1", "optimistic_test_weighted_f1"),
+    "accuracy_baseline": ("test_weighted_f1", "valid_weighted_f1", "optimistic_test_weighted_f1",
+                          "logistic_regression_test_weighted_f1"),
+    "probes": ("modality_from_common_accuracy", "modality_chance", "modality_from_common_standardised_accuracy",
+               "modality_from_specific_accuracy", "emotion_from_common_weighted_f1", "emotion_from_specific_weighted_f1",
+               "common_specific_abs_cosine"),
+    "adversarial": ("test_weighted_f1", "valid_weighted_f1", "modality_from_common_accuracy",
+                    "modality_from_common_standardised_accuracy", "modality_from_specific_accuracy",
+                    "common_specific_abs_cosine"),
+}
+BLOCK = re.compile(r"^<!-- table (?P<name>[\w.-]+) (?P<kind>\w+)(?:: (?P<rows>.*?))? -->\n(?P<body>.*?)^<!-- /table -->$",
+                   re.MULTILINE | re.DOTALL)
+
+
+class RecordError(ValueError):
+    pass
+
+
+def machine():
+    """The machine a record was measured on, in words."""
+    import torch
+    return f"{os.cpu_count()}-core {platform.machine()} CPU, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def record_path(name):
+    if not re.fullmatch(r"[\w.-]+", name):
+        raise RecordError(f"--record={name}: a record name is letters, digits, '_', '-' and '.' only")
+    return os.path.join(MEASURED_DIR, f"{name}.json")
+
+
+def read_record(name):
+    path = record_path(name)
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, ValueError) as error:
+        raise RecordError(f"{path}: no readable record ({error})") from None
+    if not isinstance(record, dict) or not ({"rows", "table"} & set(record)):
+        raise RecordError(f"{path}: not a record (it needs 'rows' or 'table')")
+    return record
+
+
+def write_record(name, record):
+    """benchmarks/measured/<name>.json; rows of an existing record that this one lacks are kept."""
+    path = record_path(name)
+    if os.path.exists(path) and "rows" in record:
+        old = read_record(name)
+        record = {**record, "rows": {**old.get("rows", {}), **record["rows"]}}
+    write_text(path, compact_json(record) + "\n")
+
+
+def compact_json(record):
+    """Indented JSON with every list of numbers or strings on one line."""
+    text = json.dumps(record, indent=1, ensure_ascii=False)
+    return re.sub(r"\[\s+([^\[\]{}]*?)\s+\]", lambda m: "[" + re.sub(r",\s+", ", ", m.group(1)) + "]", text)
+    print(f"record: {os.path.relpath(path, ROOT)}")
+
+
+def mean_std(entry):
+    """'mean ± std' (n-1) of a row's figure: per-seed values, or a migrated {'mean', 'std'}; 'n/a' where undefined."""
+    if isinstance(entry, dict):
+        values = entry
+        mean, std = values.get("mean"), values.get("std")
+    else:
+        if not entry or any(v is None for v in entry):
+            return "n/a"  # undefined (a test split without labels, a probe of one modality)
+        mean = statistics.fmean(entry)
+        std = statistics.stdev(entry) if len(entry) > 1 else None
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "n/a"
+    return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}"
+
+
+def seed_count(row):
+    return len(row["seeds"]) if isinstance(row["seeds"], list) else row["seeds"]
+
+
+def write_text(path, text):
+    """The text written atomically (utils.atomic_write): a reader never sees half a file."""
+    def write(temporary):
+        with open(temporary, "w", encoding="utf-8") as f:
+            f.write(text)
+    atomic_write(path, write)
+
+
+def markdown(columns, rows):
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in rows])
+
+
+def render(name, kind, chosen=()):
+    """The Markdown table of a record: results rows as `kind` columns, or the printed table it holds."""
+    record = read_record(name)
+    if kind == "table":
+        if "table" not in record:
+            raise RecordError(f"{record_path(name)}: holds results rows, not a printed table: use a kind of {', '.join(TABLE_KINDS)}")
+        return markdown(record["table"]["columns"], [[cell_text(cell) for cell in row] for row in record["table"]["rows"]])
+    if kind not in TABLE_KINDS or "rows" not in record:
+        raise RecordError(f"table {name} {kind}: the kind is one of {', '.join(TABLE_KINDS)} (for a results record) or table")
+    rows = record["rows"]
+    missing = [row for row in chosen if row not in rows]
+    if missing:
+        raise RecordError(f"{record_path(name)}: no row {missing[0]!r}; its rows: {'; '.join(rows)}")
+    figures = TABLE_KINDS[kind]
+    body = [[row, seed_count(rows[row]), *(mean_std(rows[row]["figures"].get(f, [None])) for f in figures)]
+            for row in (chosen or rows)]
+    return markdown(["setting", "seeds", *(HEADERS[f] for f in figures)], body)
+
+
+def cell_text(cell):
+    """A printed table's cell: itself, or a reference to another record's figure, rendered from that record:
+    {"record", "row", "figure"} (a results row: mean ± std over its seeds), {"record", "row", "column"} (the cell of a
+    printed table whose first column is `row`)."""
+    if not isinstance(cell, dict):
+        return cell
+    record = read_record(cell["record"])
+    if "figure" in cell:
+        row = record.get("rows", {}).get(cell["row"])
+        if row is None:
+            raise RecordError(f"{record_path(cell['record'])}: no row {cell['row']!r}")
+        return mean_std(row["figures"][cell["figure"]])
+    table = record.get("table", {})
+    for row in table.get("rows", []):
+        if row[0] == cell["row"]:
+            return row[table["columns"].index(cell["column"])]
+    raise RecordError(f"{record_path(cell['record'])}: no printed row {cell['row']!r}")
+
+
+def document_paths():
+    paths = []
+    for place in DOCUMENTS:
+        full = os.path.join(ROOT, place)
+        if os.path.isdir(full):
+            paths += sorted(os.path.join(full, f) for f in os.listdir(full) if f.endswith(".md"))
+        elif os.path.exists(full):
+            paths.append(full)
+    return paths
+
+
+def regenerated(text):
+    """The Markdown text with every table block rewritten from its record."""
+    def block(match):
+        chosen = [row.strip() for row in (match["rows"] or "").split(";") if row.strip()]
+        head = match.group(0).split("\n", 1)[0]
+        return f"{head}\n{render(match['name'], match['kind'], chosen)}\n<!-- /table -->"
+    return BLOCK.sub(block, text)
+
+
+def update_documents():
+    """Rewrite every table block of README.md and docs/*.md; the files that changed are printed."""
+    for path in document_paths():
+        with open(path) as f:
+            text = f.read()
+        new = regenerated(text)
+        if new != text:
+            write_text(path, new)
+            print(f"tables rewritten: {os.path.relpath(path, ROOT)}")
