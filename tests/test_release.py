@@ -1,26 +1,30 @@
 """The model from MALN.from_release computes what the authors' release computes, on the release's
-own outputs (../shared/data/release_reference.pt, made by running the release's code)."""
+own outputs: tests/data/release_reference.pt (small, in every clone; made by
+tests/make_release_reference.py, which runs the release's code) and, where it is there,
+../shared/data/release_reference.pt (the release at sizes nearer its own)."""
 
 import os
 
 import pytest
 import torch
 
-from conftest import SHARED_DATA
+from conftest import ROOT, SHARED_DATA
 import train_MALN
 from MALN_model_fix import MALN
 
-REFERENCE = os.path.join(SHARED_DATA, "release_reference.pt")
+REFERENCES = {"small": os.path.join(ROOT, "tests", "data", "release_reference.pt"),
+              "shared": os.path.join(SHARED_DATA, "release_reference.pt")}
 NO_DROPOUT = dict(dropout=0.0, context_dropout=0.0, sclm_dropout=0.0, specific_dropout=0.0, common_dropout=0.0,
                   discriminator_dropout=0.0)
 RELEASE_MODALITY = {"t": "text", "a": "audio", "v": "visual"}
 
 
-@pytest.fixture(scope="module")
-def reference():
-    if not os.path.exists(REFERENCE):
+@pytest.fixture(scope="module", params=sorted(REFERENCES))
+def reference(request):
+    path = REFERENCES[request.param]
+    if request.param == "shared" and not os.path.exists(path):
         pytest.skip("../shared/data/release_reference.pt is not here")
-    return torch.load(REFERENCE, weights_only=True)
+    return torch.load(path, weights_only=True)
 
 
 def inputs(batch):
