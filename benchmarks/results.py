@@ -75,6 +75,8 @@ IEMOCAP_ROWS = {  # the regularisation switches one at a time, the combinations 
     "IEMOCAP preset + 45 epochs": ["--preset=IEMOCAP", "--epochs=45"],
     "IEMOCAP preset + SCLM as released": ["--preset=IEMOCAP", "--sclm_mode=release"],
     "IEMOCAP preset + without SCLM": ["--preset=IEMOCAP", "--sclm_mode=off"],
+    "IEMOCAP preset + 15 epochs": ["--preset=IEMOCAP", "--epochs=15"],
+    "IEMOCAP preset + dropout 0.5": ["--preset=IEMOCAP", "--dropout=0.5"],
 }
 MELD_ROWS = {  # each with class weights, the one switch that helped at once
     "class weights + GRU hidden 128": ["--class_weights=True", "--context_hidden=128"],
