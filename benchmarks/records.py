@@ -16,9 +16,10 @@ A table block in a Markdown file is a marker line, the table, and an end line:
     ...
     <!-- /table -->
 
-KIND is one of TABLE_KINDS (columns of a results record) or `table` (a record that holds a
-printed table). `tests/test_records.py` checks that every block in the repository is what its
-record gives, so a table edited by hand fails CI.
+KIND is one of TABLE_KINDS (columns of a results record), `first_epochs` (one results row's
+first epochs, a line per seed) or `table` (a record that holds a printed table).
+`tests/test_records.py` checks that every block in the repository is what its record gives, so
+a table edited by hand fails CI.
 
 A record of results rows holds, per row, the seeds and each figure per seed; a row migrated
 from an earlier table whose runs were not kept holds mean and std only (`"migrated": true` on
@@ -100,7 +101,8 @@ def write_record(name, record):
     path = record_path(name)
     if os.path.exists(path) and "rows" in record:
         old = read_record(name)
-        record = {**record, "rows": {**old.get("rows", {}), **record["rows"]}}
+        kept = {row: value for row, value in old.get("rows", {}).items() if row not in record["rows"]}
+        record = {**record, "rows": {**record["rows"], **kept}}  # in this record's order, the rows it lacks after
     write_text(path, compact_json(record) + "\n")
 
 
@@ -150,16 +152,29 @@ def render(name, kind, chosen=()):
         if "table" not in record:
             raise RecordError(f"{record_path(name)}: holds results rows, not a printed table: use a kind of {', '.join(TABLE_KINDS)}")
         return markdown(record["table"]["columns"], [[cell_text(cell) for cell in row] for row in record["table"]["rows"]])
-    if kind not in TABLE_KINDS or "rows" not in record:
-        raise RecordError(f"table {name} {kind}: the kind is one of {', '.join(TABLE_KINDS)} (for a results record) or table")
+    if kind not in (*TABLE_KINDS, "first_epochs") or "rows" not in record:
+        raise RecordError(f"table {name} {kind}: the kind is one of {', '.join(TABLE_KINDS)}, first_epochs (for a results "
+                          f"record) or table")
     rows = record["rows"]
     missing = [row for row in chosen if row not in rows]
     if missing:
         raise RecordError(f"{record_path(name)}: no row {missing[0]!r}; its rows: {'; '.join(rows)}")
+    if kind == "first_epochs":
+        return first_epochs_table(name, rows, chosen)
     figures = TABLE_KINDS[kind]
     body = [[row, seed_count(rows[row]), *(mean_std(rows[row]["figures"].get(f, [None])) for f in figures)]
             for row in (chosen or rows)]
     return markdown(["setting", "seeds", *(HEADERS[f] for f in figures)], body)
+
+
+def first_epochs_table(name, rows, chosen):
+    """The start of training of one row, a line per seed: training accuracy / validation weighted-F1 per epoch."""
+    if len(chosen) != 1 or "first_epochs" not in rows[chosen[0]]:
+        raise RecordError(f"table {name} first_epochs: name one row whose record keeps its first epochs")
+    row = rows[chosen[0]]
+    n = max(len(epochs) for epochs in row["first_epochs"])
+    body = [[seed, *(f"{accuracy:.1f} / {f1:.1f}" for accuracy, f1 in epochs)] for seed, epochs in zip(row["seeds"], row["first_epochs"])]
+    return markdown(["seed", *(f"epoch {e}: train acc / valid wF1" if e == 1 else f"epoch {e}" for e in range(1, n + 1))], body)
 
 
 def cell_text(cell):

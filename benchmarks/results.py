@@ -34,7 +34,7 @@ import pandas as pd
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import train_MALN  # noqa: E402
-from records import RecordError, machine, update_documents, write_record  # noqa: E402
+from records import RecordError, machine, read_record, record_path, update_documents, write_record  # noqa: E402
 from utils import atomic_write, check_regular_file  # noqa: E402
 
 MODEL_ROWS = {
@@ -389,8 +389,22 @@ def record_rows(suite, out_dir):
             continue
         seeds = read_summary(os.path.join(directory, "summary.json"))["seeds"]
         figures = [seed_figures(read_json(os.path.join(directory, f"seed{seed}", "metrics.json"))) for seed in seeds]
-        rows[row] = {"seeds": seeds, "figures": {key: [f[key] for f in figures] for key in figures[0]}}
+        rows[row] = {"seeds": seeds, "figures": {key: [f[key] for f in figures] for key in figures[0]},
+                     "first_epochs": [first_epochs(os.path.join(directory, f"seed{seed}", "history.csv")) for seed in seeds]}
     return rows
+
+
+FIRST_EPOCHS = 5  # how many of a run's first epochs a record keeps: the start of training, seed by seed
+
+
+def first_epochs(path):
+    """[[training accuracy, validation weighted-F1] of each of the first FIRST_EPOCHS epochs] from a history.csv."""
+    try:
+        check_regular_file(path, "history.csv")
+        history = pd.read_csv(path, nrows=FIRST_EPOCHS)
+        return [[float(a), float(f)] for a, f in zip(history["train_accuracy"], history["valid_weighted_f1"])]
+    except (OSError, ValueError, KeyError) as error:
+        raise SystemExit(f"error: {path}: no readable history ({error})") from None
 
 
 def record_suite(name, suite, out_dir, extra):
@@ -398,6 +412,9 @@ def record_suite(name, suite, out_dir, extra):
     rows = record_rows(suite, out_dir)
     if not rows:
         raise SystemExit(f"--record={name}: no finished row of suite {suite} under {out_dir} to record")
+    kept = read_record(name)["rows"] if os.path.exists(record_path(name)) else {}
+    order = list(SUITES[suite][1])
+    rows = dict(sorted({**kept, **rows}.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)))
     arguments = " ".join(f'"{a}"' if " " in a else a for a in [f"--suite={suite}", *extra])
     write_record(name, {"suite": suite, "command": f"python benchmarks/results.py {arguments} --seeds=... --run",
                         "machine": machine(), "rows": rows})

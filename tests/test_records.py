@@ -69,6 +69,8 @@ def test_results_records_every_finished_row_seed_by_seed(tmp_path, measured):
             metrics = {key: 70.0 + seed for key in results.COLUMNS}
             metrics["logistic_regression"] = {"test_weighted_f1": 81.0}
             json.dump(metrics, open(os.path.join(directory, f"seed{seed}", "metrics.json"), "w"))
+            with open(os.path.join(directory, f"seed{seed}", "history.csv"), "w") as f:
+                f.write("epoch,train_accuracy,valid_weighted_f1\n" + "".join(f"{e},{20 + e},{10 * e}\n" for e in range(1, 8)))
         if row == "full model":  # the other row has not finished all its seeds
             summary = {"seeds": seeds, **{key: {"mean": 71.5, "std": 0.7} for key in results.COLUMNS}}
             json.dump(summary, open(os.path.join(directory, "summary.json"), "w"))
@@ -77,4 +79,7 @@ def test_results_records_every_finished_row_seed_by_seed(tmp_path, measured):
     assert list(record["rows"]) == ["full model"]
     assert record["rows"]["full model"]["figures"]["test_weighted_f1"] == [71.0, 72.0]
     assert record["rows"]["full model"]["figures"]["logistic_regression_test_weighted_f1"] == [81.0, 81.0]
+    assert record["rows"]["full model"]["first_epochs"][1] == [[21.0, 10.0], [22.0, 20.0], [23.0, 30.0], [24.0, 40.0], [25.0, 50.0]]
+    assert records.render("demo_test", "first_epochs", ["full model"]).splitlines()[3] == \
+        "| 2 | 21.0 / 10.0 | 22.0 / 20.0 | 23.0 / 30.0 | 24.0 / 40.0 | 25.0 / 50.0 |"
     assert "--epochs=2" in record["command"] and "CPU" in record["machine"]
