@@ -570,9 +570,17 @@ class MALN(nn.Module):
             return 3 * H
         return 2 * H if self.config.cross_input == "specific" else H
 
-    def forward(self, features, speakers, utterance_mask, lengths, labels=None, class_weights=None):
-        """features {m: (B, N, D_m)}, speakers (B, N) party index, utterance_mask (B, N) bool,
-        lengths (B,) cpu, labels (B, N) with -1 where there is no label."""
+    def forward(self, batch, class_weights=None):
+        """batch: the dict dataloader.collate makes (the one place its tensors are described):
+            features        {m: (B, N, D_m)} float, one entry per modality of config.feature_sizes
+            speakers        (B, N) int64, each utterance's party index in its dialogue (0, 1, ...)
+            utterance_mask  (B, N) bool, True at real utterances, False at padding
+            lengths         (B,) int64 on the cpu, the utterances of each dialogue
+            labels          (B, N) int64 class index, -1 where unlabelled or padding; the losses are
+                            computed when the batch holds labels (absent or None: no losses)
+        class_weights: (C,) weights of the classification losses, or None."""
+        features, speakers, utterance_mask, lengths = (batch[k] for k in ("features", "speakers", "utterance_mask", "lengths"))
+        labels = batch.get("labels")
         inputs = {}
         n_parties = int(speakers.max()) + 1 if self.sclm is not None else 0
         for m in self.config.modalities:

@@ -337,8 +337,7 @@ def train_epoch(model, optimizer, batches, device, amp, class_weights, averaged=
     for step, (_, batch) in enumerate(tqdm(batches, desc="train", leave=False, disable=None), 1):
         batch = to_device(batch, device)
         with autocast(device, amp):
-            output = model(batch["features"], batch["speakers"], batch["utterance_mask"], batch["lengths"],
-                           batch["labels"], class_weights)
+            output = model(batch, class_weights)
         loss = output["losses"]["total"]
         total.append(loss.detach())
         if step % check_every == 0 or step == len(batches):
@@ -443,8 +442,7 @@ def evaluate(model, batches, device, amp, class_weights, keep_vectors=False):
     for dialogues, batch in batches:
         batch = to_device(batch, device)
         with autocast(device, amp):
-            output = model(batch["features"], batch["speakers"], batch["utterance_mask"], batch["lengths"],
-                           batch["labels"], class_weights)
+            output = model(batch, class_weights)
         batch_nll, batch_labelled = labelled_nll(output["log_probs"], batch["labels"])
         nll.append(batch_nll)
         n_labelled.append(batch_labelled)
@@ -1017,7 +1015,7 @@ def predict(model, feature_set, split="", batch_size=32):
     for start in range(0, len(chosen), batch_size):
         group = chosen[start:start + batch_size]
         batch = to_device(collate([d for _, d in group]), device)
-        log_probs = model(batch["features"], batch["speakers"], batch["utterance_mask"], batch["lengths"])["log_probs"]
+        log_probs = model({**batch, "labels": None})["log_probs"]                               # (B, N, C)
         probability, prediction = log_probs.float().exp().max(-1)                                # (B, N) each
         for b, (name, d) in enumerate(group):
             tables.append(pd.DataFrame({

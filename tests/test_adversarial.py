@@ -103,7 +103,7 @@ def test_reversal_factor_scales_the_gradient_the_common_encoders_get():
         model.zero_grad()
         model.amdm.reversal_factor = factor
         torch.manual_seed(1)
-        output = model(batch["features"], batch["speakers"], batch["utterance_mask"], batch["lengths"])
+        output = model({**batch, "labels": None})
         model.amdm.adversarial_losses(output["specific"], output["common"], batch["utterance_mask"])["adversarial_common"].backward()
         return model.amdm.shared_common[0].weight.grad.clone()
 
@@ -205,7 +205,7 @@ def test_confusion_objective_trains_the_discriminator_plainly_and_the_encoders_t
         model = model_for(adversarial_objective=objective)                          # eval: the same dropout-free pass
         model.load_state_dict(reference.state_dict())
         torch.manual_seed(1)
-        output = model(batch["features"], batch["speakers"], batch["utterance_mask"], batch["lengths"])
+        output = model({**batch, "labels": None})
         x = {m: output["common"][m].reshape(-1, 16) for m in SIZES}
         losses = model.amdm.adversarial_losses(output["specific"], output["common"], batch["utterance_mask"])
         losses["adversarial_common"].backward()
@@ -223,7 +223,7 @@ def test_confusion_objective_trains_the_discriminator_plainly_and_the_encoders_t
         assert torch.allclose(mine.grad, expected.grad, atol=1e-6)                   # the discriminator: plain cross-entropy
     confused = model_for()                                                          # the encoders: the confusion term alone
     confused.load_state_dict(reference.state_dict())
-    output = confused(batch["features"], batch["speakers"], batch["utterance_mask"], batch["lengths"])
+    output = confused({**batch, "labels": None})
     by_hand = [-torch.log_softmax(confused.amdm.discriminator(output["common"][m].reshape(-1, 16)), -1).mean(-1)[real].mean()
                for m in SIZES]
     sum(by_hand).backward()

@@ -34,7 +34,7 @@ def small_batch():
 
 def outputs_and_gradients(model, batch, device):
     batch = to_device(batch, device)
-    output = model(batch["features"], batch["speakers"], batch["utterance_mask"], batch["lengths"], batch["labels"])
+    output = model(batch)
     output["losses"]["total"].backward()
     mask = batch["utterance_mask"]
     return ({"log_probs": output["log_probs"][mask], "fused": output["fused"][mask], "loss": output["losses"]["total"]},
@@ -59,10 +59,9 @@ def test_cpu_and_cuda_give_the_same_outputs_and_gradients_in_fp32(monkeypatch):
 def test_bf16_autocast_on_cuda_stays_near_fp32():
     model = small_model().cuda().eval()
     batch = to_device(small_batch(), torch.device("cuda"))
-    arguments = (batch["features"], batch["speakers"], batch["utterance_mask"], batch["lengths"], batch["labels"])
-    exact = model(*arguments)
+    exact = model(batch)
     with train_MALN.autocast(torch.device("cuda"), True):
-        mixed = model(*arguments)
+        mixed = model(batch)
     mask = batch["utterance_mask"]
     assert torch.isfinite(mixed["log_probs"][mask]).all()
     assert (mixed["log_probs"][mask].float() - exact["log_probs"][mask]).abs().max() < 0.05

@@ -22,7 +22,7 @@ def model_for(sizes=SIZES, **kwargs):
 
 def forward(model, dialogues, **kwargs):
     batch = collate(dialogues)
-    return model(batch["features"], batch["speakers"], batch["utterance_mask"], batch["lengths"], batch["labels"], **kwargs)
+    return model(batch, **kwargs)
 
 
 @pytest.mark.parametrize("sclm_mode", ["speaker", "utterance", "release", "off"])
@@ -134,7 +134,7 @@ def test_common_encoders_get_the_reversed_discriminator_gradient():
     def gradients(reversal):
         model.zero_grad()
         model.amdm.config.gradient_reversal = reversal
-        output = model(batch["features"], batch["speakers"], batch["utterance_mask"], batch["lengths"])
+        output = model({**batch, "labels": None})
         loss = model.amdm.adversarial_losses(output["specific"], output["common"], batch["utterance_mask"])["adversarial_common"]
         loss.backward()
         return model.amdm.shared_common[0].weight.grad.clone(), model.amdm.discriminator[0].weight.grad.clone()
@@ -154,7 +154,7 @@ def test_discriminator_learns_to_tell_specific_vectors_apart():
     optimizer = torch.optim.Adam(model.amdm.parameters(), lr=1e-2)
     losses = []
     for _ in range(30):
-        output = model(batch["features"], batch["speakers"], batch["utterance_mask"], batch["lengths"])
+        output = model({**batch, "labels": None})
         loss = model.amdm.adversarial_losses(output["specific"], output["common"], batch["utterance_mask"])["adversarial_specific"]
         optimizer.zero_grad()
         loss.backward()

@@ -28,11 +28,12 @@ def reference(request):
 
 
 def inputs(batch):
-    """The release's sequence-first batch as this model's inputs."""
+    """The release's sequence-first batch as the batch this model reads (MALN.forward)."""
     features = {m: batch[name].transpose(0, 1) for m, name in RELEASE_MODALITY.items()}   # (B, N, D)
     utterance_mask = batch["umask"].bool()                                                   # (B, N)
     speakers = batch["qmask"].argmax(-1).transpose(0, 1)                                     # (B, N)
-    return features, speakers, utterance_mask, utterance_mask.sum(1), batch["labels"].long()
+    return {"features": features, "speakers": speakers, "utterance_mask": utterance_mask,
+            "lengths": utterance_mask.sum(1), "labels": batch["labels"].long()}
 
 
 def test_release_weights_give_the_release_outputs(reference):
@@ -41,7 +42,7 @@ def test_release_weights_give_the_release_outputs(reference):
     for batch in reference["batches"]:
         expected = batch["eval"]
         with torch.no_grad():
-            output = model(*inputs(batch))
+            output = model(inputs(batch))
         torch.testing.assert_close(output["log_probs"], expected["log_probs"].transpose(0, 1), atol=1e-5, rtol=0)
         for m, name in RELEASE_MODALITY.items():
             torch.testing.assert_close(output["unimodal"][m], expected[f"log_probs_{name}"].transpose(0, 1), atol=1e-5, rtol=0)
@@ -53,7 +54,7 @@ def test_release_weights_give_the_release_losses(reference):
     model = MALN.from_release(reference["state_dict"], **NO_DROPOUT).train()
     for batch in reference["batches"]:
         expected = {k: v.item() for k, v in batch["train_without_dropout"].items()}
-        losses = {k: v.item() for k, v in model(*inputs(batch))["losses"].items()}
+        losses = {k: v.item() for k, v in model(inputs(batch))["losses"].items()}
         adversarial = losses["adversarial_specific"] + losses["adversarial_common"]
         orthogonal = losses["orthogonal_specific"] + losses["orthogonal_common"]
         got = {**losses, "adversarial": adversarial, "adversarial_and_orthogonal": 0.01 * adversarial + 5e-6 * orthogonal}
@@ -67,7 +68,7 @@ def test_release_file_in_any_saved_form_loads(reference, tmp_path):
     torch.save(state, tmp_path / "bare.pt")
     batch = reference["batches"][0]
     with torch.no_grad():
-        outputs = [MALN.from_release(str(path))(*inputs(batch))["log_probs"] for path in (tmp_path / "release.pkl", tmp_path / "bare.pt")]
+        outputs = [MALN.from_release(str(path))(inputs(batch))["log_probs"] for path in (tmp_path / "release.pkl", tmp_path / "bare.pt")]
     torch.testing.assert_close(outputs[0], outputs[1])
 
 
@@ -97,7 +98,7 @@ def test_converted_release_checkpoint_predicts_like_the_release(reference, tmp_p
     assert model.checkpoint["class_names"] == ["hap", "sad", "neu", "ang", "exc", "fru"]
     batch = reference["batches"][1]
     with torch.no_grad():
-        torch.testing.assert_close(model(*inputs(batch))["log_probs"], batch["eval"]["log_probs"].transpose(0, 1),
+        torch.testing.assert_close(model(inputs(batch))["log_probs"], batch["eval"]["log_probs"].transpose(0, 1),
                                    atol=1e-5, rtol=0)
     with pytest.raises(SystemExit, match="exists"):
         train_MALN.main([f"--from_release={tmp_path / 'release.pkl'}", "--dataset=IEMOCAP", f"--out_dir={tmp_path}",

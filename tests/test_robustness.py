@@ -417,10 +417,10 @@ def test_any_lengths_speakers_and_label_masks_give_finite_outputs_and_padding_ch
     model = MODELS[mode]
     batch = collate(dialogues)
     assert all(torch.isfinite(x).all() for x in batch["features"].values())
-    output = model(batch["features"], batch["speakers"], batch["utterance_mask"], batch["lengths"], batch["labels"])
+    output = model(batch)
     assert torch.isfinite(output["log_probs"]).all() and torch.isfinite(output["fused"]).all()
     assert all(torch.isfinite(loss) for loss in output["losses"].values())
     for i, d in enumerate(dialogues):
         alone = collate([d])
-        single = model(alone["features"], alone["speakers"], alone["utterance_mask"], alone["lengths"])
+        single = model({**alone, "labels": None})
         assert torch.allclose(single["log_probs"][0], output["log_probs"][i, :len(d)], atol=1e-5)

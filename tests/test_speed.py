@@ -29,7 +29,7 @@ def test_analytic_flops_match_torch_flop_counter_on_one_dialogue():
     dialogue = feature_set.splits["train"][0]
     batch = collate([dialogue])
     with FlopCounterMode(display=False) as counter:
-        model(batch["features"], batch["speakers"], batch["utterance_mask"], batch["lengths"], batch["labels"])
+        model(batch)
     analytic = speed.dialogue_flops(model.config, len(dialogue), int(dialogue.speakers.max()) + 1)
     assert abs(analytic / counter.get_total_flops() - 1) < 0.05
 

@@ -53,8 +53,8 @@ def test_checkpoint_rebuilds_the_model_with_identical_predictions(tmp_path, devi
     loaded = MALN.from_checkpoint(str(tmp_path / "ckpt" / "best.pt"), device)
     assert not loaded.training and loaded.checkpoint["class_names"] == feature_set.class_names
     batch = to_device(collate(feature_set.splits["test"]), device)
-    args = (batch["features"], batch["speakers"], batch["utterance_mask"], batch["lengths"])
-    assert torch.equal(model(*args)["log_probs"], loaded(*args)["log_probs"])
+    inputs = {**batch, "labels": None}
+    assert torch.equal(model(inputs)["log_probs"], loaded(inputs)["log_probs"])
 
 
 def test_same_seed_gives_the_same_metrics(tmp_path):
@@ -120,7 +120,7 @@ def test_batch_loss_does_not_depend_on_which_dialogues_share_the_batch_order():
 
     def run(group):
         batch = collate(group)
-        return model(batch["features"], batch["speakers"], batch["utterance_mask"], batch["lengths"], batch["labels"])
+        return model(batch)
 
     alone = run([short])
     for group in ([short, long], [long, short], [short, middle], [middle, long, short]):
@@ -150,7 +150,7 @@ def test_fused_adam_takes_the_released_adam_step():
     for model, optimizer in zip(models, optimizers):
         for _ in range(3):
             torch.manual_seed(0)
-            loss = model(batch["features"], batch["speakers"], batch["utterance_mask"], batch["lengths"], batch["labels"])["losses"]["total"]
+            loss = model(batch)["losses"]["total"]
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
