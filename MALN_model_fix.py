@@ -88,19 +88,10 @@ class MALNConfig:
         if not all(is_count(size, 1) for size in self.feature_sizes.values()):
             raise ValueError(f"feature_sizes must be whole numbers >= 1, got {self.feature_sizes}")
         self.feature_sizes = {m: int(self.feature_sizes[m]) for m in MODALITY_ORDER if m in self.feature_sizes}
-        if self.sclm_mode not in ("speaker", "utterance", "release", "off"):
-            raise ValueError(f"sclm_mode must be 'speaker', 'utterance', 'release' or 'off', got {self.sclm_mode!r}")
-        if self.adversarial_objective not in ("reversal", "confusion"):
-            raise ValueError(f"adversarial_objective must be 'reversal' or 'confusion', got {self.adversarial_objective!r}")
-        if self.common_last_layer not in ("shared", "separate"):
-            raise ValueError(f"common_last_layer must be 'shared' or 'separate', got {self.common_last_layer!r}")
-        if self.sclm_positions not in ("release", "small"):
-            raise ValueError(f"sclm_positions must be 'release' or 'small', got {self.sclm_positions!r}")
-        if self.cross_input not in ("common", "specific"):
-            raise ValueError(f"cross_input must be 'common' or 'specific', got {self.cross_input!r}")
-        for name, value in vars(self).items():
-            if not CONFIG_RULES.get(name, (None, lambda v: True))[1](value):
-                raise ValueError(f"{name}={value!r}: must be {CONFIG_RULES[name][0]}")
+        wrong = config_errors(vars(self))
+        if wrong:
+            name, value, requirement = wrong[0]
+            raise ValueError(f"{name}={value!r}: must be {requirement}")
 
     @property
     def modalities(self):
@@ -119,21 +110,36 @@ def is_weight(value):
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value < float("inf")
 
 
-CONFIG_RULES = {  # MALNConfig field -> (what a valid value is, test): a checkpoint's model_args meet them too
-    "n_classes": ("a whole number >= 1", lambda v: is_count(v, 1)),
-    "max_positions": ("a whole number >= 2 (the longest dialogue + 1)", lambda v: is_count(v, 2)),
-    **{name: ("a whole number >= 1", lambda v: is_count(v, 1))
+CONFIG_RULES = {  # MALNConfig field -> (what a valid value is, test of the value given the other fields): the one
+    # place the model's values are checked, for MALNConfig(...), a checkpoint's model_args and train_MALN.py's settings
+    "n_classes": ("a whole number >= 1", lambda v, c: is_count(v, 1)),
+    "max_positions": ("a whole number >= 2 (the longest dialogue + 1)", lambda v, c: is_count(v, 2)),
+    **{name: ("a whole number >= 1", lambda v, c: is_count(v, 1))
        for name in ("sclm_layers", "sclm_heads", "sclm_feedforward", "speaker_size", "gru_layers", "hidden_size",
-                    "discriminator_hidden", "cross_heads")},
-    "context_hidden": ("a whole number >= 0 (0 = the feature size)", lambda v: is_count(v, 0)),
-    **{name: ("True or False", lambda v: isinstance(v, bool))
+                    "discriminator_hidden")},
+    "cross_heads": ("a whole number >= 1 that divides hidden_size",
+                    lambda v, c: is_count(v, 1) and (not is_count(c.get("hidden_size"), 1) or c["hidden_size"] % v == 0)),
+    "context_hidden": ("a whole number >= 0 (0 = the feature size)", lambda v, c: is_count(v, 0)),
+    **{name: ("True or False", lambda v, c: isinstance(v, bool))
        for name in ("standardize", "adversarial", "orthogonality", "cross_attention")},
-    **{name: ("a number in [0, 1)", is_fraction)
+    **{name: ("a number in [0, 1)", lambda v, c: is_fraction(v))
        for name in ("input_dropout", "sclm_dropout", "context_dropout", "specific_dropout", "common_dropout",
                     "discriminator_dropout", "dropout")},
-    **{name: ("a finite number >= 0", is_weight)
+    **{name: ("a finite number >= 0", lambda v, c: is_weight(v))
        for name in ("gradient_reversal", "unimodal_weight", "adversarial_weight", "orthogonality_weight")},
+    "sclm_mode": ("'speaker', 'utterance', 'release' or 'off'", lambda v, c: v in ("speaker", "utterance", "release", "off")),
+    "sclm_positions": ("'release' or 'small'", lambda v, c: v in ("release", "small")),
+    "adversarial_objective": ("'reversal' or 'confusion'", lambda v, c: v in ("reversal", "confusion")),
+    "common_last_layer": ("'shared' or 'separate'", lambda v, c: v in ("shared", "separate")),
+    "cross_input": ("'common' or 'specific'", lambda v, c: v in ("common", "specific")),
 }
+
+
+def config_errors(values):
+    """(field, value, what a valid value is) for every field of `values` that breaks its CONFIG_RULES;
+    `values` may hold some of the fields only (train_MALN.py checks its model settings so)."""
+    return [(name, value, CONFIG_RULES[name][0]) for name, value in values.items()
+            if name in CONFIG_RULES and not CONFIG_RULES[name][1](value, values)]
 
 
 class Standardizer(nn.Module):

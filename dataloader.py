@@ -22,7 +22,7 @@ import math
 import os
 import pickle
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -85,6 +85,12 @@ class FeatureSet:
     @property
     def max_length(self):
         return max(len(d) for split in self.splits.values() for d in split)
+
+    def summary(self):
+        """One line: the source, its layout, modalities, feature sizes, classes and dialogues per split."""
+        return (f"{self.source} ({self.layout}): modalities {self.modalities} {self.feature_sizes}, "
+                f"{len(self.class_names)} classes, dialogues train/valid/test "
+                f"{'/'.join(str(len(self.splits[s])) for s in SPLITS)}")
 
 
 # ----------------------------------------------------------------------------- pickles
@@ -704,6 +710,31 @@ def check_training_splits(feature_set, select_on="valid"):
                         f"that a seeded --valid_fraction of the training dialogues is held out")
 
 
+def inverse_frequency_weights(dialogues, n_classes, device):
+    """Class weights n / (classes x n_c) from these (training) dialogues' labels, (C,)."""
+    counts = torch.bincount(torch.cat([d.labels[d.labels >= 0] for d in dialogues]), minlength=n_classes).float()
+    weights = counts.sum() / (n_classes * counts.clamp(min=1))
+    return weights.to(device)
+
+
+def selection_splits(feature_set, select_on):
+    """The splits of a run's protocol: as loaded for select_on='valid'; for 'test' (the release's), the
+    validation dialogues folded into train, so the whole train split trains and valid is empty."""
+    if select_on == "valid" or not feature_set.splits["valid"]:
+        return feature_set
+    splits = feature_set.splits
+    return replace(feature_set, splits={**splits, "train": splits["train"] + splits["valid"], "valid": []})
+
+
+def check_dialogue_lengths(max_positions, sclm_mode, chosen, source, whose="the checkpoint's model", remedy=""):
+    """Every (split, dialogue) chosen fits a position table of max_positions rows (DataError naming the first that does not)."""
+    longest = max_positions - 1 if sclm_mode != "off" else None  # one position is [CLS]
+    for split, dialogue in chosen:
+        if longest is not None and len(dialogue) > longest:
+            raise DataError(f"{source}: {split} dialogue {dialogue.dialogue_id!r} has {len(dialogue)} utterances; "
+                            f"{whose} reads at most {longest} (its max_positions={longest + 1}){remedy}")
+
+
 def check_ids(ids, source):
     """Dialogue ids are hashable, and no two of them read the same as text (1 and '1'): the
     predictions and exported vectors write ids as text."""
@@ -855,7 +886,8 @@ def load_dataset(dataset, features="", av_features="", modalities="", valid_frac
 # ----------------------------------------------------------------------------- batches
 
 def collate(dialogues):
-    """Pad a list of dialogues into one batch of tensors (padding: speaker 0, label -1)."""
+    """Pad a list of dialogues into one batch: the dict MALN.forward reads, whose docstring says what
+    each tensor holds (padding: speaker 0, label -1)."""
     lengths = torch.tensor([len(d) for d in dialogues])
     return {
         "features": {m: pad_sequence([d.features[m] for d in dialogues], batch_first=True)    # (B, N, D_m)
@@ -865,6 +897,24 @@ def collate(dialogues):
         "labels": pad_sequence([d.labels for d in dialogues], batch_first=True, padding_value=-1),  # (B, N)
         "lengths": lengths,                                                                  # (B,) stays on cpu
     }
+
+
+def make_batches(dialogues, batch_size, generator=None, bucket=False):
+    """Batches of dialogues: by length without a generator; with one, in random order, or with
+    `bucket`, shuffled, sorted by length within pools of 4 batches, then the batches shuffled,
+    so that a batch holds dialogues of similar length (less padding, shorter recurrences).
+    -> [(the batch's dialogues, collate of them)]."""
+    if generator is None:
+        order = sorted(range(len(dialogues)), key=lambda i: len(dialogues[i]))
+    else:
+        order = torch.randperm(len(dialogues), generator=generator).tolist()
+        if bucket:
+            pool = 4 * batch_size
+            order = [i for s in range(0, len(order), pool) for i in sorted(order[s:s + pool], key=lambda i: len(dialogues[i]))]
+    groups = [[dialogues[i] for i in order[s:s + batch_size]] for s in range(0, len(order), batch_size)]
+    if generator is not None and bucket:
+        groups = [groups[i] for i in torch.randperm(len(groups), generator=generator).tolist()]
+    return [(group, collate(group)) for group in groups]
 
 
 def to_device(batch, device):

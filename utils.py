@@ -1,5 +1,5 @@
-"""What several files of this repository need: seeding, metrics, checkpoint io and safe output
-paths. It imports no other file of the repository."""
+"""What several files of this repository need: seeding, the device, metrics, checkpoint io and
+safe output paths. It imports no other file of the repository."""
 
 import glob
 import json
@@ -19,6 +19,19 @@ def set_seed(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def set_threads(count):
+    """torch's cpu thread count (--threads); 0 leaves torch's default (every core)."""
+    if count:
+        torch.set_num_threads(count)
+
+
+def resolve_device(name):
+    """The torch.device of a --device value: 'auto' is cuda when available, else cpu."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
 
 
 def scores(labels, predictions):

@@ -17,7 +17,7 @@ cores). When a row's seeds have all finished, its summary.json is written as `tr
 again; a seed interrupted earlier (last.pt but no metrics.json) continues with --resume. A failed
 run is named, with the end of its log, and the script exits non-zero after the others finish.
 Below the accuracy table comes the table of the decomposition probes (metrics.json's
-"decomposition", see decomposition_probes in train_MALN.py) of every row whose runs have them.
+"decomposition", see decomposition_probes in probes.py) of every row whose runs have them.
 """
 
 import glob
@@ -33,6 +33,8 @@ import pandas as pd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import configurator  # noqa: E402
+import run_files  # noqa: E402
 import train_MALN  # noqa: E402
 from records import RecordError, machine, read_record, record_path, update_documents, write_record  # noqa: E402
 from utils import atomic_write, check_regular_file  # noqa: E402
@@ -167,7 +169,7 @@ def seed_command(arguments, seed, seed_dir, out_dir, threads):
 def train_missing(suite, seeds, out_dir, extra, only, jobs=1):
     """Train every unfinished (row, seed) of the suite, `jobs` at a time, each with cores/jobs
     threads, then write each finished row's summary.json; -> one message per failed run."""
-    seed_list = train_MALN.seed_list_of(seeds)
+    seed_list = configurator.seed_list_of(seeds)
     if not seed_list:
         raise SystemExit(f"--seeds={seeds}: must be comma-separated integers >= 0, each once, e.g. 1,2,3")
     threads = max(1, available_cores() // jobs)
@@ -189,16 +191,16 @@ def train_missing(suite, seeds, out_dir, extra, only, jobs=1):
         finished = [finished_seed(os.path.join(run_dir(out_dir, suite, row), f"seed{seed}")) for seed in seed_list]
         if all(metrics is not None for metrics in finished):  # every seed trained and wrote all its outputs
             print(row)
-            train_MALN.write_seed_summary(config, seed_list, finished)
+            run_files.write_seed_summary(config, seed_list, finished)
     print(f"whole table: {len(runs)} run(s) in {time.time() - started:.0f} s wall time (--jobs={jobs}, --threads={threads})")
     return failures
 
 
 def finished_seed(seed_dir):
-    """The metrics of a seed that finished with all its outputs (train_MALN.finished_metrics), else None;
+    """The metrics of a seed that finished with all its outputs (run_files.finished_metrics), else None;
     a damaged metrics.json stops with one line naming it."""
     try:
-        return train_MALN.finished_metrics(seed_dir)
+        return run_files.finished_metrics(seed_dir)
     except (ValueError, OSError) as error:
         raise SystemExit(f"error: {error}; remove that seed's directory to train it again") from None
 
@@ -444,7 +446,7 @@ def main(argv):
             raise SystemExit(f"error: {error}") from None
     if not options["jobs"].isdigit() or int(options["jobs"]) < 1:
         raise SystemExit(f"--jobs={options['jobs']}: must be a whole number >= 1")
-    if not train_MALN.seed_list_of(options["seeds"]):
+    if not configurator.seed_list_of(options["seeds"]):
         raise SystemExit(f"--seeds={options['seeds']}: must be comma-separated integers >= 0, each once, e.g. 1,2,3")
     if options["suite"] not in SUITES:
         raise SystemExit(f"--suite={options['suite']}: choose one of {', '.join(SUITES)}")

@@ -9,7 +9,7 @@ Inputs have IEMOCAP's shape: 120 training dialogues (5,810 utterances) and 31 te
 (1,623 utterances) whose seeded lengths follow IEMOCAP's (8 to 110, mean 48, sd 17), two
 speakers 'M'/'F' (0/1) alternating irregularly, 6 classes, random features of the released
 sizes (text 1024, audio 100, visual 512). The model is train_MALN's, with its defaults, and
-each epoch runs train_MALN.make_batches + train_MALN.train_epoch (training) or
+each epoch runs dataloader.make_batches + train_MALN.train_epoch (training) or
 train_MALN.evaluate over the 120 dialogues (inference), as train_MALN.run does.
 
 Reported per phase: utterances per second and seconds per epoch (median over epochs, the first
@@ -36,7 +36,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train_MALN  # noqa: E402
-from dataloader import CLASS_NAMES, Dialogue, FeatureSet  # noqa: E402
+from configurator import parse_settings  # noqa: E402
+from dataloader import CLASS_NAMES, Dialogue, FeatureSet, make_batches  # noqa: E402
+from utils import resolve_device, set_threads  # noqa: E402
 
 # ----------------------------------------------------------------------------- options
 epochs = 3                  # timed epochs per phase (after one warm-up epoch)
@@ -225,9 +227,8 @@ def markdown(rows):
 
 def benchmark(options):
     """Measure inference then training; returns the table rows and a description of the run."""
-    if options["threads"]:
-        torch.set_num_threads(options["threads"])
-    device = train_MALN.resolve_device(options["device"])
+    set_threads(options["threads"])
+    device = resolve_device(options["device"])
     use_amp = options["amp"] and device.type == "cuda"
     matmul_size = options["matmul_size"] or (8192 if device.type == "cuda" else 1024)
     matmul_rate = matmul_flops_per_second(device, torch.bfloat16 if use_amp else torch.float32, matmul_size)
@@ -238,13 +239,13 @@ def benchmark(options):
     train = feature_set.splits["train"]
     n_utterances, flops = sum(len(d) for d in train), split_flops(model.config, train)
     generator = torch.Generator().manual_seed(options["seed"])
-    inference_batches = train_MALN.make_batches(train, options["batch_size"])
+    inference_batches = make_batches(train, options["batch_size"])
 
     def inference_epoch():
         train_MALN.evaluate(model, inference_batches, device, use_amp, None)
 
     def training_epoch():
-        batches = train_MALN.make_batches(train, options["batch_size"], generator, options["bucket_batches"])
+        batches = make_batches(train, options["batch_size"], generator, options["bucket_batches"])
         train_MALN.train_epoch(model, optimizer, batches, device, use_amp, None)
 
     rows = [measure("inference", inference_epoch, options, device, n_utterances, flops, matmul_rate),
@@ -271,7 +272,7 @@ def device_name(device):
 
 
 def main(argv):
-    options = train_MALN.parse_overrides(argv, OPTIONS)
+    options = parse_settings(argv, OPTIONS)
     rows, description = benchmark(options)
     print(description)
     print(markdown(rows))

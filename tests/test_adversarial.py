@@ -16,7 +16,9 @@ from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import plots  # noqa: E402
+import probes  # noqa: E402
 import results  # noqa: E402
+import scoring  # noqa: E402
 import train_MALN  # noqa: E402
 from dataloader import collate, make_demo  # noqa: E402
 from MALN_model_fix import MALN  # noqa: E402
@@ -52,7 +54,7 @@ def test_discriminator_accuracy_is_the_share_of_real_utterances_it_names_the_mod
 def test_history_holds_the_discriminator_game_for_train_and_valid(tmp_path):
     _, feature_set, run_dir = tiny_run(tmp_path, "game", n_dialogues=(16, 12, 4))   # valid: batches of 8 and 4 dialogues
     history = pd.read_csv(run_dir / "history.csv")
-    columns = [f"{split}_{name}" for split in ("train", "valid") for name in train_MALN.GAME_KEYS]
+    columns = [f"{split}_{name}" for split in ("train", "valid") for name in scoring.GAME_KEYS]
     assert set(columns) <= set(history.columns)
     assert history[[c for c in columns if "accuracy" in c]].stack().between(0, 1).all()
     last = torch.load(run_dir / "last.pt", weights_only=True)                       # the last epoch's weights
@@ -60,7 +62,7 @@ def test_history_holds_the_discriminator_game_for_train_and_valid(tmp_path):
     model.load_state_dict(last["model"])
     with torch.no_grad():
         whole = forward(model.eval(), feature_set.splits["valid"])["losses"]          # every valid utterance in one batch
-    for name in train_MALN.GAME_KEYS:
+    for name in scoring.GAME_KEYS:
         assert history[f"valid_{name}"].iloc[-1] == pytest.approx(whole[name].item(), rel=1e-4), name
 
 
@@ -148,7 +150,7 @@ def test_standardised_probe_cannot_tell_modalities_that_differ_only_by_shift_and
             result[f"specific_{m}"] = rng.normal(size=(n, 10))
         return result
 
-    figures = train_MALN.decomposition_probes(vectors(600), vectors(300))
+    figures = probes.decomposition_probes(vectors(600), vectors(300))
     assert figures["modality_from_common_accuracy"] > 0.95
     assert figures["modality_from_common_standardised_accuracy"] < 0.45
 
@@ -236,7 +238,7 @@ def test_confusion_objective_trains_the_discriminator_plainly_and_the_encoders_t
 
 
 def test_game_figure_is_skipped_with_a_reason_for_bad_modalities_or_columns():
-    history = pd.DataFrame({f"{split}_{name}": [0.5] for split in ("train", "valid") for name in train_MALN.GAME_KEYS})
+    history = pd.DataFrame({f"{split}_{name}": [0.5] for split in ("train", "valid") for name in scoring.GAME_KEYS})
     good = {"history": history, "metrics": {"modalities": "tav"}}
     assert plots.game_skipped(good) == ""
     assert "field 'modalities'" in plots.game_skipped({**good, "metrics": {"modalities": ["t", "a"]}})

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 import layouts
+import probes
 import train_MALN
 from conftest import SHARED_DATA
-from dataloader import Dialogue, load_features, make_demo, read_pickle, split_validation
+from dataloader import Dialogue, load_features, make_batches, make_demo, read_pickle, split_validation
 from MALN_model_fix import MALN, MALNConfig
 from utils import load_checkpoint
 
@@ -82,8 +83,8 @@ def test_the_weighted_classification_loss_on_a_hand_worked_case():
 def test_the_decomposition_probes_are_fitted_on_train_vectors_and_scored_on_test_vectors(tmp_path):
     metrics = run(tmp_path, "probes", "--epochs=1", "--export_features=True")
     vectors = {split: dict(np.load(tmp_path / "probes" / f"features_{split}.npz")) for split in ("train", "test")}
-    assert metrics["decomposition"] == pytest.approx(train_MALN.decomposition_probes(vectors["train"], vectors["test"]))
-    assert metrics["decomposition"] != pytest.approx(train_MALN.decomposition_probes(vectors["test"], vectors["test"]))
+    assert metrics["decomposition"] == pytest.approx(probes.decomposition_probes(vectors["train"], vectors["test"]))
+    assert metrics["decomposition"] != pytest.approx(probes.decomposition_probes(vectors["test"], vectors["test"]))
 
 
 # ----------------------------------------------------------------------------- comparable losses
@@ -101,7 +102,7 @@ def test_evaluation_nll_is_unweighted_over_the_labelled_utterances():
     for d in feature_set.splits["test"]:
         d.labels = torch.where(torch.arange(len(d)) % 3 == 0, -1, d.labels)     # a third unlabelled
     model = train_MALN.build_model(feature_set, train_MALN.parse_overrides([])).eval()
-    batches = train_MALN.make_batches(feature_set.splits["test"], 3)
+    batches = make_batches(feature_set.splits["test"], 3)
     weights = torch.tensor([5.0, 1.0, 1.0, 1.0])
     result = train_MALN.evaluate(model, batches, torch.device("cpu"), False, weights)
     picked = []
@@ -134,7 +135,7 @@ def test_a_long_test_dialogue_changes_neither_the_model_nor_its_initialisation()
 
 
 def test_a_valid_or_test_dialogue_longer_than_the_position_table_is_refused_before_training(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args: with_a_long_dialogue(tiny_demo(), "valid"))
+    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args, **kwargs: with_a_long_dialogue(tiny_demo(), "valid"))
     with pytest.raises(SystemExit, match=r"^error: demo: valid dialogue 'long' has 300 utterances; the model reads at most "
                                          r"127 \(its max_positions=128\), sized from the training split, never from valid "
                                          r"or test; give a larger --max_positions$"):
@@ -183,7 +184,7 @@ def test_reseed_every_epoch_repeats_the_batch_order_and_the_dropout_masks(tmp_pa
 
 
 def test_resume_refuses_another_epoch_count_for_a_cosine_schedule_or_fewer_than_finished(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args: tiny_demo())
+    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args, **kwargs: tiny_demo())
     train_MALN.main(arguments(tmp_path, "cosine", "--epochs=2"))
     with pytest.raises(SystemExit, match=r"^error: --epochs=3: this run's cosine schedule decays over its 2 epochs and a "
                                          r"resumed run keeps it .*resume without --epochs, or start a new run of 3 epochs$"):
@@ -194,7 +195,7 @@ def test_resume_refuses_another_epoch_count_for_a_cosine_schedule_or_fewer_than_
 
 
 def test_resume_with_more_epochs_of_a_constant_schedule_equals_the_longer_run(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args: tiny_demo())
+    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args, **kwargs: tiny_demo())
     train_MALN.main(arguments(tmp_path, "longer", "--epochs=3", "--lr_schedule=constant"))
     train_MALN.main(arguments(tmp_path, "extended", "--epochs=2", "--lr_schedule=constant"))
     train_MALN.main([f"--resume={tmp_path / 'extended'}", "--epochs=3"])

@@ -8,8 +8,9 @@ import torch
 
 import dataloader
 import layouts
+import predict
 import train_MALN
-from dataloader import CLASS_NAMES, SPLITS, DataError, build_features, load_dataset, load_features, split_validation
+from dataloader import CLASS_NAMES, SPLITS, DataError, build_features, load_dataset, load_features, make_batches, split_validation
 from MALN_model_fix import MALN
 
 CLASSES = ["angry", "calm", "happy"]
@@ -171,7 +172,7 @@ def test_predictions_csv_agrees_with_evaluate(trained, tmp_path, device):
     feature_set = load_features(trained["features"])
     assert len(csv) == len(trained["table"]) and set(csv["split"]) == set(SPLITS)
     model = MALN.from_checkpoint(trained["checkpoint"], device)
-    batches = train_MALN.make_batches(feature_set.splits["test"], 4)
+    batches = make_batches(feature_set.splits["test"], 4)
     evaluated = train_MALN.evaluate(model, batches, torch.device(device), False, None, keep_vectors=True)
     expected = pd.DataFrame({"dialogue_id": evaluated["vectors"]["dialogue_id"], "position": evaluated["vectors"]["position"],
                              "expected": [CLASSES[k] for k in evaluated["vectors"]["prediction"]]})
@@ -190,8 +191,8 @@ def test_unlabelled_file_gets_the_same_predictions(trained, tmp_path):
     table, arrays = trained["table"], trained["arrays"]
     build_features(table.assign(label="", split="test"), arrays, tmp_path / "new.pkl")
     model = MALN.from_checkpoint(trained["checkpoint"])
-    new = train_MALN.predict(model, load_features(str(tmp_path / "new.pkl")))
-    known = train_MALN.predict(model, load_features(trained["features"]))
+    new = predict.predict(model, load_features(str(tmp_path / "new.pkl")))
+    known = predict.predict(model, load_features(trained["features"]))
     assert (new["label"] == "").all() and len(new) == len(table)
     joined = new.merge(known, on=["dialogue_id", "position"], validate="one_to_one")
     assert (joined["prediction_x"] == joined["prediction_y"]).all()

@@ -14,6 +14,8 @@ import pytest
 import torch
 
 import plots
+import predict
+import run_files
 import train_MALN
 import utils
 from dataloader import DataError, make_demo
@@ -51,15 +53,16 @@ def finished_run(tmp_path_factory):
     """A run of one epoch on a tiny demo set, trained once; tests copy it."""
     directory = tmp_path_factory.mktemp("runs")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train_MALN, "load_dataset", lambda *args: tiny_demo())
+        patch.setattr(train_MALN, "load_dataset", lambda *args, **kwargs: tiny_demo())
         train_MALN.main(arguments(directory, "run"))
     return directory / "run"
 
 
 @pytest.fixture
 def run_copy(finished_run, tmp_path, monkeypatch):
-    """A copy of the finished run to tamper with; training and resuming read the tiny demo set."""
-    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args: tiny_demo())
+    """A copy of the finished run to tamper with; training, resuming and predicting read the tiny demo set."""
+    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args, **kwargs: tiny_demo())
+    monkeypatch.setattr(predict, "load_dataset", lambda *args, **kwargs: tiny_demo())
     shutil.copytree(finished_run, tmp_path / "run")
     return tmp_path / "run"
 
@@ -151,7 +154,7 @@ def test_model_args_are_checked_and_sized_before_the_model_is_allocated(tmp_path
 
 
 def test_heads_that_do_not_divide_the_feature_size_stop_training_with_one_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args: tiny_demo())
+    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args, **kwargs: tiny_demo())
     with pytest.raises(SystemExit, match=r"^error: attention over vectors of size 24 cannot have 7 heads"):
         train_MALN.main(arguments(tmp_path, "run") + ["--sclm_heads=7"])
 
@@ -192,7 +195,7 @@ def test_an_optimizer_state_that_does_not_fit_the_parameters_is_refused_before_f
 
 @pytest.mark.parametrize("change, message", [
     (lambda c: c["config"].update(epochs=0), r"its saved setting epochs=0 must be >= 1$"),
-    (lambda c: c["config"].update(dropout=1.5), r"its saved setting dropout=1.5 must be in \[0, 1\)$"),
+    (lambda c: c["config"].update(dropout=1.5), r"its saved setting dropout=1.5 must be a number in \[0, 1\)$"),
     (lambda c: c["config"].update(sclm_mode="evil"), r"its saved setting sclm_mode='evil' must be 'speaker', "),
     (lambda c: c["config"].update(hidden_size=10 ** 6, cross_heads=1), r"its saved setting hidden_size=1000000 is not the one "
                                                                           r"its model was built with \(field 'model_args': "
@@ -222,7 +225,7 @@ def test_a_tampered_last_pt_is_named_by_file_and_field_not_by_a_flag_never_typed
     (lambda state: state.update({"classifier.3.bias": torch.zeros(9)}), r"best.pt: saved by a model of other settings"),
 ])
 def test_a_tampered_best_pt_is_refused_when_resuming_not_after_the_last_epoch(tmp_path, monkeypatch, change, message):
-    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args: tiny_demo())
+    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args, **kwargs: tiny_demo())
     train_MALN.main(arguments(tmp_path, "run", epochs=2))
     run = tmp_path / "run"
     os.remove(run / "metrics.json")
@@ -245,7 +248,7 @@ def test_predict_checks_the_hold_out_settings_a_checkpoint_saved_naming_the_file
 
 
 def test_resume_with_fewer_epochs_than_trained_is_refused_and_the_finished_run_is_untouched(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args: tiny_demo())
+    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args, **kwargs: tiny_demo())
     train_MALN.main(arguments(tmp_path, "run", epochs=2))
     before = (tmp_path / "run" / "metrics.json").read_bytes()
     with pytest.raises(SystemExit, match=r"^error: --epochs=1: the run to resume has finished 2 epochs already$"):
@@ -254,7 +257,7 @@ def test_resume_with_fewer_epochs_than_trained_is_refused_and_the_finished_run_i
 
 
 def test_a_run_folder_left_empty_by_an_interrupted_first_epoch_says_so_when_reused_and_resumed(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args: tiny_demo())
+    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args, **kwargs: tiny_demo())
     monkeypatch.setattr(train_MALN, "train_epoch", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(SystemExit):
         train_MALN.main(arguments(tmp_path, "run"))
@@ -335,7 +338,7 @@ def test_predictions_csv_escapes_cells_a_spreadsheet_would_run_as_formulas(run_c
     for i, dialogue in enumerate(hostile.splits["test"]):
         dialogue.dialogue_id = cells[i % len(cells)] + str(i)
         dialogue.speaker_names = [cells[(i + j) % len(cells)] for j in range(len(dialogue))]
-    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args: hostile)
+    monkeypatch.setattr(predict, "load_dataset", lambda *args, **kwargs: hostile)
     train_MALN.main([f"--predict={run_copy / 'best.pt'}", f"--predictions={tmp_path / 'p.csv'}", "--predict_split=test"])
     table = pd.read_csv(tmp_path / "p.csv", dtype=str, keep_default_na=False)
     for column in ("dialogue_id", "speaker"):
@@ -435,9 +438,9 @@ def test_seeds_that_are_empty_repeated_or_not_numbers_are_refused_before_anythin
 
 
 def test_a_run_counts_as_finished_only_with_every_output_and_metrics_json_is_written_last(run_copy, tmp_path, monkeypatch):
-    assert train_MALN.finished_metrics(run_copy)["best_epoch"] == 1
+    assert run_files.finished_metrics(run_copy)["best_epoch"] == 1
     (run_copy / "best.pt").unlink()
-    assert train_MALN.finished_metrics(run_copy) is None
+    assert run_files.finished_metrics(run_copy) is None
     savez, calls = np.savez, []
 
     def interrupted_at_the_second_export(*args, **kwargs):
@@ -450,7 +453,7 @@ def test_a_run_counts_as_finished_only_with_every_output_and_metrics_json_is_wri
     with pytest.raises(SystemExit):
         train_MALN.main(arguments(tmp_path, "exported", export=True))
     assert not (tmp_path / "exported" / "metrics.json").exists()                 # Ctrl-C in the export: not finished
-    assert train_MALN.finished_metrics(tmp_path / "exported") is None
+    assert run_files.finished_metrics(tmp_path / "exported") is None
 
 
 def test_a_summary_is_written_only_for_rows_whose_seeds_all_finished(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 import plots
+import probes
 import train_MALN
 from dataloader import make_demo
 
@@ -85,7 +86,7 @@ def test_probes_find_modality_in_specific_vectors_and_emotion_where_it_is():
             result[f"specific_{m}"] = 3 * np.eye(3, 20)[index] + rng.normal(size=(n, 20))          # modality, no emotion
         return result
 
-    figures = train_MALN.decomposition_probes(vectors(600), vectors(300))
+    figures = probes.decomposition_probes(vectors(600), vectors(300))
     assert figures["modality_from_common_accuracy"] < 0.45 and figures["modality_from_specific_accuracy"] > 0.95
     assert figures["modality_from_common_standardised_accuracy"] < 0.45
     assert figures["emotion_from_common_accuracy"] > 0.9 and figures["emotion_from_specific_accuracy"] < 0.4

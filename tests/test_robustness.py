@@ -14,6 +14,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import layouts
+import run_files
 import train_MALN
 from dataloader import CLASS_NAMES, DataError, Dialogue, collate, load_dataset, load_features, make_demo
 from MALN_model_fix import MALN, MALNConfig
@@ -149,8 +150,8 @@ def test_a_feature_file_without_dataset_takes_the_classes_of_its_layout(tmp_path
 @pytest.mark.parametrize("argument, message", [
     ("--epochs=0", "--epochs=0: must be >= 1"),
     ("--batch_size=-4", "--batch_size=-4: must be >= 1"),
-    ("--dropout=1.0", r"--dropout=1.0: must be in \[0, 1\)"),
-    ("--common_dropout=-0.1", r"--common_dropout=-0.1: must be in \[0, 1\)"),
+    ("--dropout=1.0", r"--dropout=1.0: must be a number in \[0, 1\)"),
+    ("--common_dropout=-0.1", r"--common_dropout=-0.1: must be a number in \[0, 1\)"),
     ("--learning_rate=0", "--learning_rate=0.0: must be > 0"),
     ("--learning_rate=nan", "--learning_rate=nan: must be > 0"),
     ("--valid_fraction=1", r"--valid_fraction=1.0: must be in \(0, 1\)"),
@@ -158,7 +159,7 @@ def test_a_feature_file_without_dataset_takes_the_classes_of_its_layout(tmp_path
     ("--modalities=tt", "--modalities=tt: must be a subset of 'tav', each letter once"),
     ("--sclm_mode=speakers", "--sclm_mode=speakers: must be 'speaker', 'utterance', 'release' or 'off'"),
     ("--cross_input=both", "--cross_input=both: must be 'common' or 'specific'"),
-    ("--cross_heads=3", "--cross_heads=3: must be >= 1 and divide hidden_size"),
+    ("--cross_heads=3", "--cross_heads=3: must be a whole number >= 1 that divides hidden_size"),
     ("--device=gpu0", "--device=gpu0: must be 'auto', 'cpu', or an available"),
     ("--seeds=1,two", "--seeds=1,two: must be comma-separated integers"),
     ("--threads=-1", r"--threads=-1: must be >= 0 \(0 = torch's default\)"),
@@ -204,7 +205,7 @@ class Planted:
 
 
 def test_a_run_folder_cannot_make_resume_unpickle_code(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args: tiny_demo())
+    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args, **kwargs: tiny_demo())
     train_MALN.main(arguments(tmp_path, "run", epochs=1))
     monkeypatch.undo()
     marker, planted = tmp_path / "code-ran", tmp_path / "planted.pkl"
@@ -287,7 +288,7 @@ def test_resumed_run_ends_with_the_metrics_of_an_uninterrupted_run(tmp_path, mon
 
 
 def test_ctrl_c_exits_with_a_short_message_and_the_run_resumes_from_the_command_line_clearing_stale_temporaries(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args: tiny_demo())
+    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args, **kwargs: tiny_demo())
     train_epoch = train_MALN.train_epoch
     interrupt_training_at_epoch(monkeypatch, 2)
     with pytest.raises(SystemExit) as stop:
@@ -305,7 +306,7 @@ def test_ctrl_c_exits_with_a_short_message_and_the_run_resumes_from_the_command_
 
 
 def test_non_finite_loss_stops_naming_epoch_and_batch_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args: tiny_demo())
+    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args, **kwargs: tiny_demo())
     forward, training_calls = MALN.forward, []
 
     def diverging(self, *args, **kwargs):
@@ -327,10 +328,10 @@ def test_non_finite_loss_stops_naming_epoch_and_batch_and_keeps_the_last_good_ch
 
 
 def test_reusing_a_run_name_is_refused_before_loading_and_the_finished_run_is_untouched(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args: tiny_demo())
+    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args, **kwargs: tiny_demo())
     train_MALN.main(arguments(tmp_path, "run", epochs=1))
     before = {name: (tmp_path / "run" / name).read_bytes() for name in os.listdir(tmp_path / "run")}
-    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args: pytest.fail("loaded the data"))
+    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args, **kwargs: pytest.fail("loaded the data"))
     with pytest.raises(SystemExit, match=f"^error: {tmp_path / 'run'} exists: a run's directory is never overwritten; "
                                          f"continue that run with --resume={tmp_path / 'run'}, or choose another --run_name$"):
         train_MALN.main([*arguments(tmp_path, "run", epochs=1), "--learning_rate=0.01"])
@@ -342,13 +343,13 @@ def test_reusing_a_run_name_is_refused_before_loading_and_the_finished_run_is_un
 def test_default_run_names_started_in_the_same_second_never_collide(tmp_path, monkeypatch):
     monkeypatch.setattr(time, "strftime", lambda format: "20250101-120000")
     config = train_MALN.parse_overrides([f"--out_dir={tmp_path}"])
-    names = [train_MALN.claim_run_directory(config)["run_name"] for _ in range(3)]
+    names = [run_files.claim_run_directory(config)["run_name"] for _ in range(3)]
     assert names == ["demo_all_20250101-120000", "demo_all_20250101-120000-2", "demo_all_20250101-120000-3"]
     assert sorted(os.listdir(tmp_path)) == names
 
 
 def test_an_out_dir_that_is_a_file_or_unwritable_is_refused_before_loading(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args: pytest.fail("loaded the data"))
+    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args, **kwargs: pytest.fail("loaded the data"))
     (tmp_path / "file").write_text("")
     with pytest.raises(SystemExit, match=f"^error: --out_dir: {tmp_path / 'file'} is a file, not a directory"):
         train_MALN.main(arguments(tmp_path / "file", "run"))
@@ -358,7 +359,7 @@ def test_an_out_dir_that_is_a_file_or_unwritable_is_refused_before_loading(tmp_p
 
 
 def test_a_full_disk_during_training_stops_with_one_line_and_the_run_resumes(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args: tiny_demo())
+    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args, **kwargs: tiny_demo())
     save, calls = torch.save, []
 
     def disk_full_at_the_third_save(checkpoint, file):
@@ -378,7 +379,7 @@ def test_a_full_disk_during_training_stops_with_one_line_and_the_run_resumes(tmp
 
 
 def test_resume_of_a_wrong_or_corrupted_checkpoint_is_one_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args: tiny_demo())
+    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args, **kwargs: tiny_demo())
     train_MALN.main(arguments(tmp_path, "run", epochs=2))
     run = tmp_path / "run"
     last = load_checkpoint(run / "last.pt")

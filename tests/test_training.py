@@ -9,7 +9,7 @@ import torch
 
 import train_MALN
 from conftest import MINILM, ROOT
-from dataloader import collate, make_demo, to_device
+from dataloader import collate, make_batches, make_demo, to_device
 from MALN_model_fix import MALN
 from utils import scores
 
@@ -105,8 +105,8 @@ def test_bucketed_batches_hold_every_dialogue_once_with_less_padding():
     def padding(batches):
         return sum(b["utterance_mask"].numel() - int(b["lengths"].sum()) for _, b in batches)
 
-    bucketed = train_MALN.make_batches(dialogues, 4, torch.Generator().manual_seed(0), bucket=True)
-    shuffled = train_MALN.make_batches(dialogues, 4, torch.Generator().manual_seed(0))
+    bucketed = make_batches(dialogues, 4, torch.Generator().manual_seed(0), bucket=True)
+    shuffled = make_batches(dialogues, 4, torch.Generator().manual_seed(0))
     assert sorted(d.dialogue_id for group, _ in bucketed for d in group) == sorted(d.dialogue_id for d in dialogues)
     assert padding(bucketed) < padding(shuffled) / 2
 

@@ -1,0 +1,188 @@
+"""A training run's directory, out_dir/run_name: claiming it (never one that exists, so no run
+overwrites another), the checkpoints written there each epoch (last.pt for --resume, best.pt for
+the selected epoch) and restoring them, reading a finished run's metrics, and the summary over
+the runs of several seeds. train_MALN.py writes runs; benchmarks/results.py reads them."""
+
+import copy
+import itertools
+import json
+import os
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+from utils import (LAST_CHECKPOINT_FIELDS, OutputError, atomic_write, check_adam_state, check_checkpoint, check_finite,
+                   check_regular_file, check_state_shapes, check_writable_place, load_checkpoint, load_model_state,
+                   remove_stale_temporaries, save_checkpoint, write_json)
+
+
+def check_run_name_free(config):
+    """Before the data is loaded: refuse a --run_name that is taken and an --out_dir that cannot hold runs."""
+    check_writable_place(os.path.abspath(config["out_dir"]), "--out_dir")
+    path = os.path.join(config["out_dir"], config["run_name"])
+    if config["run_name"] and os.path.lexists(path):
+        raise OutputError(run_taken(path))
+
+
+def claim_run_directory(config):
+    """Create the run's directory; it must not exist, so a finished (or running) run is never
+    overwritten. Creating it is atomic: two runs never share one. An empty run_name becomes
+    <dataset>_<modalities>_<date-time>, with -2, -3, ... appended while that is taken.
+    -> config with its run_name."""
+    check_writable_place(os.path.abspath(config["out_dir"]), "--out_dir")
+    stem = config["run_name"] or f"{config['dataset']}_{config['modalities'] or 'all'}_{time.strftime('%Y%m%d-%H%M%S')}"
+    name = stem
+    path = os.path.join(config["out_dir"], name)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        for attempt in itertools.count(2):
+            try:
+                os.mkdir(path)
+                return {**config, "run_name": name}
+            except FileExistsError:
+                if config["run_name"]:
+                    raise OutputError(run_taken(path)) from None
+                name = f"{stem}-{attempt}"
+                path = os.path.join(config["out_dir"], name)
+    except OutputError:
+        raise
+    except OSError as error:
+        raise OutputError(f"--out_dir: cannot create the run directory {path}: {error.strerror or error}") from None
+
+
+def run_taken(path):
+    if os.path.isdir(path) and not os.path.lexists(os.path.join(path, "last.pt")) and not os.listdir(path):
+        return (f"{path} exists, empty: a run stopped there before its first epoch finished, so there is nothing to "
+                f"resume; remove it, or choose another --run_name")
+    return (f"{path} exists: a run's directory is never overwritten; continue that run with --resume={path}, "
+            f"or choose another --run_name")
+
+
+def open_run_directory(config):
+    """The directory of run(): an interrupted run's (cleared of the temporary files a killed write
+    left), an empty one main() claimed, or a new one claimed here. -> config with its run_name."""
+    if config["resume"]:
+        remove_stale_temporaries(config["resume"])
+        return config
+    path = run_directory(config)
+    if config["run_name"] and os.path.isdir(path) and not os.listdir(path):
+        return config
+    return claim_run_directory(config)
+
+
+def run_directory(config):
+    return config["resume"] or os.path.join(config["out_dir"], config["run_name"])
+
+
+def save_last(run_dir, model, optimizer, generator, device, config, feature_set, history, best, averaged=None):
+    """What --resume needs after this epoch. Written before best.pt: when the newest epoch is the
+    best, its state is this file's model (or moving average), so a kill between the two writes loses nothing."""
+    rng = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "model_args": model.model_args(),
+                     "config": config, "class_names": feature_set.class_names, "epoch": len(history),
+                     "history": history, "best": best, "rng": rng,
+                     **({"averaged": averaged.state_dict()} if averaged is not None else {})}, os.path.join(run_dir, "last.pt"))
+
+
+def save_best(run_dir, best_state, model, config, feature_set, best):
+    save_checkpoint({"model": best_state, "model_args": model.model_args(), "config": config,
+                     "class_names": feature_set.class_names, "epoch": best["epoch"], "metrics": best},
+                    os.path.join(run_dir, "best.pt"))
+
+
+def write_history(run_dir, history):
+    """history.csv: one row per finished epoch (metrics.epoch_row)."""
+    atomic_write(os.path.join(run_dir, "history.csv"), lambda path: pd.DataFrame(history).to_csv(path, index=False))
+
+
+def export_vectors(run_dir, final):
+    """features_<split>.npz: the vectors of every real utterance of each split evaluated at the selected epoch."""
+    for split, result in final.items():
+        atomic_write(os.path.join(run_dir, f"features_{split}.npz"), lambda path: np.savez(path, **result["vectors"]))
+
+def restore(run_dir, model, optimizer, generator, device, averaged=None):
+    """Load an interrupted run's last.pt into model, the moving average (when there is one),
+    optimizer and the RNGs; -> history, best row, best state."""
+    path = os.path.join(run_dir, "last.pt")
+    last = load_checkpoint(path)
+    check_checkpoint(last, path, LAST_CHECKPOINT_FIELDS + (("averaged",) if averaged is not None else ()))
+    load_model_state(model, last["model"], path)
+    if averaged is not None:
+        load_model_state(averaged, last["averaged"], path)
+    check_adam_state(optimizer, last["optimizer"], path)
+    try:
+        optimizer.load_state_dict(last["optimizer"])
+        torch.set_rng_state(last["rng"]["torch"])
+        generator.set_state(last["rng"]["generator"])
+        if "cuda" in last["rng"] and device.type == "cuda":
+            torch.cuda.set_rng_state(last["rng"]["cuda"], device)
+    except (ValueError, KeyError, TypeError, RuntimeError) as error:
+        raise ValueError(f"{path}: its optimizer or random-number states do not fit this run "
+                         f"({type(error).__name__}: {error})") from None
+    best = last["best"]
+    if best["epoch"] == last["epoch"]:
+        return last["history"], best, copy.deepcopy(averaged.module.state_dict()) if averaged is not None else last["model"]
+    best_path = os.path.join(run_dir, "best.pt")
+    best_checkpoint = load_checkpoint(best_path)
+    check_checkpoint(best_checkpoint, best_path, ("model", "epoch"))
+    if best_checkpoint["epoch"] != best["epoch"]:
+        raise ValueError(f"{run_dir}: best.pt holds epoch {best_checkpoint['epoch']}, last.pt expects epoch {best['epoch']}")
+    check_state_shapes(model, best_checkpoint["model"], best_path)  # loaded only after the last epoch: checked now
+    check_finite(best_checkpoint["model"], best_path, "weights")
+    return last["history"], best, best_checkpoint["model"]
+
+
+def run_outputs(config):
+    """The files a finished run's directory holds; metrics.json, written last, comes last."""
+    exports = [f"features_{split}.npz" for split in ("train", "valid", "test")] if config.get("export_features") else []
+    return ["last.pt", "best.pt", "history.csv", *exports, "metrics.json"]
+
+
+def finished_metrics(run_dir):
+    """A finished run's metrics.json, or None while the run is unfinished: it has no metrics.json, or one
+    of the outputs its run writes before metrics.json (run_outputs) is missing (a run an earlier version
+    stopped during its export). A metrics.json that does not read is one ValueError naming it."""
+    path = os.path.join(run_dir, "metrics.json")
+    if not os.path.lexists(path):
+        return None
+    check_regular_file(path, "metrics.json")
+    try:
+        with open(path) as f:
+            metrics = json.load(f)
+    except (ValueError, OSError) as error:
+        raise ValueError(f"{path}: not a metrics.json that reads ({type(error).__name__}: {error})") from None
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("config"), dict):
+        raise ValueError(f"{path}: not the metrics of a run of train_MALN.py (a {type(metrics).__name__} without 'config')")
+    if not all(os.path.isfile(os.path.join(run_dir, name)) for name in run_outputs(metrics["config"])):
+        return None
+    return metrics
+
+
+def non_finite_note(run_dir, epoch, config):
+    """What to do after a NaN or inf loss in `epoch`: resuming would repeat the same computation."""
+    kept = f"{os.path.join(run_dir, 'last.pt')} holds epoch {epoch - 1}, the last good one" if epoch > 1 else "no epoch had finished"
+    return (f"{kept}. Resuming would meet the same loss: start a new run with a lower --learning_rate (this one: "
+            f"{config['learning_rate']:g}), or check the features for extreme values")
+
+
+def saved_note(run_dir):
+    """Where an interrupted run stands, and how to continue it."""
+    path = os.path.join(run_dir, "last.pt")
+    if not os.path.exists(path):
+        return "no epoch had finished, so there is nothing to resume"
+    return f"{path} holds the last finished epoch; continue with: python train_MALN.py --resume={run_dir}"
+
+
+def write_seed_summary(config, seed_list, results):
+    """Mean and std over seeds of the runs' metrics, printed and written to out_dir/run_name/summary.json."""
+    summary = {"seeds": seed_list, "config": config}
+    for key in ("test_weighted_f1", "test_accuracy", "valid_weighted_f1", "optimistic_test_weighted_f1"):
+        values = np.array([r[key] for r in results], dtype=float)  # a null score (no test labels) is NaN
+        std = float(values.std(ddof=1)) if len(values) > 1 else float("nan")  # one seed has no spread
+        summary[key] = {"mean": float(values.mean()), "std": std, "values": values.tolist()}
+        print(f"{key:>30}: {values.mean():.2f} ± {std:.2f} over seeds {seed_list}")
+    write_json(os.path.join(config["out_dir"], config["run_name"], "summary.json"), summary)
