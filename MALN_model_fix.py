@@ -577,7 +577,7 @@ class MALN(nn.Module):
         return 2 * H if self.config.cross_input == "specific" else H
 
     def forward(self, batch, class_weights=None):
-        """batch: the dict dataloader.collate makes (the one place its tensors are described):
+        """batch: the dict dataloader.collate makes (described here, and only here):
             features        {m: (B, N, D_m)} float, one entry per modality of config.feature_sizes
             speakers        (B, N) int64, each utterance's party index in its dialogue (0, 1, ...)
             utterance_mask  (B, N) bool, True at real utterances, False at padding

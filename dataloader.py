@@ -1,6 +1,6 @@
 """
 Feature files for MALN: readers for the layouts researchers already have, the built-in demo
-data set, and the collate function.
+data set, and the batches (collate, make_batches).
 
 Layouts (recognised from the file's content; Features/README.md documents each field):
   dialoguernn-iemocap  DialogueRNN IEMOCAP_features_raw.pkl, 9-tuple
@@ -8,28 +8,28 @@ Layouts (recognised from the file's content; Features/README.md documents each f
   mmgcn-meld           MMGCN MELD_features_raw1.pkl, 10-tuple with visual
   cosmic-iemocap       COSMIC iemocap_features_roberta.pkl, 10-tuple (text = mean of 4 vectors)
   cosmic-meld          COSMIC meld_features_roberta.pkl, 11-tuple
-  maln                 this repository's own dict, written by build_features from a table of your own
+  maln                 this repository's own dict, written by table_features.py from a table of your own
 A COSMIC text file may be joined by dialogue id with the audio and visual streams of a
 DialogueRNN / MMGCN file (the paper's input configuration).
 
-A 'maln' file from a table of your own utterances and one array per modality:
+A 'maln' file from a table of your own utterances and one array per modality (table_features.py;
+this file runs the same command):
     python dataloader.py --table=utterances.csv --t=text.npy --a=audio.npy --v=visual.npy --out=Features/mydata.pkl
-From transcripts and wav files instead of arrays: extract_features.py.
+From transcripts and wav files instead of arrays: extract_features.py. Pickles are read with
+safe_pickle.py's restricted unpickler unless --trust_pickle=True.
 """
 
-import csv
-import math
 import os
 import pickle
 import sys
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from utils import atomic_write, check_output_path, check_regular_file, expansion_budget, size_text
+from safe_pickle import RefusedPickle, RestrictedUnpickler, TooLarge, expanded_values
+from utils import check_regular_file, expansion_budget, size_text
 
 CLASS_NAMES = {
     "IEMOCAP": ["hap", "sad", "neu", "ang", "exc", "fru"],
@@ -95,99 +95,6 @@ class FeatureSet:
 
 # ----------------------------------------------------------------------------- pickles
 
-class RefusedPickle(pickle.UnpicklingError):
-    """A pickle asked for a name outside RestrictedUnpickler.ALLOWED, or for a call or state the known layouts never hold."""
-
-
-class TooLarge(pickle.UnpicklingError):
-    """A file claims more memory than its size allows; refused before anything that large is allocated."""
-
-
-class RestrictedUnpickler(pickle._Unpickler):
-    """Admits only what the known layouts contain: numpy arrays, dtypes and scalars (as numpy 1
-    and 2 write them at pickle protocols 0-5, from Python 2 or 3), sets, and bytes (Python 3
-    writes them through _codecs.encode at protocols 0-2, and empty ones as bytes()). Lists,
-    tuples, dicts, str, numbers, bool and None need no name. Any other name is refused before
-    anything is called.
-
-    It is pickle's Python implementation, so that every call and every state is checked before
-    numpy sees it: arrays may claim `budget` bytes in all (numpy allocates a claimed shape before
-    it finds the data short), an object array's state holds one item per element (numpy reads
-    past a short list), dtypes are plain ones, and nothing constructs a class directly."""
-
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-        ("builtins", "set"), ("builtins", "frozenset"), ("__builtin__", "set"), ("__builtin__", "frozenset"),
-        ("builtins", "bytes"), ("__builtin__", "bytes"),
-    }
-    dispatch = dict(pickle._Unpickler.dispatch)
-
-    def __init__(self, file, budget, **options):
-        super().__init__(file, **options)
-        self.budget = budget    # bytes the arrays built may claim in all
-        self.claimed = 0
-
-    def find_class(self, module, name):
-        if (module, name) not in self.ALLOWED:
-            raise RefusedPickle(f"refused to load '{module}.{name}'")
-        return super().find_class(module, name)
-
-    def claim(self, shape, dtype):
-        """Count an array's bytes against the budget before numpy allocates them; -> its number of elements."""
-        if not isinstance(shape, tuple) or not all(isinstance(n, int) and n >= 0 for n in shape):
-            raise RefusedPickle(f"refused an array of shape {shape!r}")
-        count = math.prod(shape)
-        self.claimed += count * np.dtype(dtype).itemsize
-        if self.claimed > self.budget:
-            raise TooLarge(f"claims arrays of {size_text(self.claimed)}")
-        return count
-
-    def load_reduce(self):
-        arguments = self.stack.pop()
-        function = self.stack[-1]
-        if not isinstance(arguments, tuple) or function is np.ndarray:
-            raise RefusedPickle(f"refused to call {getattr(function, '__name__', function)!r} with {type(arguments).__name__}")
-        if getattr(function, "__name__", "") == "_reconstruct":
-            if len(arguments) != 3 or arguments[0] is not np.ndarray:
-                raise RefusedPickle("refused to reconstruct anything but a plain numpy array")
-            self.claim(arguments[1], arguments[2])
-        if function is np.dtype and not (arguments and isinstance(arguments[0], str)):
-            raise RefusedPickle(f"refused a dtype built from {arguments[:1]!r}")
-        if function is bytes and arguments:  # bytes(n) would allocate n bytes
-            raise RefusedPickle(f"refused bytes{arguments!r:.40}")
-        self.stack[-1] = function(*arguments)
-    dispatch[pickle.REDUCE[0]] = load_reduce
-
-    def load_build(self):
-        state, instance = self.stack[-1], self.stack[-2]
-        if isinstance(instance, np.ndarray):
-            self.check_array_state(state)
-        elif isinstance(instance, np.dtype):
-            if not isinstance(state, tuple) or any(isinstance(x, (tuple, list, dict)) for x in state):
-                raise RefusedPickle("refused a dtype with fields or sub-arrays")
-        else:
-            raise RefusedPickle(f"refused to set the state of a {type(instance).__name__}")
-        super().load_build()
-    dispatch[pickle.BUILD[0]] = load_build
-
-    def check_array_state(self, state):
-        """numpy's state: ([version,] shape, dtype, is_fortran, data), data the bytes or, for objects, a list."""
-        if not isinstance(state, tuple) or len(state) not in (4, 5) or not isinstance(state[-3], np.dtype):
-            raise RefusedPickle("refused an array state of an unknown form")
-        shape, dtype, _, data = state[-4:]
-        count = self.claim(shape, dtype)
-        if dtype.hasobject and not (isinstance(data, list) and len(data) == count):
-            raise RefusedPickle(f"refused an object array of shape {shape} whose state does not hold {count} items")
-
-    def refuse_instance(self):
-        raise RefusedPickle("refused to construct a class instance (NEWOBJ / INST / OBJ)")
-    for _opcode in (pickle.NEWOBJ, pickle.NEWOBJ_EX, pickle.INST, pickle.OBJ):
-        dispatch[_opcode[0]] = refuse_instance
-
-
 def read_pickle(path, trust=False):
     """Load a feature pickle; refuse anything but data unless `trust` is set, and any file whose
     values would take more memory than its size allows (expansion_budget)."""
@@ -211,55 +118,15 @@ def read_pickle(path, trust=False):
                         f"allowed); refused before allocating it") from None
     except Exception as error:  # truncated, not a pickle at all, or unreadable
         raise DataError(f"{path}: cannot be read as a feature pickle ({type(error).__name__}: {error})") from None
-    values = expanded_values(data, budget // 4, path)
+    try:
+        values = expanded_values(data, budget // 4)
+    except RefusedPickle as error:
+        raise DataError(f"{path}: {error}; not a feature file") from None
     if 4 * values > budget:
         raise DataError(f"{path}: holds at least {values:,} values ({size_text(4 * values)} as float32) once its repeated "
                         f"references are expanded, from {size_text(os.path.getsize(path))} on disk (at most "
                         f"{size_text(budget)} allowed); refused before converting it")
     return data
-
-
-SCALARS = (int, float, bool, str, bytes, type(None), np.generic)
-
-
-def expanded_values(data, limit, path):
-    """How many values `data` holds when every repeated reference is counted each time it occurs,
-    as converting it to arrays materialises them; counting stops once past `limit`. Containers
-    are visited once (their counts memoised), so a file of shared references costs no time either."""
-    counts, in_progress, stack = {}, set(), [data]
-
-    def children(node):
-        if isinstance(node, dict):
-            return [*node.keys(), *node.values()]
-        if isinstance(node, (list, tuple, set, frozenset)):
-            return node
-        if isinstance(node, np.ndarray) and node.dtype.hasobject:
-            return node.ravel().tolist()
-        return None
-
-    def count(node):
-        if isinstance(node, np.ndarray) and not node.dtype.hasobject:
-            return node.size
-        return counts.get(id(node), 1)
-
-    while stack:
-        node = stack[-1]
-        items = None if id(node) in counts else children(node)
-        if items is None:
-            stack.pop()
-            continue
-        if id(node) not in in_progress:
-            in_progress.add(id(node))
-            pending = [x for x in items if not isinstance(x, SCALARS) and id(x) not in counts and children(x) is not None]
-            if any(id(x) in in_progress for x in pending):
-                raise DataError(f"{path}: holds a structure that contains itself; not a feature file")
-            stack.extend(pending)
-            continue
-        counts[id(node)] = sum(1 if isinstance(x, SCALARS) else count(x) for x in items)
-        if counts[id(node)] > limit:
-            return counts[id(node)]
-        stack.pop()
-    return count(data)
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -514,179 +381,7 @@ def _load_features(path, dataset, av_path, modalities, valid_fraction, split_see
     return FeatureSet(source, layout, class_names, splits)
 
 
-# ----------------------------------------------------------------------------- your own data
-
-TABLE_COLUMNS = ("dialogue_id", "position", "speaker", "label", "split")
-
-
-def build_features(table, arrays, path, class_names=None):
-    """Write a 'maln' feature file from your own utterances; return what was written.
-
-    table: a CSV path or a DataFrame with one row per utterance and the columns TABLE_COLUMNS
-    (rows in any order; positions 0..n-1 in each dialogue; label a class name, empty where
-    unlabelled; split train / valid / test). arrays: {modality: (rows, D) array or .npy path},
-    row i belonging to the table's row i. class_names: the class order; default sorted labels.
-    Raises DataError naming the row that is wrong, OutputError for a path that is one of the
-    inputs or exists (nothing is overwritten).
-    """
-    check_output_path(path, "--out", [x for x in (table, *arrays.values()) if isinstance(x, (str, os.PathLike))])
-    rows, where, class_names, dialogues, split_of = check_table(table, class_names)
-    class_index = {name: k for k, name in enumerate(class_names)}
-    if not arrays:
-        raise DataError("give at least one modality array: 't', 'a' or 'v'")
-    streams = {m: read_array(m, array, len(rows["position"])) for m, array in arrays.items()}
-    data = {
-        "format": "maln-features",
-        "class_names": class_names,
-        "speakers": {d: [rows["speaker"][i] for i in order] for d, order in dialogues.items()},
-        "labels": {d: [class_index.get(rows["label"][i]) for i in order] for d, order in dialogues.items()},
-        "features": {m: {d: x[order] for d, order in dialogues.items()} for m, x in streams.items()},  # (n, D) each
-        "splits": {s: [d for d in dialogues if split_of[d] == s] for s in SPLITS},
-    }
-
-    def write(temporary):
-        with open(temporary, "wb") as f:
-            pickle.dump(data, f)
-    atomic_write(path, write)
-    return data
-
-
-def check_table(table, class_names=None, extra=()):
-    """Read and check a table of utterances (build_features says how); -> its columns (read_table),
-    the function naming row i, the class names, {dialogue id: its rows in position order}, {dialogue id: split}."""
-    if class_names is not None and (isinstance(class_names, str) or not all(isinstance(c, str) and c for c in class_names)):
-        raise DataError(f"class_names must be a list of non-empty class-name strings, got {class_names!r}")
-    rows, where = read_table(table, extra)
-    class_names = list(class_names) if class_names else sorted({label for label in rows["label"] if label})
-    if len(set(class_names)) != len(class_names):
-        raise DataError(f"class names repeat: {class_names}")
-    dialogues, split_of = group_utterances(rows, where, {name: k for k, name in enumerate(class_names)})
-    return rows, where, class_names, dialogues, split_of
-
-
-def read_table(table, extra=()):
-    """The table's columns (TABLE_COLUMNS, and those of `extra` it has) as lists of stripped strings
-    ('' where empty), and a function naming row i."""
-    if isinstance(table, pd.DataFrame):
-        frame = table.astype(object).where(table.notna(), "")
-        def where(i):
-            return f"table row {i}"
-    else:
-        try:
-            check_regular_file(table, "table")
-        except (FileNotFoundError, ValueError) as error:
-            raise DataError(str(error)) from None
-        frame = read_csv(table)
-        def where(i):
-            return f"{table} row {i} (line {i + 2})"
-    missing = [c for c in TABLE_COLUMNS if c not in frame.columns]
-    if missing:
-        raise DataError(f"the table has no column {', '.join(missing)}; it needs {', '.join(TABLE_COLUMNS)}")
-    if frame.empty:
-        raise DataError("the table has no rows")
-    columns = TABLE_COLUMNS + tuple(c for c in extra if c in frame.columns)
-    return {c: [str(value).strip() for value in frame[c]] for c in columns}, where
-
-
-def read_csv(path):
-    """A UTF-8 CSV file as a DataFrame of strings; every line has the header's number of fields."""
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            reader = csv.reader(f)
-            lines = [(reader.line_num, line) for line in reader if line]
-    except (UnicodeDecodeError, csv.Error, OSError) as error:
-        raise DataError(f"{path}: cannot be read as a UTF-8 CSV table ({type(error).__name__}: {error})") from None
-    if not lines:
-        raise DataError(f"{path}: is empty; a table starts with the header line {','.join(TABLE_COLUMNS)}")
-    (_, header), body = lines[0], lines[1:]
-    if len(set(header)) != len(header):
-        raise DataError(f"{path}: the header repeats a column: {header}")
-    for number, line in body:
-        if len(line) != len(header):
-            raise DataError(f"{path} line {number}: {len(line)} fields, the header has {len(header)}")
-    return pd.DataFrame([line for _, line in body], columns=header, dtype=str)
-
-
-def group_utterances(rows, where, class_index):
-    """Check every row; -> {dialogue id: its row numbers in position order}, {dialogue id: split}."""
-    at, split_of = {}, {}  # (dialogue, position) -> row; dialogue -> (split, first row)
-    for i, (dialogue, position, speaker, label, split) in enumerate(zip(*(rows[c] for c in TABLE_COLUMNS))):
-        if not dialogue or not speaker:
-            raise DataError(f"{where(i)}: empty {'dialogue_id' if not dialogue else 'speaker'}")
-        if not position.isdecimal():
-            raise DataError(f"{where(i)}: position {position!r} is not a whole number 0, 1, 2, ...")
-        if split not in SPLITS:
-            raise DataError(f"{where(i)}: split {split!r} is none of {', '.join(SPLITS)}")
-        if label and label not in class_index:
-            raise DataError(f"{where(i)}: label {label!r} is none of the classes {list(class_index)}")
-        key = (dialogue, int(position))
-        if key in at:
-            raise DataError(f"{where(i)}: dialogue {dialogue!r} position {key[1]} is already at {where(at[key])}")
-        at[key] = i
-        first_split, first = split_of.setdefault(dialogue, (split, i))
-        if split != first_split:
-            raise DataError(f"{where(i)}: dialogue {dialogue!r} is in split {split!r} here but {first_split!r} at {where(first)}")
-    dialogues = {d: [] for d in split_of}
-    for (dialogue, position), i in sorted(at.items(), key=lambda item: item[0][1]):
-        if position != len(dialogues[dialogue]):
-            raise DataError(f"dialogue {dialogue!r} has no position {len(dialogues[dialogue])} (its next is {position}, "
-                            f"at {where(i)}); positions run 0..n-1 in each dialogue")
-        dialogues[dialogue].append(i)
-    return dialogues, {d: split for d, (split, _) in split_of.items()}
-
-
-def read_array(modality, array, n_rows):
-    """One modality's (rows, D) float32 features, checked against the table."""
-    if modality not in ("t", "a", "v"):
-        raise DataError(f"modality {modality!r}: modalities are 't' (text), 'a' (audio) and 'v' (visual)")
-    is_file = isinstance(array, (str, os.PathLike))
-    name = f"modality '{modality}'" + (f" ({array})" if is_file else "")
-    x = read_npy(array, name) if is_file else np.asarray(array)
-    if x.dtype.kind not in "biuf":
-        raise DataError(f"{name}: dtype {x.dtype}, expected numbers (float or int)")
-    if x.ndim != 2 or len(x) != n_rows:
-        raise DataError(f"{name}: shape {x.shape}, expected ({n_rows}, D): one row per row of the table")
-    if x.shape[1] == 0:
-        raise DataError(f"{name}: shape {x.shape}: no feature columns")
-    x = x.astype(np.float32)
-    not_finite, too_large = bad_rows(x)
-    if len(not_finite):
-        raise DataError(f"{name}: row {not_finite[0]} (the table's row {not_finite[0]}) has NaN or inf features "
-                        f"({len(not_finite)} such rows)")
-    if len(too_large):
-        raise DataError(f"{name}: row {too_large[0]} (the table's row {too_large[0]}) has values beyond ±{LARGEST_FEATURE:g}, "
-                        f"which overflow in training; rescale the features")
-    return x
-
-
-def read_npy(path, name):
-    """A .npy array of numbers; its header is checked against the file's size before anything is allocated."""
-    try:
-        check_regular_file(path, ".npy file")
-    except FileNotFoundError:
-        raise DataError(f"{name}: file not found") from None
-    except ValueError as error:
-        raise DataError(f"{name}: {error}") from None
-    with open(path, "rb") as f:
-        is_archive = f.read(4) == b"PK\x03\x04"
-    if is_archive:
-        raise DataError(f"{name}: an .npz archive; give one .npy array per modality (numpy.save)")
-    try:
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read_header(f)
-            stored = os.fstat(f.fileno()).st_size - f.tell()
-    except (ValueError, OSError, EOFError) as error:
-        raise DataError(f"{name}: not a .npy array ({error})") from None
-    if dtype.hasobject:
-        raise DataError(f"{name}: an array of Python objects (dtype {dtype}); save an array of numbers")
-    claimed = math.prod(shape) * dtype.itemsize
-    if claimed > stored:
-        raise DataError(f"{name}: its header claims shape {shape} of {dtype} ({size_text(claimed)}), the file holds "
-                        f"{stored} bytes of data")
-    return np.load(path, allow_pickle=False)
-
+# ----------------------------------------------------------------------------- splits and checks
 
 def check_training_splits(feature_set, select_on="valid"):
     """Training needs dialogues in every split and labelled utterances in train and valid (an epoch
@@ -924,35 +619,6 @@ def to_device(batch, device):
     return moved
 
 
-# ----------------------------------------------------------------------------- command line
-
-def main(argv):
-    """python dataloader.py --table=utterances.csv --t=text.npy [--a=audio.npy] [--v=visual.npy]
-    --out=Features/mydata.pkl [--class_names=name,name,...]"""
-    options = {}
-    for argument in argv:
-        name, _, value = argument[2:].partition("=")
-        if not argument.startswith("--") or not value or name not in ("table", "out", "class_names", "t", "a", "v"):
-            raise SystemExit(f"unknown argument {argument!r}; usage: {main.__doc__}")
-        options[name] = value
-    if "table" not in options or "out" not in options:
-        raise SystemExit(f"--table= and --out= are required; usage: {main.__doc__}")
-    class_names = options["class_names"].split(",") if "class_names" in options else None
-    try:
-        data = build_features(options["table"], {m: options[m] for m in "tav" if m in options}, options["out"], class_names)
-    except (DataError, OSError) as error:  # OSError: OutputError, or an input that cannot be read
-        raise SystemExit(f"error: {error}") from None
-    print(f"wrote {options['out']}: {describe(data)}")
-
-
-def describe(data):
-    """One line on what a file written by build_features holds."""
-    labels = [y for dialogue in data["labels"].values() for y in dialogue]
-    sizes = {m: next(iter(streams.values())).shape[1] for m, streams in data["features"].items()}
-    return (f"dialogues train/valid/test {'/'.join(str(len(data['splits'][s])) for s in SPLITS)}, "
-            f"{len(labels)} utterances ({sum(y is not None for y in labels)} labelled), feature sizes {sizes}, "
-            f"classes {data['class_names']}")
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":  # `python dataloader.py --table=...`, the table builder's command line
+    from table_features import main
     main(sys.argv[1:])

@@ -1,6 +1,6 @@
 """
 A feature file from raw conversations, in one command: the transcript of every utterance becomes a
-sentence-transformers vector, its wav file openSMILE functionals, and dataloader.build_features
+sentence-transformers vector, its wav file openSMILE functionals, and table_features.build_features
 writes them as a 'maln' feature file that train_MALN.py reads.
 
     python extract_features.py --table=utterances.csv --out=Features/mydata.pkl
@@ -40,7 +40,8 @@ from tqdm import tqdm
 
 import text_encoder
 from text_encoder import import_package, print_rate
-from dataloader import CLASS_NAMES, DataError, build_features, check_table, describe
+from dataloader import CLASS_NAMES, DataError
+from table_features import build_features, check_table, describe
 from utils import OutputError, check_output_path, check_regular_file, check_writable_place
 
 AUDIO_FEATURE_SETS = {  # --audio_features -> opensmile.FeatureSet member

@@ -1,17 +1,22 @@
 import json
+import os
 import pickle
+import runpy
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-import dataloader
+from conftest import ROOT
 import layouts
 import predict
+import table_features
 import train_MALN
-from dataloader import CLASS_NAMES, SPLITS, DataError, build_features, load_dataset, load_features, make_batches, split_validation
+from dataloader import CLASS_NAMES, SPLITS, DataError, load_dataset, load_features, make_batches, split_validation
 from MALN_model_fix import MALN
+from table_features import build_features
 
 CLASSES = ["angry", "calm", "happy"]
 TINY = ["--hidden_size=16", "--speaker_size=8", "--discriminator_hidden=8",
@@ -116,12 +121,21 @@ def test_builder_names_what_is_wrong(tmp_path, change, message):
     assert not (tmp_path / "mine.pkl").exists()
 
 
+def test_dataloader_py_runs_the_table_builder_as_documented(tmp_path, monkeypatch, capsys):
+    write_inputs(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["dataloader.py", f"--table={tmp_path / 'utterances.csv'}", f"--t={tmp_path / 'text.npy'}",
+                                      f"--out={tmp_path / 'mine.pkl'}"])
+    runpy.run_path(os.path.join(ROOT, "dataloader.py"), run_name="__main__")
+    assert f"wrote {tmp_path / 'mine.pkl'}: dialogues train/valid/test 8/2/3" in capsys.readouterr().out
+    assert load_features(str(tmp_path / "mine.pkl")).layout == "maln"
+
+
 def test_command_line_builds_from_csv_and_names_its_lines(tmp_path, capsys):
     table, arrays = utterances()
     table.to_csv(tmp_path / "utterances.csv", index=False)
     np.save(tmp_path / "text.npy", arrays["t"])
     np.save(tmp_path / "audio.npy", arrays["a"])
-    dataloader.main([f"--table={tmp_path / 'utterances.csv'}", f"--t={tmp_path / 'text.npy'}", f"--a={tmp_path / 'audio.npy'}",
+    table_features.main([f"--table={tmp_path / 'utterances.csv'}", f"--t={tmp_path / 'text.npy'}", f"--a={tmp_path / 'audio.npy'}",
                      f"--out={tmp_path / 'cli.pkl'}"])
     assert "dialogues train/valid/test 8/2/3" in capsys.readouterr().out
     from_csv, from_frame = load_features(str(tmp_path / "cli.pkl")), build_features(table, arrays, tmp_path / "frame.pkl")
@@ -131,7 +145,7 @@ def test_command_line_builds_from_csv_and_names_its_lines(tmp_path, capsys):
     table.loc[3, "split"] = "dev"
     table.to_csv(tmp_path / "utterances.csv", index=False)
     with pytest.raises(SystemExit, match=r"utterances.csv row 3 \(line 5\): split 'dev'"):
-        dataloader.main([f"--table={tmp_path / 'utterances.csv'}", f"--t={tmp_path / 'text.npy'}", f"--out={tmp_path / 'x.pkl'}"])
+        table_features.main([f"--table={tmp_path / 'utterances.csv'}", f"--t={tmp_path / 'text.npy'}", f"--out={tmp_path / 'x.pkl'}"])
 
 
 def test_empty_valid_list_holds_out_a_seeded_share_of_train(tmp_path):
@@ -269,7 +283,7 @@ def write_inputs(directory):
 
 
 def build_from(directory, table="utterances.csv", text="text.npy", out="mine.pkl"):
-    dataloader.main([f"--table={directory / table}", f"--t={directory / text}", f"--out={directory / out}"])
+    table_features.main([f"--table={directory / table}", f"--t={directory / text}", f"--out={directory / out}"])
 
 
 @pytest.mark.parametrize("table, text, message", [

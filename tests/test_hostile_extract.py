@@ -11,8 +11,9 @@ soundfile = pytest.importorskip("soundfile")
 pytest.importorskip("opensmile")
 pytest.importorskip("sentence_transformers")
 
-import dataloader
 import extract_features
+import table_features
+from dataloader import DataError
 from test_extract import conversations, extract
 from test_hostile import no_hang  # noqa: F401 (a fixture)
 
@@ -57,7 +58,7 @@ def test_audio_longer_than_the_limit_is_refused_from_its_header_and_the_option_r
 
 def test_a_clip_holding_more_than_its_header_claims_is_read_no_further_than_the_limit(tmp_path):
     soundfile.write(tmp_path / "clip.wav", np.zeros(3 * 8000, dtype=np.float32), 8000)
-    with pytest.raises(dataloader.DataError, match=r"clip.wav: holds more than the 2 s its header claimed at most"):
+    with pytest.raises(DataError, match=r"clip.wav: holds more than the 2 s its header claimed at most"):
         extract_features.read_sound(str(tmp_path / "clip.wav"), "row 0", max_seconds=2)
     samples, rate = extract_features.read_sound(str(tmp_path / "clip.wav"), "row 0", max_seconds=3)
     assert samples.shape == (3 * 8000,) and rate == 8000
@@ -99,7 +100,7 @@ def test_ctrl_c_during_extraction_and_a_full_disk_are_one_line_and_leave_no_file
 
     def full_disk(data, file):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    monkeypatch.setattr(dataloader.pickle, "dump", full_disk)
+    monkeypatch.setattr(table_features.pickle, "dump", full_disk)
     with pytest.raises(SystemExit, match=r"^error: cannot write .*features.pkl: No space left on device$"):
         extract(tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["utterances.csv", "wav"]

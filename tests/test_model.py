@@ -3,6 +3,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
+import train_MALN
+from configurator import MODEL_KEYS
 from dataloader import Dialogue, collate
 from MALN_model_fix import (MALN, MALNConfig, GradientReversal, cudnn_bidirectional_gru_layer, difference_loss,
                              stacked_bidirectional_gru)
@@ -23,6 +25,21 @@ def model_for(sizes=SIZES, **kwargs):
 def forward(model, dialogues, **kwargs):
     batch = collate(dialogues)
     return model(batch, **kwargs)
+
+
+def test_the_model_config_defaults_are_the_settings_of_the_released_preset():
+    released, defaults = train_MALN.parse_overrides(["--preset=released"]), MALNConfig()
+    assert {k: getattr(defaults, k) for k in MODEL_KEYS} == {k: released[k] for k in MODEL_KEYS}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"dropout": 2.0}, r"^dropout=2.0: must be a number in \[0, 1\)$"),
+    ({"sclm_mode": "paper"}, r"^sclm_mode='paper': must be 'speaker', 'utterance', 'release' or 'off'$"),
+    ({"cross_heads": 3}, r"^cross_heads=3: must be a whole number >= 1 that divides hidden_size$"),
+])
+def test_a_model_value_out_of_its_rule_is_one_line_naming_the_field_and_what_it_may_be(change, message):
+    with pytest.raises(ValueError, match=message):
+        MALNConfig(**change)
 
 
 @pytest.mark.parametrize("sclm_mode", ["speaker", "utterance", "release", "off"])

@@ -170,6 +170,12 @@ def test_out_of_range_hyperparameter_is_refused_before_training(argument, messag
         train_MALN.parse_overrides([argument])
 
 
+def test_a_model_setting_out_of_its_rule_stops_before_the_data_is_read_in_one_line_naming_it(monkeypatch):
+    monkeypatch.setattr(train_MALN, "load_dataset", lambda *args, **kwargs: pytest.fail("loaded the data"))
+    with pytest.raises(SystemExit, match=r"^--dropout=2.0: must be a number in \[0, 1\)$"):
+        train_MALN.main(["--dropout=2"])
+
+
 def test_defaults_and_every_preset_satisfy_every_constraint():
     for name, values in train_MALN.PRESETS.items():
         config = train_MALN.parse_overrides(["--dataset=IEMOCAP", f"--preset={name}"])
