@@ -20,6 +20,19 @@ switches of MALNConfig.
 
 Modalities are named 't' (text), 'a' (audio) and 'v' (visual); any non-empty subset runs.
 Feature sizes and the class count come from the data through MALNConfig.
+
+One source of defaults: MALNConfig's are the release's (sclm_mode='release', dropout=0.66, no
+input standardisation, ...), as nanoGPT's GPTConfig holds GPT-2's. They are the reference the
+maths is checked against, MALN.from_release builds them, and they do not move. What
+train_MALN.py trains is its own settings (the paper's per-party SCLM, dropout 0.3, standardised
+inputs, ...) with the dataset's preset on top (a per-utterance SCLM on the demo set;
+--preset=released gives the release's back). Those differ per dataset, so no single default
+could be them: the script builds its MALNConfig in one visible place, build_model (model_args =
+{k: config[k] for k in MODEL_KEYS} and the data's sizes), and saves model_args in every
+checkpoint. In a notebook, MALN(MALNConfig(feature_sizes=..., n_classes=...)) is the release's
+model for your sizes; the model a run trained is MALN.from_checkpoint("saved_models/RUN/best.pt").
+The value of every field is checked here only (CONFIG_RULES, in MALNConfig.__post_init__);
+train_MALN.py applies the same rules to its settings.
 """
 
 import numbers
