@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from utils import (LAST_CHECKPOINT_FIELDS, OutputError, atomic_write, check_adam_state, check_checkpoint, check_finite,
+from utils import (LAST_CHECKPOINT_FIELDS, OutputError, atomic_write, check_checkpoint, check_finite,
                    check_regular_file, check_state_shapes, check_writable_place, load_checkpoint, load_model_state,
                    remove_stale_temporaries, save_checkpoint, write_json)
 
@@ -134,6 +134,48 @@ def restore(run_dir, model, optimizer, generator, device, averaged=None):
     check_state_shapes(model, best_checkpoint["model"], best_path)  # loaded only after the last epoch: checked now
     check_finite(best_checkpoint["model"], best_path, "weights")
     return last["history"], best, best_checkpoint["model"]
+
+
+def check_adam_state(optimizer, saved, source):
+    """A saved torch.optim.Adam state fits `optimizer` before it is loaded: the same parameter groups
+    and settings (the learning rate is set every epoch), and for each parameter a step count and
+    moments of exactly its shape and dtype. Fused Adam trusts those shapes and writes past the end of
+    a smaller buffer, corrupting memory; so each is checked here, naming the file and the parameter."""
+    own = optimizer.state_dict()
+    groups = saved.get("param_groups")
+    if not isinstance(groups, list) or len(groups) != len(own["param_groups"]):
+        raise ValueError(f"{source}: field 'optimizer' has {len(groups) if isinstance(groups, list) else 'no list of'} "
+                         f"parameter groups, this model's optimizer {len(own['param_groups'])}")
+    parameters = {}
+    for index, (group, mine) in enumerate(zip(groups, own["param_groups"])):
+        if not isinstance(group, dict) or set(group) != set(mine) or len(group.get("params", ())) != len(mine["params"]):
+            raise ValueError(f"{source}: field 'optimizer': parameter group {index} is not this model's "
+                             f"({len(mine['params'])} parameters with the settings {', '.join(sorted(mine))})")
+        changed = [key for key in mine if key not in ("params", "lr") and group[key] != mine[key]]
+        if changed or not (isinstance(group["lr"], float) and 0 <= group["lr"] < float("inf")):
+            wrong = changed[0] if changed else "lr"
+            raise ValueError(f"{source}: field 'optimizer': parameter group {index} has {wrong}={group[wrong]!r}, "
+                             f"the run's settings give {mine[wrong]!r}")
+        parameters.update(zip(group["params"], (p for p in optimizer.param_groups[index]["params"])))
+    state = saved.get("state")
+    if not isinstance(state, dict):
+        raise ValueError(f"{source}: field 'optimizer' has no dict of parameter states")
+    moments = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if optimizer.defaults.get("amsgrad") else ())
+    for key, entry in state.items():
+        if key not in parameters:
+            raise ValueError(f"{source}: field 'optimizer' holds a state for parameter {key!r}, which this model has not")
+        parameter, where = parameters[key], f"{source}: field 'optimizer', state of parameter {key}"
+        if not isinstance(entry, dict) or set(entry) != {"step", *moments} \
+                or not all(isinstance(entry[name], torch.Tensor) for name in entry):
+            raise ValueError(f"{where}: must be the tensors {', '.join(('step',) + moments)}")
+        step = entry["step"]
+        if step.numel() != 1 or not step.is_floating_point() or not (0 <= float(step) < float("inf")):
+            raise ValueError(f"{where}: step must be one finite count >= 0, got shape {tuple(step.shape)} {step.dtype}")
+        for name in moments:
+            if entry[name].shape != parameter.shape or entry[name].dtype != parameter.dtype:
+                raise ValueError(f"{where}: {name} is {tuple(entry[name].shape)} {entry[name].dtype}, the parameter "
+                                 f"{tuple(parameter.shape)} {parameter.dtype}")
+        check_finite({f"{key}.{name}": entry[name] for name in moments}, f"{source}: field 'optimizer'", "moments")
 
 
 def run_outputs(config):
