@@ -348,6 +348,7 @@ def run(config, feature_set=None):
 
 # ----------------------------------------------------------------------------- the commands
 def main(argv):
+    """The commands of this file's docstring: --from_release, --predict, --resume, or a run of each seed."""
     config = parse_overrides(argv)
     given = {argument[2:].split("=", 1)[0] for argument in argv}
     set_threads(config["threads"])
