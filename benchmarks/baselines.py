@@ -129,7 +129,6 @@ def logistic_regression_baseline(feature_set, describe=single_utterance):
         classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
         classifier.fit(*utterances(feature_set, ("train", "valid"), describe))
     features, labels = utterances(feature_set, ("test",), describe)
-    predictions = classifier.predict(features)
     return scored(labels, classifier.predict(features), feature_set.class_names)
 
 

@@ -104,13 +104,13 @@ def write_record(name, record):
         kept = {row: value for row, value in old.get("rows", {}).items() if row not in record["rows"]}
         record = {**record, "rows": {**record["rows"], **kept}}  # in this record's order, the rows it lacks after
     write_text(path, compact_json(record) + "\n")
+    print(f"record: {os.path.relpath(path, ROOT)}")
 
 
 def compact_json(record):
     """Indented JSON with every list of numbers or strings on one line."""
     text = json.dumps(record, indent=1, ensure_ascii=False)
     return re.sub(r"\[\s+([^\[\]{}]*?)\s+\]", lambda m: "[" + re.sub(r",\s+", ", ", m.group(1)) + "]", text)
-    print(f"record: {os.path.relpath(path, ROOT)}")
 
 
 def mean_std(entry):

@@ -373,7 +373,7 @@ def test_predictions_never_replace_an_input_or_an_existing_file(trained, output)
 
 
 def test_a_dialogue_longer_than_the_checkpoint_reads_is_refused_by_name(trained, tmp_path):
-    table, arrays = trained["table"], trained["arrays"]
+    arrays = trained["arrays"]
     long = pd.DataFrame({"dialogue_id": "long", "position": range(200), "speaker": "Ann", "label": "", "split": "test"})
     build_features(long, {m: np.repeat(x[:1], 200, 0) for m, x in arrays.items()}, tmp_path / "long.pkl")
     with pytest.raises(SystemExit, match=r"long.pkl: test dialogue 'long' has 200 utterances; the checkpoint's model reads "

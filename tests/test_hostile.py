@@ -2,7 +2,6 @@
 memory, corrupts memory or gives a silent wrong result: each such case is one line naming the file."""
 
 import json
-import math
 import os
 import shutil
 import signal
