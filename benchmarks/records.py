@@ -12,7 +12,7 @@ benchmarks/measured/<name>.json, and a script writes the record when it measures
 A table block in a Markdown file is a marker line, the table, and an end line:
 
     <!-- table RECORD KIND -->                     every row of the record
-    <!-- table RECORD KIND: row one; row two -->   these rows, in this order
+    <!-- table RECORD KIND: row one | row two -->  these rows, in this order
     ...
     <!-- /table -->
 
@@ -158,7 +158,7 @@ def render(name, kind, chosen=()):
     rows = record["rows"]
     missing = [row for row in chosen if row not in rows]
     if missing:
-        raise RecordError(f"{record_path(name)}: no row {missing[0]!r}; its rows: {'; '.join(rows)}")
+        raise RecordError(f"{record_path(name)}: no row {missing[0]!r}; its rows: {' | '.join(rows)}")
     if kind == "first_epochs":
         return first_epochs_table(name, rows, chosen)
     figures = TABLE_KINDS[kind]
@@ -210,7 +210,7 @@ def document_paths():
 def regenerated(text):
     """The Markdown text with every table block rewritten from its record."""
     def block(match):
-        chosen = [row.strip() for row in (match["rows"] or "").split(";") if row.strip()]
+        chosen = [row.strip() for row in (match["rows"] or "").split(" | ") if row.strip()]
         head = match.group(0).split("\n", 1)[0]
         return f"{head}\n{render(match['name'], match['kind'], chosen)}\n<!-- /table -->"
     return BLOCK.sub(block, text)

@@ -80,6 +80,7 @@ IEMOCAP_ROWS = {  # the regularisation switches one at a time, the combinations 
     "IEMOCAP preset + 15 epochs": ["--preset=IEMOCAP", "--epochs=15"],
     "IEMOCAP preset + dropout 0.5": ["--preset=IEMOCAP", "--dropout=0.5"],
 }
+MELD_FROZEN_PRESET = "class weights + moving average (0.99) (the MELD preset on frozen vectors)"
 MELD_ROWS = {  # each with class weights, the one switch that helped at once
     "class weights + GRU hidden 128": ["--class_weights=True", "--context_hidden=128"],
     "class weights + one GRU layer of 64": ["--class_weights=True", "--context_hidden=64", "--gru_layers=1"],
@@ -89,7 +90,7 @@ MELD_ROWS = {  # each with class weights, the one switch that helped at once
     "class weights + moving average (0.99) + without SCLM": ["--class_weights=True", "--average_decay=0.99", "--sclm_mode=off"],
     "class weights + moving average (0.99) + without the unimodal loss": ["--class_weights=True", "--average_decay=0.99",
                                                                         "--unimodal_weight=0"],
-    "MELD preset (--preset=MELD)": ["--preset=MELD"],
+    f"{MELD_FROZEN_PRESET}": ["--class_weights=True", "--average_decay=0.99"],
 }
 ADVERSARIAL_WEIGHTS = {"adversarial weight 0.01 (released)": 0.01, "adversarial weight 0.03": 0.03,
                        "adversarial weight 0.1": 0.1, "adversarial weight 0.3": 0.3, "adversarial weight 1": 1.0}
@@ -318,7 +319,8 @@ def mean_std(values):
 
 
 def sensitivity_figure(suite, out_dir):
-    """Weighted-F1 (test, valid) and the modality probes (from common, from specific, chance)
+    """Weighted-F1 (test, valid) and the modality probes (from common, from specific, from common with each
+    modality standardised, chance)
     against the adversarial weight, mean ± std over seeds, from the ADVERSARIAL_WEIGHTS rows that
     have finished; 'without adversarial loss' as dashed lines. -> the figure, or None without rows."""
     import matplotlib
@@ -333,10 +335,12 @@ def sensitivity_figure(suite, out_dir):
     if not weighted:
         return None
     x = [ADVERSARIAL_WEIGHTS[row] for row in weighted]
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    figure, axes = plt.subplots(1, 2, figsize=(13, 5.5))
     panels = ((axes[0], (("test_weighted_f1", "test"), ("valid_weighted_f1", "valid")), "weighted-F1 (%)"),
               (axes[1], (("modality_from_common_accuracy", "modality from common"),
-                         ("modality_from_specific_accuracy", "modality from specific")), "linear probe accuracy"))
+                         ("modality_from_specific_accuracy", "modality from specific"),
+                         ("modality_from_common_standardised_accuracy", "modality from common, each modality standardised")),
+               "linear probe accuracy"))
     for axis, columns, title in panels:
         for index, (column, label) in enumerate(columns):
             means = [points[row][column].mean() for row in weighted]
@@ -344,14 +348,14 @@ def sensitivity_figure(suite, out_dir):
             axis.errorbar(x, means, yerr=stds, marker="o", capsize=3, color=f"C{index}", label=label)
             if "without adversarial loss" in points:
                 axis.axhline(points["without adversarial loss"][column].mean(), color=f"C{index}", linestyle="--",
-                             label=f"{label}, without adversarial loss")
+                             label=f"{label}, no adversarial loss")
         axis.set_xscale("log")
         axis.set_xlabel("adversarial weight")
         axis.set_title(title)
     axes[1].axhline(points[weighted[0]]["modality_chance"].mean(), color="black", linewidth=1, label="chance")
     axes[1].set_ylim(0, 1.05)
     for axis in axes:
-        axis.legend(fontsize="small")
+        axis.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(0, -0.18), ncol=2)
     figure.suptitle(f"{len(points[weighted[0]])} seeds per point, mean ± std")
     figure.tight_layout()
     return figure
