@@ -188,7 +188,8 @@ def test_sensitivity_figure_plots_each_weights_mean_over_seeds_against_chance(tm
             directory.mkdir(parents=True)
             metrics = {"test_weighted_f1": 70 + seed + weight, "valid_weighted_f1": 60.0,
                        "decomposition": {"modality_from_common_accuracy": 1 - weight / 2 + seed / 100,
-                                         "modality_from_specific_accuracy": 1.0, "modality_chance": 1 / 3}}
+                                         "modality_from_specific_accuracy": 1.0, "modality_chance": 1 / 3,
+                                         "modality_from_common_standardised_accuracy": 0.4}}
             (directory / "metrics.json").write_text(json.dumps(metrics))
     figure = results.sensitivity_figure("adversarial", str(tmp_path))
     f1_axis, probe_axis = figure.axes
@@ -198,6 +199,8 @@ def test_sensitivity_figure_plots_each_weights_mean_over_seeds_against_chance(tm
     assert dict(zip(test_line.get_xdata(), test_line.get_ydata())) == pytest.approx({w: 71.5 + w for w in weights})
     assert dict(zip(common_line.get_xdata(), common_line.get_ydata())) == pytest.approx({w: 1.015 - w / 2 for w in weights})
     assert any(set(line.get_ydata()) == {1 / 3} for line in probe_axis.get_lines())      # chance
+    assert any(len(line.get_ydata()) == len(weights) and set(line.get_ydata()) == {0.4}  # standardised per modality
+               for line in probe_axis.get_lines())
 
 
 def test_confusion_objective_trains_the_discriminator_plainly_and_the_encoders_towards_uniform():
