@@ -83,3 +83,7 @@ def test_results_records_every_finished_row_seed_by_seed(tmp_path, measured):
     assert records.render("demo_test", "first_epochs", ["full model"]).splitlines()[3] == \
         "| 2 | 21.0 / 10.0 | 22.0 / 20.0 | 23.0 / 30.0 | 24.0 / 40.0 | 25.0 / 50.0 |"
     assert "--epochs=2" in record["command"] and "CPU" in record["machine"]
+
+
+def test_the_readme_stays_a_front_door_under_15000_characters():
+    assert len(open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()) < 15000

@@ -183,7 +183,13 @@ def test_defaults_and_every_preset_satisfy_every_constraint():
     assert train_MALN.parse_overrides(["--preset=released", "--epochs=5"])["epochs"] == 5
 
 
-@pytest.mark.parametrize("dataset", ["IEMOCAP", "MELD", "demo"])
+def test_meld_trains_the_plain_defaults_which_won_on_validation_with_fine_tuned_features():
+    assert train_MALN.PRESETS["MELD"] == {}
+    assert train_MALN.parse_overrides(["--dataset=MELD"]) == {**train_MALN.parse_overrides(["--dataset=MELD", "--preset=none"]),
+                                                                "preset": ""}
+
+
+@pytest.mark.parametrize("dataset", ["IEMOCAP", "demo"])
 def test_a_dataset_applies_its_own_preset_under_the_command_line_and_none_turns_it_off(dataset):
     preset, defaults = train_MALN.PRESETS[dataset], train_MALN.HYPERPARAMETERS
     assert preset and any(defaults[k] != v for k, v in preset.items())
