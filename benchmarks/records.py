@@ -97,12 +97,8 @@ def read_record(name):
 
 
 def write_record(name, record):
-    """benchmarks/measured/<name>.json; rows of an existing record that this one lacks are kept."""
+    """benchmarks/measured/<name>.json, replaced by `record`."""
     path = record_path(name)
-    if os.path.exists(path) and "rows" in record:
-        old = read_record(name)
-        kept = {row: value for row, value in old.get("rows", {}).items() if row not in record["rows"]}
-        record = {**record, "rows": {**record["rows"], **kept}}  # in this record's order, the rows it lacks after
     write_text(path, compact_json(record) + "\n")
     print(f"record: {os.path.relpath(path, ROOT)}")
 
@@ -119,8 +115,8 @@ def mean_std(entry):
         values = entry
         mean, std = values.get("mean"), values.get("std")
     else:
-        if not entry or any(v is None for v in entry):
-            return "n/a"  # undefined (a test split without labels, a probe of one modality)
+        if not entry or any(v is None or isinstance(v, bool) or not isinstance(v, (int, float)) for v in entry):
+            return "n/a"  # undefined (a test split without labels, a probe of one modality), or no figure at all
         mean = statistics.fmean(entry)
         std = statistics.stdev(entry) if len(entry) > 1 else None
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):

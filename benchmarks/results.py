@@ -36,7 +36,8 @@ sys.path.insert(0, ROOT)
 import configurator  # noqa: E402
 import run_files  # noqa: E402
 import train_MALN  # noqa: E402
-from records import RecordError, machine, read_record, record_path, update_documents, write_record  # noqa: E402
+from records import (RecordError, machine, markdown as markdown_table, mean_std, read_record, record_path,  # noqa: E402
+                     update_documents, write_record)
 from utils import atomic_write, check_regular_file  # noqa: E402
 
 MODEL_ROWS = {
@@ -90,7 +91,7 @@ MELD_ROWS = {  # each with class weights, the one switch that helped at once
     "class weights + moving average (0.99) + without SCLM": ["--class_weights=True", "--average_decay=0.99", "--sclm_mode=off"],
     "class weights + moving average (0.99) + without the unimodal loss": ["--class_weights=True", "--average_decay=0.99",
                                                                         "--unimodal_weight=0"],
-    f"{MELD_FROZEN_PRESET}": ["--class_weights=True", "--average_decay=0.99"],
+    MELD_FROZEN_PRESET: ["--class_weights=True", "--average_decay=0.99"],
 }
 ADVERSARIAL_WEIGHTS = {"adversarial weight 0.01 (released)": 0.01, "adversarial weight 0.03": 0.03,
                        "adversarial weight 0.1": 0.1, "adversarial weight 0.3": 0.3, "adversarial weight 1": 1.0}
@@ -310,14 +311,6 @@ def decomposition_table(suite, out_dir):
     return pd.DataFrame(records)
 
 
-def mean_std(values):
-    """'mean ± std' (n-1) of the values; 'n/a' where undefined (None, one modality)."""
-    if any(v is None or isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
-        return "n/a"  # None where undefined; anything else is no probe figure of train_MALN.py
-    values = pd.Series(values, dtype=float)
-    return f"{values.mean():.2f} ± {values.std():.2f}" if len(values) > 1 else f"{values.mean():.2f}"
-
-
 def sensitivity_figure(suite, out_dir):
     """Weighted-F1 (test, valid) and the modality probes (from common, from specific, from common with each
     modality standardised, chance)
@@ -330,7 +323,7 @@ def sensitivity_figure(suite, out_dir):
     for row in ("without adversarial loss", *ADVERSARIAL_WEIGHTS):
         paths = sorted(glob.glob(os.path.join(run_dir(out_dir, suite, row), "seed*", "metrics.json")))
         if paths:
-            points[row] = pd.DataFrame([flat_figures(read_json(path)) for path in paths])
+            points[row] = pd.DataFrame([seed_figures(read_json(path)) for path in paths])
     weighted = [row for row in ADVERSARIAL_WEIGHTS if row in points]
     if not weighted:
         return None
@@ -359,12 +352,6 @@ def sensitivity_figure(suite, out_dir):
     figure.suptitle(f"{len(points[weighted[0]])} seeds per point, mean ± std")
     figure.tight_layout()
     return figure
-
-
-def flat_figures(metrics):
-    """A run's weighted-F1 and probe figures in one flat dict."""
-    return {"test_weighted_f1": metrics["test_weighted_f1"], "valid_weighted_f1": metrics["valid_weighted_f1"],
-            **{k: v for k, v in (metrics.get("decomposition") or {}).items() if k != "note"}}
 
 
 def write_sensitivity_figure(suite, out_dir):
@@ -428,9 +415,7 @@ def record_suite(name, suite, out_dir, extra):
 
 def markdown(frame):
     """A pandas table as Markdown (without the optional 'tabulate' package)."""
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + " --- |" * len(frame.columns)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join(lines)
+    return markdown_table(list(frame.columns), frame.itertuples(index=False))
 
 
 def main(argv):
