@@ -10,6 +10,7 @@ from dataclasses import fields
 import torch
 
 from MALN_model_fix import MALN, MALNConfig, config_errors
+from maln.cli import parse_options, read_settings_file
 from utils import LAST_CHECKPOINT_FIELDS, check_checkpoint, check_regular_file, load_checkpoint, resolve_device
 
 SIZED_BY_THE_DATA = ("feature_sizes", "n_classes", "max_positions")  # max_positions: a setting whose 0 sizes it from the data
@@ -69,43 +70,46 @@ def device_available(name):
     return device.type == "cpu" or (device.type == "mps" and torch.backends.mps.is_available())
 
 
-def parse_settings(argv, defaults, presets=None):
-    """--name=value pairs onto a copy of the defaults, each converted to its default's type; the
-    values of a preset (presets[--preset], or the dataset's: dataset_preset) apply to what the command
-    line leaves unset. -> the checked config."""
-    config = dict(defaults)
-    given = set()
-    for argument in argv:
-        if not argument.startswith("--") or "=" not in argument:
-            raise SystemExit(f"arguments are --name=value, got {argument!r}")
-        name, value = argument[2:].split("=", 1)
-        if name not in config:
-            raise SystemExit(f"unknown hyperparameter {name!r}; valid names:\n  " + "\n  ".join(sorted(config)))
-        kind = type(defaults[name])
-        try:
-            if kind is bool:
-                if value.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError
-                config[name] = value.lower() in ("true", "1")
-            else:
-                config[name] = kind(value)
-        except ValueError:
-            raise SystemExit(f"--{name}={value}: expected a {kind.__name__}") from None
-        given.add(name)
-    if presets is not None:
-        name = config.get("preset") or dataset_preset(config)
-        if name and name not in presets:
-            raise SystemExit(f"--preset={name}: choose one of {', '.join(presets)}")
-        config.update({k: v for k, v in presets.get(name, {}).items() if k not in given})
-    return check_config(config)
+SETTINGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config")  # --preset=NAME is config/NAME.py
 
 
-def dataset_preset(config):
-    """The preset --dataset applies when --preset is not given: IEMOCAP's and MELD's for any file of
-    that dataset, the demo's for the generated demo set, none otherwise."""
-    if config.get("dataset") in ("IEMOCAP", "MELD") or (config.get("dataset") == "demo" and not config.get("features")):
-        return config["dataset"]
-    return ""
+def parse_settings(argv, defaults):
+    """-> (config, origins). The top of train_MALN.py (`defaults`) is what trains, unless the command line
+    names something over it: first the settings file of --preset=NAME (config/NAME.py, also when `preset`
+    is set at the top), then each settings file given as a bare argument, in order, then every
+    --name=value, which wins. `origins` maps each setting whose value differs from the top of the script
+    to where that value came from. --dataset chooses the data and its label set, nothing else."""
+    config, given = parse_options(argv, defaults, files=True)
+    files = config.pop("__files__")
+    origin = {name: "the command line" for name in given}
+    if config["preset"]:
+        files = [preset_path(config["preset"])] + files
+    from_files = {}
+    for path in files:
+        values = read_settings_file(path, defaults)
+        if "preset" in values:
+            raise SystemExit(f"{path}: a settings file may not name a preset (give both on the command line)")
+        from_files.update(values)
+        origin.update({name: path for name in values if name not in given})
+    config.update({name: value for name, value in from_files.items() if name not in given})
+    config = check_config(config)
+    return config, {name: origin.get(name, "the top of train_MALN.py")
+                    for name in config if config[name] != defaults[name]}
+
+
+def preset_path(name):
+    """config/<name>.py of a --preset (the names are case-insensitive), or one line naming the presets there."""
+    path = os.path.join(SETTINGS_DIR, f"{name.lower()}.py")
+    if not name.replace("_", "").replace("-", "").isalnum() or not os.path.isfile(path):
+        known = sorted(f[:-3] for f in os.listdir(SETTINGS_DIR) if f.endswith(".py")) if os.path.isdir(SETTINGS_DIR) else []
+        raise SystemExit(f"--preset={name}: no settings file config/{name.lower()}.py; choose one of {', '.join(known)}")
+    return os.path.relpath(path)
+
+
+def override_lines(config, origins, defaults):
+    """'Overriding: name = value (from where; the top of train_MALN.py has ...)', a line per setting of `origins`."""
+    return [f"Overriding: {name} = {config[name]!r} (from {source}; the top of train_MALN.py has {defaults[name]!r})"
+            for name, source in origins.items()]
 
 
 SAFETY_SWITCHES = ("trust_pickle",)  # never taken from a file: only the command line widens trust

@@ -25,7 +25,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from configurator import MODEL_KEYS, parse_settings, resumed_config, seed_list_of
+from configurator import MODEL_KEYS, override_lines, parse_settings, resumed_config, seed_list_of
 from dataloader import (SPLITS, check_dialogue_lengths, check_training_splits, inverse_frequency_weights, load_dataset,
                         make_batches, selection_splits, to_device)
 from MALN_model_fix import MALN, MALNConfig
@@ -121,31 +121,16 @@ from_release = ""           # a torch.save file of the release's MALN state dict
 class_names = ""            # its class names in order, comma-separated; empty = the names of --dataset
 # machine
 threads = 0                 # torch's cpu threads; 0 = torch's default (every core). Runs side by side: cores / runs each
-# named groups of settings, applied under the command line: --preset=released gives the authors' values
-preset = ""                 # '' = the dataset's own (PRESETS[dataset]: IEMOCAP, MELD, demo); 'none' = the values above;
-                            # 'released' = the authors' settings
-PRESETS = {
-    "released": {"standardize": False, "sclm_mode": "release", "context_dropout": 0.5, "dropout": 0.66, "epochs": 60,
-                 "batch_size": 32, "learning_rate": 4e-4, "lr_schedule": "constant", "weight_decay": 3e-5,
-                 "reseed_every_epoch": True, "cudnn_deterministic": True, "reversal_schedule": "constant",
-                 "sclm_positions": "release", "adversarial_objective": "reversal", "common_last_layer": "shared"},
-    "demo": {"epochs": 15, "batch_size": 16, "learning_rate": 2e-3,  # the small synthetic set: about 1.5 minutes on 2 cores
-             "sclm_mode": "utterance"},  # no stalled start: every utterance's own row reaches AMDM (docs/adversarial.md)
-    # the dataset presets, applied with --dataset=IEMOCAP / MELD; chosen on validation weighted-F1 of the fine-tuned
-    # text features (docs/settings.md). IEMOCAP: a moving average over about an epoch and a half (14 steps an epoch).
-    # MELD: the plain defaults won there; on frozen vectors class_weights=True, average_decay=0.99 (one epoch) had
-    "IEMOCAP": {"class_weights": True, "input_dropout": 0.3, "average_decay": 0.95},
-    "MELD": {},
-    "none": {},
-}
+# named settings files over the values above (config/NAME.py; a settings file given as an argument does the same)
+preset = ""                 # '' = none; 'demo', 'IEMOCAP', 'MELD' (chosen on validation), 'released' (the authors')
 resume = ""                 # run directory of an interrupted run: continue it from its last.pt
 # -----------------------------------------------------------------------------
 HYPERPARAMETERS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
 
 
 def parse_overrides(argv):
-    """The settings above, the preset's values over them, the command line's over those; all checked."""
-    return parse_settings(argv, HYPERPARAMETERS, PRESETS)
+    """The settings above, a named settings file's values over them, the command line's over those; all checked."""
+    return parse_settings(argv, HYPERPARAMETERS)[0]
 
 
 # ----------------------------------------------------------------------------- data
@@ -279,8 +264,10 @@ def evaluate(model, batches, device, amp, class_weights, keep_vectors=False):
 
 
 # ----------------------------------------------------------------------------- the run
-def run(config, feature_set=None):
-    """Train one model with config['seed']; select the epoch on validation; save and return the metrics."""
+def run(config, feature_set=None, origins=None):
+    """Train one model with config['seed']; select the epoch on validation; save and return the metrics.
+    `origins`: where each setting that differs from the top of this script came from (parse_settings), recorded in
+    metrics.json beside the value; None: config was given to run() directly."""
     started = time.time()
     set_threads(config["threads"])
     feature_set = training_data(config, feature_set)
@@ -340,6 +327,9 @@ def run(config, feature_set=None):
     final = {split: evaluate(model, eval_batches[split], device, config["amp"], weights, keep_vectors=True) for split in exported}
     report(feature_set.class_names, final["test"]["labels"], final["test"]["predictions"])
     metrics = run_metrics(config, feature_set, model, history, best, final, time.time() - started)
+    metrics["settings_changed"] = {name: {"value": config[name], "top_of_script": HYPERPARAMETERS[name],
+                                          "from": (origins or {}).get(name, "the config given to run()")}
+                                   for name in HYPERPARAMETERS if name in config and config[name] != HYPERPARAMETERS[name]}
     if config["export_features"]:
         export_vectors(run_dir, final)
     write_json(os.path.join(run_dir, "metrics.json"), metrics)  # the last output: a run with it has all the others
@@ -350,15 +340,20 @@ def run(config, feature_set=None):
 # ----------------------------------------------------------------------------- the commands
 def main(argv):
     """The commands of this file's docstring: --from_release, --predict, --resume, or a run of each seed."""
-    config = parse_overrides(argv)
-    given = {argument[2:].split("=", 1)[0] for argument in argv}
+    config, origins = parse_settings(argv, HYPERPARAMETERS)
+    given = {argument[2:].split("=", 1)[0] for argument in argv if argument.startswith("--")}
+    for line in override_lines(config, origins, HYPERPARAMETERS):
+        print(line)
     set_threads(config["threads"])
     if config["from_release"]:
         return one_line_errors(convert_release, config)          # not a release state dict, OutputError
     if config["predict"]:
         return one_line_errors(write_predictions, config, given)  # DataError, a checkpoint that does not load, OutputError
     if config["resume"]:
+        if set(origins.values()) - {"the command line"} - {"the top of train_MALN.py"}:
+            raise SystemExit("--resume continues a run with its own settings: give no settings file or --preset with it")
         config = resumed_config(config, given, HYPERPARAMETERS)
+        origins = {name: "the run resumed" for name in config if config[name] != HYPERPARAMETERS[name]}
     else:
         one_line_errors(check_run_name_free, config)
     feature_set = one_line_errors(training_data, config)         # DataError
@@ -369,7 +364,7 @@ def main(argv):
         run_configs = [{**config, "seed": seed_list[0]}]
     else:
         run_configs = [{**config, "seed": s, "run_name": os.path.join(config["run_name"], f"seed{s}")} for s in seed_list]
-    results = [run_stopping_cleanly(run_config, feature_set) for run_config in run_configs]
+    results = [run_stopping_cleanly(run_config, feature_set, origins) for run_config in run_configs]
     if len(results) > 1:
         write_seed_summary(config, seed_list, results)
 
@@ -382,10 +377,10 @@ def one_line_errors(job, *args):
         raise SystemExit(f"error: {error}") from None
 
 
-def run_stopping_cleanly(config, feature_set):
+def run_stopping_cleanly(config, feature_set, origins):
     """run(), with Ctrl-C, a non-finite loss and a failed write turned into one short message and exit status."""
     try:
-        return run(config, feature_set)
+        return run(config, feature_set, origins)
     except KeyboardInterrupt:
         print(f"\ninterrupted: {saved_note(run_directory(config))}", file=sys.stderr)
         raise SystemExit(130) from None

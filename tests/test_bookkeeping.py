@@ -25,7 +25,7 @@ def tiny_demo(n_dialogues=(16, 4, 4)):
 
 
 def arguments(tmp_path, run_name, *overrides):
-    return [f"--out_dir={tmp_path}", f"--run_name={run_name}", "--batch_size=8", "--export_features=False",
+    return ["--preset=demo", f"--out_dir={tmp_path}", f"--run_name={run_name}", "--batch_size=8", "--export_features=False",
             "--device=cpu", *overrides]
 
 

@@ -43,7 +43,7 @@ def tiny_demo():
 
 
 def arguments(directory, run_name, epochs=1, export=False):
-    return [f"--out_dir={directory}", f"--run_name={run_name}", f"--epochs={epochs}", "--batch_size=8",
+    return ["--preset=demo", f"--out_dir={directory}", f"--run_name={run_name}", f"--epochs={epochs}", "--batch_size=8",
             f"--export_features={export}", "--device=cpu", "--lr_schedule=constant"]  # constant: --resume may add epochs
 
 

@@ -18,7 +18,7 @@ def tiny_run(directory, name, modalities, *overrides):
     for dialogues in feature_set.splits.values():
         for d in dialogues:
             d.features = {m: d.features[m] for m in modalities}
-    config = train_MALN.parse_overrides([f"--out_dir={directory}", f"--run_name={name}", "--epochs=2", "--batch_size=16",
+    config = train_MALN.parse_overrides(["--preset=demo", f"--out_dir={directory}", f"--run_name={name}", "--epochs=2", "--batch_size=16",
                                          *overrides])
     train_MALN.run(config, feature_set)
     return directory / name, feature_set

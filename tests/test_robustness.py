@@ -176,32 +176,6 @@ def test_a_model_setting_out_of_its_rule_stops_before_the_data_is_read_in_one_li
         train_MALN.main(["--dropout=2"])
 
 
-def test_defaults_and_every_preset_satisfy_every_constraint():
-    for name, values in train_MALN.PRESETS.items():
-        config = train_MALN.parse_overrides(["--dataset=IEMOCAP", f"--preset={name}"])
-        assert {k: config[k] for k in values} == values
-    assert train_MALN.parse_overrides(["--preset=released", "--epochs=5"])["epochs"] == 5
-
-
-def test_meld_trains_the_plain_defaults_which_won_on_validation_with_fine_tuned_features():
-    assert train_MALN.PRESETS["MELD"] == {}
-    assert train_MALN.parse_overrides(["--dataset=MELD"]) == {**train_MALN.parse_overrides(["--dataset=MELD", "--preset=none"]),
-                                                                "preset": ""}
-
-
-@pytest.mark.parametrize("dataset", ["IEMOCAP", "demo"])
-def test_a_dataset_applies_its_own_preset_under_the_command_line_and_none_turns_it_off(dataset):
-    preset, defaults = train_MALN.PRESETS[dataset], train_MALN.HYPERPARAMETERS
-    assert preset and any(defaults[k] != v for k, v in preset.items())
-    config = train_MALN.parse_overrides([f"--dataset={dataset}"])
-    assert {k: config[k] for k in preset} == preset
-    plain = train_MALN.parse_overrides([f"--dataset={dataset}", "--preset=none"])
-    assert {k: plain[k] for k in preset} == {k: defaults[k] for k in preset}
-    name, value = next(iter(preset.items()))
-    overridden = train_MALN.parse_overrides([f"--dataset={dataset}", f"--{name}={defaults[name]}"])
-    assert overridden[name] == defaults[name]
-
-
 def test_a_directory_given_as_features_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match=f"^error: {tmp_path}: is a directory, not a feature file$"):
         train_MALN.main([f"--features={tmp_path}", f"--out_dir={tmp_path}"])
@@ -246,7 +220,7 @@ def tiny_demo():
 
 
 def arguments(tmp_path, run_name, epochs=3, device="cpu"):
-    return [f"--out_dir={tmp_path}", f"--run_name={run_name}", f"--epochs={epochs}", "--batch_size=8",
+    return ["--preset=demo", f"--out_dir={tmp_path}", f"--run_name={run_name}", f"--epochs={epochs}", "--batch_size=8",
             "--export_features=False", f"--device={device}"]
 
 

@@ -23,7 +23,7 @@ def demo_subset(modalities, n_dialogues=(120, 20, 40)):
 
 
 def config(tmp_path, *overrides):
-    return train_MALN.parse_overrides([f"--out_dir={tmp_path}", "--batch_size=16", *overrides])
+    return train_MALN.parse_overrides(["--preset=demo", f"--out_dir={tmp_path}", "--batch_size=16", *overrides])
 
 
 def test_demo_run_learns_and_fusion_beats_a_single_modality(tmp_path):
