@@ -227,3 +227,43 @@ def test_an_existing_output_is_refused_before_any_training(tmp_path, monkeypatch
         frame = small_table()
         frame.loc[frame["split"] == "test", "label"] = "angry"
         finetuned(frame, tmp_path / "y.pkl")
+
+
+def test_crossfit_folds_hold_out_whole_dialogues(tmp_path, monkeypatch):
+    # 5 train dialogues of 3 rows, 2 folds: folds drawn by row (shuffled, by row number or in blocks of rows) split one
+    table = small_table(n_dialogues=(5, 1, 1))
+    calls = []
+
+    def recording(base, token_ids, labels, train_rows, valid_rows, n_classes, name="", **settings):
+        calls.append((name, list(train_rows), list(valid_rows)))
+        return base, [{"valid_weighted_f1": 0.0}], 1
+    monkeypatch.setattr(text_encoder, "finetune", recording)
+    monkeypatch.setattr(text_encoder, "save_encoder", lambda *args: None)
+    finetuned(table, tmp_path / "k2.pkl", finetune_folds=2)
+    train = set(np.flatnonzero(table["split"] == "train"))
+    valid = list(np.flatnonzero(table["split"] == "valid"))
+    folds = [(set(rows), valid_rows) for name, rows, valid_rows in calls if name.startswith("fold")]
+    held_out = [train - rows for rows, _ in folds]
+    assert len(folds) == 2 and all(valid_rows == valid and rows <= train for rows, valid_rows in folds)
+    assert sorted(i for rows in held_out for i in rows) == sorted(train)  # each train row held out by exactly one fold
+    for rows in held_out:
+        dialogues = set(table["dialogue_id"].iloc[sorted(rows)])
+        assert rows == {i for i in train if table["dialogue_id"].iloc[i] in dialogues}, "a held-out dialogue's rows were trained on"
+
+
+def test_fine_tuning_trains_on_the_labelled_train_rows_only_and_selects_on_valid(monkeypatch):
+    table = small_table(n_dialogues=(2, 2, 0))
+    base = text_encoder.load_encoder("", "", "cpu")
+    token_ids = text_encoder.tokenize(base, table["text"])
+    labels = np.array([0 if label == "happy" else 1 for label in table["label"]])
+    labels[1] = -1  # an unlabelled train row: never trained on
+    rows = {split: list(np.flatnonzero(table["split"] == split)) for split in ("train", "valid")}
+    trained, predicted, pad = set(), set(), text_encoder.padded
+
+    def recording(encoder, token_ids, batch, device):
+        (trained if encoder.training else predicted).update(batch)
+        return pad(encoder, token_ids, batch, device)
+    monkeypatch.setattr(text_encoder, "padded", recording)
+    text_encoder.finetune(base, token_ids, labels, rows["train"], rows["valid"], 2, epochs=1, batch_size=4)
+    assert trained == set(rows["train"]) - {1}, "the fine-tuning trained on rows other than the labelled train rows"
+    assert predicted == set(rows["valid"])
