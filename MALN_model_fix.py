@@ -46,7 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from utils import check_state_shapes, load_checkpoint, load_model_state
+from maln.files import check_state_shapes, load_checkpoint, load_model_state
 
 MODALITY_ORDER = "tav"
 

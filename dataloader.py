@@ -8,28 +8,27 @@ Layouts (recognised from the file's content; Features/README.md documents each f
   mmgcn-meld           MMGCN MELD_features_raw1.pkl, 10-tuple with visual
   cosmic-iemocap       COSMIC iemocap_features_roberta.pkl, 10-tuple (text = mean of 4 vectors)
   cosmic-meld          COSMIC meld_features_roberta.pkl, 11-tuple
-  maln                 this repository's own dict, written by table_features.py from a table of your own
+  maln                 this repository's own dict, written by extraction/table_features.py from a table of your own
 A COSMIC text file may be joined by dialogue id with the audio and visual streams of a
 DialogueRNN / MMGCN file (the paper's input configuration).
 
-A 'maln' file from a table of your own utterances and one array per modality (table_features.py;
-this file runs the same command):
-    python dataloader.py --table=utterances.csv --t=text.npy --a=audio.npy --v=visual.npy --out=Features/mydata.pkl
-From transcripts and wav files instead of arrays: extract_features.py. Pickles are read with
-safe_pickle.py's restricted unpickler unless --trust_pickle=True.
+A 'maln' file from a table of your own utterances and one array per modality (extraction/, the
+feature-extraction stage):
+    python -m extraction.table_features --table=utterances.csv --t=text.npy --a=audio.npy --v=visual.npy --out=Features/mydata.pkl
+From transcripts and wav files instead of arrays: python -m extraction.extract_features. Pickles
+are read with maln/safe_pickle.py's restricted unpickler unless --trust_pickle=True.
 """
 
 import os
 import pickle
-import sys
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from safe_pickle import RefusedPickle, RestrictedUnpickler, TooLarge, expanded_values
-from utils import check_regular_file, expansion_budget, size_text
+from maln.safe_pickle import RefusedPickle, RestrictedUnpickler, TooLarge, expanded_values
+from maln.files import check_regular_file, expansion_budget, size_text
 
 CLASS_NAMES = {
     "IEMOCAP": ["hap", "sad", "neu", "ang", "exc", "fru"],
@@ -617,8 +616,3 @@ def to_device(batch, device):
     moved["features"] = {m: x.to(device, non_blocking=True) for m, x in batch["features"].items()}
     moved["lengths"] = batch["lengths"]
     return moved
-
-
-if __name__ == "__main__":  # `python dataloader.py --table=...`, the table builder's command line
-    from table_features import main
-    main(sys.argv[1:])

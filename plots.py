@@ -34,7 +34,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 
-from utils import OutputError, atomic_write, check_archive_size, check_no_symlink, check_regular_file  # noqa: E402
+from dataloader import SPLITS
+from maln.files import OutputError, atomic_write, check_archive_size, check_no_symlink, check_regular_file
 
 MAX_POINTS = 1500       # points in one t-SNE map
 MAX_CLASSES = 20        # classes a figure draws one by one (the most frequent); the others are drawn as one group
@@ -84,7 +85,6 @@ def read_metrics(path):
     return metrics
 
 
-SPLITS = ("train", "valid", "test")
 HISTORY_COLUMNS = ["epoch", *(f"{split}_weighted_f1" for split in SPLITS)]  # and each split's nll (or, older runs, loss)
 
 
@@ -372,7 +372,7 @@ def main(argv):
                 print(f"skipped {name}: {figure}")
                 continue
             path = os.path.join(directory, name)
-            atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=120, format="png"))
+            atomic_write(path, lambda temporary, figure=figure: figure.savefig(temporary, dpi=120, format="png"))
             plt.close(figure)
             print(path)
     except OutputError as error:

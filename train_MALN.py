@@ -25,16 +25,17 @@ import time
 import torch
 from tqdm import tqdm
 
-from configurator import MODEL_KEYS, override_lines, parse_settings, resumed_config, seed_list_of
+from training.configurator import MODEL_KEYS, override_lines, parse_settings, resumed_config, seed_list_of
 from dataloader import (SPLITS, check_dialogue_lengths, check_training_splits, inverse_frequency_weights, load_dataset,
                         make_batches, selection_splits, to_device)
 from MALN_model_fix import MALN, MALNConfig
-from predict import write_predictions
-from release import convert_release
-from run_files import (check_run_name_free, claim_run_directory, export_vectors, non_finite_note, open_run_directory,
-                       restore, run_directory, save_best, save_last, saved_note, write_history, write_seed_summary)
-from scoring import NO_SCORES, EpochTally, epoch_line, epoch_row, print_outcome, report, run_metrics
-from utils import resolve_device, set_seed, set_threads, write_json
+from training.predict import write_predictions
+from training.release import convert_release
+from training.run_files import (check_run_name_free, claim_run_directory, export_vectors, non_finite_note,
+                                open_run_directory, restore, run_directory, save_best, save_last, saved_note,
+                                write_history, write_seed_summary)
+from training.scoring import NO_SCORES, EpochTally, epoch_line, epoch_row, print_outcome, report, run_metrics
+from utils import autocast, resolve_device, set_seed, set_threads, write_json
 
 # ----------------------------------------------------------------------------- hyperparameters
 # data
@@ -201,10 +202,6 @@ def reversal_factor_at(epoch, config):
         return 1.0
     progress = (epoch - 1) / config["epochs"]
     return 2 / (1 + math.exp(-10 * progress)) - 1
-
-
-def autocast(device, enabled):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
 
 
 NON_FINITE_CHECK_EVERY = 16  # training steps between checks of the loss on cuda (and mps), where a check is a host sync

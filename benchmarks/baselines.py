@@ -16,19 +16,14 @@ test: weighted-F1 and each class's F1, in percent. On the demo the Bayes-optimal
 knows every generating parameter, offsets included) is printed too.
 """
 
-import os
 import sys
-import warnings
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from dataloader import DataError, load_dataset, load_features, speaker_posteriors  # noqa: E402
-from records import RecordError, machine, write_record  # noqa: E402
+from dataloader import DataError, load_dataset, load_features, speaker_posteriors
+from utils import fit_logistic_regression
+from benchmarks.records import RecordError, machine, write_record
 
 
 def single_utterance(dialogue):
@@ -124,10 +119,7 @@ def logistic_regression_baseline(feature_set, describe=single_utterance):
     """-> (weighted-F1, {class: F1}) on test of logistic regression fitted on train + valid, each
     utterance described by `describe` (single_utterance or with_speaker_context)."""
     check_scorable(feature_set)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-        classifier.fit(*utterances(feature_set, ("train", "valid"), describe))
+    classifier = fit_logistic_regression(*utterances(feature_set, ("train", "valid"), describe))
     features, labels = utterances(feature_set, ("test",), describe)
     return scored(labels, classifier.predict(features), feature_set.class_names)
 

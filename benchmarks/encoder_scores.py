@@ -16,13 +16,12 @@ import numpy as np
 from sklearn.metrics import f1_score
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import text_encoder  # noqa: E402
-from dataloader import DataError  # noqa: E402
-from table_features import read_table  # noqa: E402
-from extract_features import parse_option, read_transcripts  # noqa: E402
-from records import RecordError, machine, write_record  # noqa: E402
-from utils import scores  # noqa: E402
+from extraction import text_encoder
+from dataloader import DataError
+from extraction.table_features import read_table
+from extraction.extract_features import parse_option, read_transcripts
+from benchmarks.records import RecordError, machine, write_record
+from utils import scores
 
 
 def encoder_scores(table, directory, device="cpu"):

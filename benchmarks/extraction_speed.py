@@ -31,8 +31,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import extract_features  # noqa: E402
+from extraction import extract_features
+from utils import autocast, resolve_device
 
 OPTIONS = {  # each can be given as --name=value
     "utterances": 500,          # rows of the table
@@ -93,10 +93,10 @@ def transcripts(n, rng):
 
 def finetune_benchmark(options):
     """Training utterances per second of one fine-tuning loop on `steps` batches. -> that rate."""
-    import text_encoder
+    from extraction import text_encoder
     if options["threads"]:
         torch.set_num_threads(options["threads"])
-    device = extract_features.resolve_device(options["device"])
+    device = resolve_device(options["device"])
     rng = np.random.default_rng(0)
     n = options["steps"] * options["finetune_batch_size"]
     texts, labels = transcripts(n + 64, rng), rng.integers(0, 6, n + 64)
@@ -120,7 +120,7 @@ def finetune_benchmark(options):
 def plain_loop(base, texts, labels, batch_size, device):
     """The loop a user would write: a transformers encoder with a linear head on its mean-pooled last
     layer, random batches tokenised and padded to their longest, AdamW at the same rate. -> utterances/s."""
-    import text_encoder
+    from extraction import text_encoder
     model = text_encoder.TextEncoder(base.model, base.tokenizer, "mean", 6).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.01)
     order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(0)).tolist()
@@ -128,7 +128,7 @@ def plain_loop(base, texts, labels, batch_size, device):
     for s in range(0, len(order), batch_size):
         rows = order[s:s + batch_size]
         batch = base.tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=128, return_tensors="pt")
-        with text_encoder.autocast(device):
+        with autocast(device):
             logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
         loss = torch.nn.functional.cross_entropy(logits.float(), torch.as_tensor(labels[rows]).to(device))
         optimizer.zero_grad(set_to_none=True)
@@ -141,7 +141,7 @@ def plain_loop(base, texts, labels, batch_size, device):
 def save_half(directory, text_model):
     """The text model's weights in float16, with its tokenizer, in `directory` (a GPU machine that
     receives at most 64 MiB loads it with --text_model=DIRECTORY)."""
-    import text_encoder
+    from extraction import text_encoder
     encoder = text_encoder.load_encoder(text_model, "", "cpu")
     encoder.model.half().save_pretrained(directory)
     encoder.tokenizer.save_pretrained(directory)

@@ -32,11 +32,10 @@ import os
 import platform
 import re
 import statistics
-import sys
+
+from maln.files import atomic_write
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from utils import atomic_write  # noqa: E402
 
 MEASURED_DIR = os.path.join(ROOT, "benchmarks", "measured")
 DOCUMENTS = ("README.md", "docs")  # where table blocks are looked for (a file, or every .md under a folder)
@@ -129,7 +128,7 @@ def seed_count(row):
 
 
 def write_text(path, text):
-    """The text written atomically (utils.atomic_write): a reader never sees half a file."""
+    """The text written atomically (maln.files.atomic_write): a reader never sees half a file."""
     def write(temporary):
         with open(temporary, "w", encoding="utf-8") as f:
             f.write(text)

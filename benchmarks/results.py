@@ -31,14 +31,14 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import pandas as pd
 
+from training import configurator
+from training import run_files
+import train_MALN
+from benchmarks.records import (RecordError, machine, markdown as markdown_table, mean_std, read_record, record_path,
+                                update_documents, write_record)
+from maln.files import atomic_write, check_regular_file
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import configurator  # noqa: E402
-import run_files  # noqa: E402
-import train_MALN  # noqa: E402
-from records import (RecordError, machine, markdown as markdown_table, mean_std, read_record, record_path,  # noqa: E402
-                     update_documents, write_record)
-from utils import atomic_write, check_regular_file  # noqa: E402
 
 MODEL_ROWS = {
     "full model": [],

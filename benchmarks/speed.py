@@ -25,7 +25,6 @@ matmul. On cuda the description names the card and the fp32 precision of cuBLAS 
 cuDNN's GRU (PyTorch lets cuDNN's RNNs use TF32 for fp32 by default, the matmuls not).
 """
 
-import os
 import resource
 import statistics
 import sys
@@ -34,11 +33,10 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import train_MALN  # noqa: E402
-from configurator import parse_settings  # noqa: E402
-from dataloader import CLASS_NAMES, Dialogue, FeatureSet, make_batches  # noqa: E402
-from utils import resolve_device, set_threads  # noqa: E402
+import train_MALN
+from training.configurator import parse_settings
+from dataloader import CLASS_NAMES, Dialogue, FeatureSet, make_batches
+from utils import autocast, resolve_device, set_threads
 
 # ----------------------------------------------------------------------------- options
 epochs = 3                  # timed epochs per phase (after one warm-up epoch)
@@ -264,7 +262,7 @@ def device_name(device):
         return str(device)
     properties = torch.cuda.get_device_properties(device)
     gru = torch.nn.GRU(8, 8, device=device)
-    with train_MALN.autocast(device, True):
+    with autocast(device, True):
         autocast_dtype = gru(torch.zeros(2, 1, 8, device=device))[0].dtype
     return (f"{device} ({properties.name}, {properties.total_memory / 2 ** 30:.0f} GiB; fp32 precision: matmul "
             f"{torch.get_float32_matmul_precision()}, cuDNN GRU {torch.backends.cudnn.rnn.fp32_precision}; "

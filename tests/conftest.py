@@ -1,12 +1,11 @@
 import os
-import sys
+import signal
 
 import pytest
 import torch
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts: lets cuda tests ask for determinism
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
 MINILM = os.path.join(SHARED_DATA, "iemocap_text_minilm.pkl")
 
@@ -23,6 +22,18 @@ def seeded():
 def device(request):
     """A test taking `device` runs on cpu, and on cuda when there is one (select those with `pytest -k cuda`)."""
     return request.param
+
+
+@pytest.fixture
+def no_hang():
+    """A test that would block (reading a FIFO) fails after 20 s instead of hanging the suite."""
+    def stop(*_):
+        raise TimeoutError("blocked for 20 s")
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture

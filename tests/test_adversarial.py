@@ -1,7 +1,6 @@
 import json
 import math
 import os
-import sys
 
 import numpy as np
 import pandas as pd
@@ -12,17 +11,14 @@ from sklearn.metrics import f1_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from conftest import ROOT
-
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-import plots  # noqa: E402
-import probes  # noqa: E402
-import results  # noqa: E402
-import scoring  # noqa: E402
-import train_MALN  # noqa: E402
-from dataloader import collate, make_demo  # noqa: E402
-from MALN_model_fix import MALN  # noqa: E402
-from test_model import SIZES, dialogue, forward, model_for  # noqa: E402
+import plots
+from training import probes
+from benchmarks import results
+from training import scoring
+import train_MALN
+from dataloader import collate, make_demo
+from MALN_model_fix import MALN
+from test_model import SIZES, dialogue, forward, model_for
 
 
 def demo_subset(modalities, n_dialogues):

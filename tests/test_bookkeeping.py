@@ -12,12 +12,12 @@ import pytest
 import torch
 
 import layouts
-import probes
+from training import probes
 import train_MALN
 from conftest import SHARED_DATA
 from dataloader import Dialogue, load_features, make_batches, make_demo, read_pickle, split_validation
 from MALN_model_fix import MALN, MALNConfig
-from utils import load_checkpoint
+from maln.files import load_checkpoint
 
 
 def tiny_demo(n_dialogues=(16, 4, 4)):
@@ -107,7 +107,7 @@ def test_evaluation_nll_is_unweighted_over_the_labelled_utterances():
     result = train_MALN.evaluate(model, batches, torch.device("cpu"), False, weights)
     picked = []
     with torch.no_grad():
-        for group, batch in batches:
+        for _, batch in batches:
             log_probs = model({**batch, "labels": None})["log_probs"]
             labelled = batch["labels"] >= 0
             picked.append(-log_probs[labelled].gather(1, batch["labels"][labelled].unsqueeze(1)))

@@ -1,5 +1,4 @@
 import json
-import os
 import pickle
 import runpy
 import sys
@@ -9,14 +8,13 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import ROOT
 import layouts
-import predict
-import table_features
+from training import predict
+from extraction import table_features
 import train_MALN
 from dataloader import CLASS_NAMES, SPLITS, DataError, load_dataset, load_features, make_batches, split_validation
 from MALN_model_fix import MALN
-from table_features import build_features
+from extraction.table_features import build_features
 
 CLASSES = ["angry", "calm", "happy"]
 TINY = ["--hidden_size=16", "--speaker_size=8", "--discriminator_hidden=8",
@@ -121,11 +119,11 @@ def test_builder_names_what_is_wrong(tmp_path, change, message):
     assert not (tmp_path / "mine.pkl").exists()
 
 
-def test_dataloader_py_runs_the_table_builder_as_documented(tmp_path, monkeypatch, capsys):
+def test_python_m_extraction_table_features_runs_the_table_builder_as_documented(tmp_path, monkeypatch, capsys):
     write_inputs(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["dataloader.py", f"--table={tmp_path / 'utterances.csv'}", f"--t={tmp_path / 'text.npy'}",
-                                      f"--out={tmp_path / 'mine.pkl'}"])
-    runpy.run_path(os.path.join(ROOT, "dataloader.py"), run_name="__main__")
+    monkeypatch.setattr(sys, "argv", ["table_features.py", f"--table={tmp_path / 'utterances.csv'}",
+                                      f"--t={tmp_path / 'text.npy'}", f"--out={tmp_path / 'mine.pkl'}"])
+    runpy.run_module("extraction.table_features", run_name="__main__")
     assert f"wrote {tmp_path / 'mine.pkl'}: dialogues train/valid/test 8/2/3" in capsys.readouterr().out
     assert load_features(str(tmp_path / "mine.pkl")).layout == "maln"
 

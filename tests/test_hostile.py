@@ -4,7 +4,6 @@ memory, corrupts memory or gives a silent wrong result: each such case is one li
 import json
 import os
 import shutil
-import signal
 import sys
 
 import numpy as np
@@ -13,29 +12,15 @@ import pytest
 import torch
 
 import plots
-import predict
-import run_files
+from training import predict
+from training import run_files
 import train_MALN
-import utils
+from maln import files
 from dataloader import DataError, make_demo
 from MALN_model_fix import MALN, MALNConfig, RELEASE_MODALITY_INDEX, release_key, release_prefixes
-from utils import load_checkpoint, save_checkpoint
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-import baselines  # noqa: E402
-import results  # noqa: E402
-
-
-@pytest.fixture
-def no_hang():
-    """A test that would block (reading a FIFO) fails after 20 s instead of hanging the suite."""
-    def stop(*_):
-        raise TimeoutError("blocked for 20 s")
-    previous = signal.signal(signal.SIGALRM, stop)
-    signal.alarm(20)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
+from maln.files import load_checkpoint, save_checkpoint
+from benchmarks import baselines
+from benchmarks import results
 
 
 def tiny_demo():
@@ -120,7 +105,7 @@ def test_a_tensor_claiming_more_than_its_storage_is_refused_before_anything_copi
 
 
 def test_tensors_sharing_one_storage_may_not_claim_more_than_the_budget_together(tmp_path, monkeypatch):
-    monkeypatch.setattr(utils, "EXPANSION_FLOOR", 2 ** 20)
+    monkeypatch.setattr(files, "EXPANSION_FLOOR", 2 ** 20)
     storage = torch.zeros(2 ** 16)                                                 # 256 KiB
     torch.save({"model": {f"view{i}": storage[:] for i in range(32)}}, tmp_path / "views.pt")  # 32 x 256 KiB claimed
     with pytest.raises(ValueError, match=r"views.pt: its tensors claim more than 4.\d\d MiB in all"):
@@ -395,7 +380,7 @@ def test_plots_never_writes_through_a_figures_symlink_nor_into_a_figures_file_no
     with pytest.raises(SystemExit, match=r"^error: plots.py: .*figures is a file, not a directory"):
         plots.main([str(run_copy)])
     (run_copy / "figures").unlink()
-    monkeypatch.setattr(utils.os, "access", lambda path, mode: False)          # a read-only run folder (root may write anywhere)
+    monkeypatch.setattr(files.os, "access", lambda path, mode: False)          # a read-only run folder (root may write anywhere)
     with pytest.raises(SystemExit, match=r"^error: plots.py: .*run is not writable$"):
         plots.main([str(run_copy)])
 

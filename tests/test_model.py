@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import train_MALN
-from configurator import MODEL_KEYS
+from training.configurator import MODEL_KEYS
 from dataloader import Dialogue, collate
 from MALN_model_fix import (MALN, MALNConfig, GradientReversal, cudnn_bidirectional_gru_layer, difference_loss,
                              stacked_bidirectional_gru)

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 import plots
-import probes
+from training import probes
 import train_MALN
 from dataloader import make_demo
 

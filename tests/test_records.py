@@ -3,15 +3,12 @@ records in benchmarks/measured/: none is copied by hand."""
 
 import json
 import os
-import sys
 
 import pytest
 
 from conftest import ROOT
-
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-import records  # noqa: E402
-import results  # noqa: E402
+from benchmarks import records
+from benchmarks import results
 
 
 @pytest.fixture

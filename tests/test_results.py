@@ -6,13 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
-
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-import baselines  # noqa: E402
-import results  # noqa: E402
-import train_MALN  # noqa: E402
-from dataloader import Dialogue, FeatureSet, make_demo  # noqa: E402
+from benchmarks import baselines
+from benchmarks import results
+import train_MALN
+from dataloader import Dialogue, FeatureSet, make_demo
 
 
 def test_table_gathers_each_rows_summary_as_mean_and_std(tmp_path):

@@ -14,11 +14,11 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import layouts
-import run_files
+from training import run_files
 import train_MALN
 from dataloader import CLASS_NAMES, DataError, Dialogue, collate, load_dataset, load_features, make_demo
 from MALN_model_fix import MALN, MALNConfig
-from utils import OutputError, load_checkpoint, save_checkpoint
+from maln.files import OutputError, load_checkpoint, save_checkpoint
 
 
 # ----------------------------------------------------------------------------- malformed feature files
@@ -246,8 +246,8 @@ def approximately(value, tolerance):
     return value
 
 
-def without_timings(metrics):
-    return {k: v for k, v in metrics.items() if k not in ("seconds", "seconds_per_epoch", "config")}
+def without_timings(metrics):  # and without the settings, which name the run
+    return {k: v for k, v in metrics.items() if k not in ("seconds", "seconds_per_epoch", "config", "settings_changed")}
 
 
 @pytest.mark.parametrize("averaging", [[], ["--average_decay=0.8"]], ids=["trained weights", "moving average"])

@@ -17,12 +17,13 @@ import torch
 
 import layouts
 import train_MALN
-import utils
+from maln import files
 from conftest import ROOT
 from dataloader import DataError, load_features, read_pickle
 from MALN_model_fix import MALN, MALNConfig
 from numpy._core.multiarray import _reconstruct
-from utils import OutputError, atomic_write, check_output_path, load_checkpoint, load_model_state, save_checkpoint, write_json
+from maln.files import OutputError, atomic_write, check_output_path, load_checkpoint, load_model_state, save_checkpoint
+from utils import write_json
 
 
 PLANTED = {  # what a malicious pickle asks to call, given a file the call would create
@@ -193,7 +194,7 @@ def test_a_save_that_fails_midway_keeps_the_previous_checkpoint_and_leaves_no_te
 def test_a_process_killed_during_a_save_keeps_the_previous_checkpoint(tmp_path):
     path = tmp_path / "last.pt"
     save_checkpoint({"epoch": 1, "weights": torch.ones(3)}, path)
-    killed_midway = (f"import os, signal, sys; sys.path.insert(0, {ROOT!r}); from utils import atomic_write\n"
+    killed_midway = (f"import os, signal, sys; sys.path.insert(0, {ROOT!r}); from maln.files import atomic_write\n"
                      f"def write(target):\n"
                      f"    open(target, 'wb').write(b'half a checkpoint')\n"
                      f"    os.kill(os.getpid(), signal.SIGKILL)\n"
@@ -221,7 +222,7 @@ def maln_dict(features, ids):
 
 
 def test_a_pickle_repeating_references_to_one_array_is_refused_before_it_expands(tmp_path, monkeypatch):
-    monkeypatch.setattr(utils, "EXPANSION_FLOOR", 2 ** 20)
+    monkeypatch.setattr(files, "EXPANSION_FLOOR", 2 ** 20)
     shared, ids = np.zeros((4, 1000), np.float32), [f"d{i}" for i in range(1000)]  # 16 kB, referenced 1000 times
     path = tmp_path / "repeats.pkl"
     path.write_bytes(pickle.dumps(maln_dict({i: shared for i in ids}, ids)))
@@ -330,7 +331,7 @@ def test_a_corrupted_checkpoint_is_one_line(tmp_path):
 
 
 def test_a_checkpoint_that_expands_beyond_its_size_is_refused_before_loading(tmp_path, monkeypatch):
-    monkeypatch.setattr(utils, "EXPANSION_FLOOR", 2 ** 20)
+    monkeypatch.setattr(files, "EXPANSION_FLOOR", 2 ** 20)
     save_checkpoint({"model": {"weight": torch.zeros(2 ** 20)}}, tmp_path / "stored.pt")  # 4 MiB of zeros
     with zipfile.ZipFile(tmp_path / "stored.pt") as stored, zipfile.ZipFile(tmp_path / "bomb.pt", "w", zipfile.ZIP_DEFLATED) as bomb:
         for entry in stored.infolist():

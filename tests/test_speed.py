@@ -1,14 +1,9 @@
-import os
-import sys
 
 from torch.utils.flop_counter import FlopCounterMode
 
 import train_MALN
-from conftest import ROOT
 from dataloader import collate
-
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-import speed  # noqa: E402
+from benchmarks import speed
 
 TINY = {**speed.OPTIONS, "epochs": 1, "text_size": 16, "audio_size": 8, "visual_size": 12, "batch_size": 4,
         "train_dialogues": 6, "train_utterances": 90, "test_dialogues": 2, "test_utterances": 30}

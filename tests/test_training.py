@@ -75,9 +75,9 @@ def test_threads_sets_torchs_cpu_thread_count_and_zero_leaves_it(tmp_path, monke
 
 
 def test_unknown_hyperparameter_lists_the_valid_names():
-    with pytest.raises(SystemExit, match="(?s)unknown hyperparameter 'learning_rat'.*learning_rate"):
+    with pytest.raises(SystemExit, match="(?s)unknown option 'learning_rat'.*learning_rate"):
         train_MALN.parse_overrides(["--learning_rat=1"])
-    with pytest.raises(SystemExit, match="--epochs=ten: expected a int"):
+    with pytest.raises(SystemExit, match="--epochs=ten: must be a whole number"):
         train_MALN.parse_overrides(["--epochs=ten"])
 
 

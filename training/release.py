@@ -7,7 +7,7 @@ import os
 
 from dataloader import CLASS_NAMES
 from MALN_model_fix import MALN
-from utils import check_output_path, save_checkpoint
+from maln.files import check_output_path, save_checkpoint
 
 
 def convert_release(config):

@@ -38,11 +38,12 @@ import pandas as pd
 import torch  # text_encoder needs it: loaded either way
 from tqdm import tqdm
 
-import text_encoder
-from text_encoder import import_package, print_rate
+from extraction import text_encoder
+from extraction.text_encoder import import_package, print_rate
 from dataloader import CLASS_NAMES, DataError
-from table_features import build_features, check_table, describe
-from utils import OutputError, check_output_path, check_regular_file, check_writable_place
+from extraction.table_features import build_features, check_table, describe
+from utils import resolve_device
+from maln.files import OutputError, check_output_path, check_regular_file, check_writable_place
 
 AUDIO_FEATURE_SETS = {  # --audio_features -> opensmile.FeatureSet member
     "IS10": "IS10",             # INTERSPEECH 2010 paralinguistic challenge: 1582 values (MMGCN's IEMOCAP audio)
@@ -188,12 +189,6 @@ def saved_encoder_text(texts, directory, batch_size, device, pooling):
     encoder = text_encoder.load_encoder(directory, pooling, resolve_device(device))
     token_ids = text_encoder.tokenize(encoder, texts)
     return text_encoder.encode_layers(encoder, token_ids, list(range(len(texts))), batch_size).mean(axis=1)
-
-
-def resolve_device(name):
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 def check_texts(texts, where):
@@ -408,7 +403,7 @@ def main(argv):
                                 options.get("batch_size", 64), options.get("device", "auto"), class_names,
                                 finetune=options.get("finetune", False),
                                 max_audio_seconds=options.get("max_audio_seconds", MAX_AUDIO_SECONDS), **settings)
-    except (DataError, OSError) as error:  # OSError: OutputError, an output place that cannot be written
+    except (ValueError, OSError) as error:  # DataError, a --device this machine lacks; OutputError, a place not writable
         raise SystemExit(f"error: {error}") from None
     except KeyboardInterrupt:
         print(f"\ninterrupted: nothing was written ({options['out']} is written only once every feature is extracted)",

@@ -11,7 +11,8 @@ import torch
 
 from MALN_model_fix import MALN, MALNConfig, config_errors
 from maln.cli import parse_options, read_settings_file
-from utils import LAST_CHECKPOINT_FIELDS, check_checkpoint, check_regular_file, load_checkpoint, resolve_device
+from maln.files import LAST_CHECKPOINT_FIELDS, check_checkpoint, check_regular_file, load_checkpoint
+from utils import resolve_device
 
 SIZED_BY_THE_DATA = ("feature_sizes", "n_classes", "max_positions")  # max_positions: a setting whose 0 sizes it from the data
 MODEL_KEYS = [f.name for f in fields(MALNConfig) if f.name not in SIZED_BY_THE_DATA]  # the settings that are MALNConfig fields
@@ -63,14 +64,12 @@ def check_config(config):
 def device_available(name):
     try:
         device = resolve_device(name)
-    except RuntimeError:
+    except ValueError:  # not a device name, or a cuda device this machine does not have
         return False
-    if device.type == "cuda":
-        return torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
-    return device.type == "cpu" or (device.type == "mps" and torch.backends.mps.is_available())
+    return device.type in ("cpu", "cuda") or (device.type == "mps" and torch.backends.mps.is_available())
 
 
-SETTINGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config")  # --preset=NAME is config/NAME.py
+SETTINGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config")  # --preset=NAME: config/NAME.py
 
 
 def parse_settings(argv, defaults):

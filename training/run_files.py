@@ -13,9 +13,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from utils import (LAST_CHECKPOINT_FIELDS, OutputError, atomic_write, check_checkpoint, check_finite,
-                   check_regular_file, check_state_shapes, check_writable_place, load_checkpoint, load_model_state,
-                   remove_stale_temporaries, save_checkpoint, write_json)
+from maln.files import (LAST_CHECKPOINT_FIELDS, OutputError, atomic_write, check_checkpoint, check_finite,
+                        check_regular_file, check_state_shapes, check_writable_place, load_checkpoint,
+                        load_model_state, remove_stale_temporaries, save_checkpoint)
+from utils import write_json
 
 
 def check_run_name_free(config):
@@ -102,7 +103,7 @@ def write_history(run_dir, history):
 def export_vectors(run_dir, final):
     """features_<split>.npz: the vectors of every real utterance of each split evaluated at the selected epoch."""
     for split, result in final.items():
-        atomic_write(os.path.join(run_dir, f"features_{split}.npz"), lambda path: np.savez(path, **result["vectors"]))
+        atomic_write(os.path.join(run_dir, f"features_{split}.npz"), lambda path, result=result: np.savez(path, **result["vectors"]))
 
 def restore(run_dir, model, optimizer, generator, device, averaged=None):
     """Load an interrupted run's last.pt into model, the moving average (when there is one),

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from dataloader import LARGEST_FEATURE, SPLITS, DataError, bad_rows
-from utils import atomic_write, check_output_path, check_regular_file, size_text
+from maln.files import atomic_write, check_output_path, check_regular_file, size_text
 
 
 TABLE_COLUMNS = ("dialogue_id", "position", "speaker", "label", "split")

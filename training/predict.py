@@ -8,10 +8,11 @@ import os
 import pandas as pd
 import torch
 
-from configurator import check_saved_config
+from training.configurator import check_saved_config
 from dataloader import DataError, check_dialogue_lengths, collate, load_dataset, selection_splits, to_device
 from MALN_model_fix import MALN
-from utils import atomic_write, check_checkpoint, check_output_path, resolve_device
+from maln.files import atomic_write, check_checkpoint, check_output_path
+from utils import resolve_device
 
 
 @torch.no_grad()

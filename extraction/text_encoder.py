@@ -25,7 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from dataloader import DataError
-from utils import scores
+from utils import autocast, scores
 
 ENCODER_INFO = "maln_encoder.json"   # beside a saved encoder: pooling, classes, how it was selected
 HEAD_FILE = "classifier_head.pt"     # the linear head of the selected epoch (scores the encoder on its own)
@@ -160,11 +160,6 @@ def padded(encoder, token_ids, rows, device):
     """(B, T) input ids and attention mask of the rows, padded to the longest of them."""
     batch = encoder.tokenizer.pad({"input_ids": [token_ids[i] for i in rows]}, return_tensors="pt")
     return batch["input_ids"].to(device), batch["attention_mask"].to(device)
-
-
-def autocast(device):
-    device = torch.device(device)
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import classification_report, confusion_matrix
 
-from probes import baseline_line, decomposition_line, decomposition_probes, logistic_regression_baseline
+from training.probes import baseline_line, decomposition_line, decomposition_probes, logistic_regression_baseline
 from utils import scores
 
 GAME_KEYS = ("adversarial_common", "adversarial_specific", "discriminator_common_accuracy", "discriminator_specific_accuracy")

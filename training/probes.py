@@ -4,16 +4,11 @@ regression on single utterances. train_MALN.py reports both for every run (metri
 'decomposition' and 'logistic_regression'); benchmarks/results.py tabulates them."""
 
 import math
-import warnings
 
 import numpy as np
 import torch
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
-from utils import scores
+from utils import fit_logistic_regression, scores
 
 
 def decomposition_probes(train_vectors, test_vectors, max_train=5000, seed=0):
@@ -82,10 +77,7 @@ def linear_probe(train_x, train_y, test_x, test_y, max_train, seed):
     if len(train_y) > max_train:
         chosen = np.sort(np.random.default_rng(seed).choice(len(train_y), max_train, replace=False))
         train_x, train_y = train_x[chosen], train_y[chosen]
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300))
-    with warnings.catch_warnings():  # a probe stopped at max_iter is still a probe
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        probe.fit(train_x, train_y)
+    probe = fit_logistic_regression(train_x, train_y, max_iterations=300)
     return {name: value / 100 for name, value in scores(test_y, probe.predict(test_x)).items()}
 
 
@@ -109,10 +101,7 @@ def logistic_regression_baseline(feature_set, max_iterations=2000):
     train_x, train_y = utterances("train")
     if len(np.unique(train_y)) < 2:
         return None
-    classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iterations))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        classifier.fit(train_x, train_y)
+    classifier = fit_logistic_regression(train_x, train_y, max_iterations)
     test_x, test_y = utterances("test")
     figures = scores(test_y, classifier.predict(test_x)) if len(test_y) else scores([], [])
     return {f"test_{name}": value for name, value in figures.items()}

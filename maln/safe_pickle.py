@@ -9,7 +9,7 @@ import pickle
 
 import numpy as np
 
-from utils import size_text
+from maln.files import size_text
 
 
 class RefusedPickle(pickle.UnpicklingError):
