@@ -2,53 +2,59 @@
 MALN: Multimodal Adversarial Learning Network for conversational emotion recognition.
 
 Ren, Huang, Liu, Liu, Li, Liu. IEEE Transactions on Circuits and Systems for Video
-Technology 33(11):6965-6980, 2023. The whole model is in this file, modules in the order
-the data flows through them:
+Technology 33(11):6965-6980, 2023. The whole model is in this file, modules in the order the
+data flows through them. MALN.forward runs, for every modality m:
 
-    [input standardisation]  ->  SCLM (stage 1)  ->  context encoders  ->  AMDM (stage 2:
-    specific / common encoders, gradient reversal, modality discriminator, orthogonality)
-    ->  cross-modal attention  ->  emotion classifier (stage 3)
+    features {m: (B, N, D_m)}
+        |  [standardise, input dropout]                  (switches; not in the release)
+        +---------------------------------+
+        v                                 v
+    context encoder                   SCLM (stage 1): speaker characteristics
+    (bidirectional GRU)               (Transformers over each party's turns)
+    (B, N, C_m)                       (B, N, speaker_size)
+        +---------------+-----------------+
+                        v  concatenated: (B, N, C_m + speaker_size)
+    AMDM (stage 2): specific and common encoders (B, N, H); a modality discriminator, on the
+        common vectors through gradient reversal; orthogonality losses; unimodal classifiers
+                        v
+    cross-modal attention (stage 2): the first modality against the others (B, N, 2H),
+        beside the sum of the common vectors (B, N, H)
+                        v
+    classifier (stage 3): log-probabilities (B, N, classes)
 
-The layers are the authors' release (github rmjrmj/MALN, commit 7ff1318), and
-MALN.from_release loads its weights: with `sclm_mode="release"` and padding-free dialogues this
-model computes what the release computes (tests/test_release.py). What differs is corrected on
-purpose and holds for every setting: padding is excluded everywhere (attention keys, the GRUs
-run on packed sequences, the losses), SCLM's release mode works for any number of parties, a
-single-modality run does not fuse its common vector twice. Options that are not the release's
-(input standardisation, input dropout, the paper's per-party SCLM, a per-utterance SCLM) are
-switches of MALNConfig.
+The layers are the authors' release (github rmjrmj/MALN, commit 7ff1318), which runs the context
+encoder and SCLM side by side and concatenates them, as above; MALN.from_release loads its weights:
+with `sclm_mode="release"` and padding-free dialogues this model computes what the release
+computes (tests/test_release.py). What differs is corrected on purpose and holds for every
+setting: padding is excluded everywhere (attention keys, the GRUs run on packed sequences, the
+losses), SCLM's release mode works for any number of parties, a single-modality run does not fuse
+its common vector twice. Options that are not the release's are switches of MALNConfig.
 
-Modalities are named 't' (text), 'a' (audio) and 'v' (visual); any non-empty subset runs.
-Feature sizes and the class count come from the data through MALNConfig.
+Extension points (docs/extending.md): the modalities are whatever feature_sizes names (the data
+names them in dataloader.MODALITIES), the first being cross-modal attention's primary; the context
+encoder is a name of CONTEXT_ENCODERS (any module of the documented input and output, whose
+output_size AMDM is built for).
 
-One source of defaults: MALNConfig's are the release's (sclm_mode='release', dropout=0.66, no
-input standardisation, ...), as nanoGPT's GPTConfig holds GPT-2's. They are the reference the
-maths is checked against, MALN.from_release builds them, and they do not move. What
-train_MALN.py trains is its own settings (the paper's per-party SCLM, dropout 0.3, standardised
-inputs, ...) with the dataset's preset on top (a per-utterance SCLM on the demo set;
---preset=released gives the release's back). Those differ per dataset, so no single default
-could be them: the script builds its MALNConfig in one visible place, build_model (model_args =
-{k: config[k] for k in MODEL_KEYS} and the data's sizes), and saves model_args in every
-checkpoint. In a notebook, MALN(MALNConfig(feature_sizes=..., n_classes=...)) is the release's
-model for your sizes; the model a run trained is MALN.from_checkpoint("saved_models/RUN/best.pt").
-The value of every field is checked here only (CONFIG_RULES, in MALNConfig.__post_init__);
-train_MALN.py applies the same rules to its settings.
+MALNConfig's defaults are the release's, the reference the maths is checked against (as
+nanoGPT's GPTConfig holds GPT-2's). What train_MALN.py trains is the settings at its top, built
+into a MALNConfig in one place (build_model) and saved in every checkpoint:
+MALN.from_checkpoint("saved_models/RUN/best.pt") gives a notebook the model a run trained. What
+the model stands on lives in maln/: the GRU kernel (gru.py), the value rules (config_rules.py),
+the release's key names (release_keys.py) and checkpoint safety (files.py).
 """
 
-import numbers
 import os
-import re
-import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from maln.files import check_state_shapes, load_checkpoint, load_model_state
-
-MODALITY_ORDER = "tav"
+from maln.config_rules import config_errors, is_count
+from maln.files import check_state_shapes, fitted_config, load_checkpoint, load_model_state, on_meta_device
+from maln.gru import stacked_bidirectional_gru
+from maln.release_keys import release_config_args, release_state, release_state_dict
 
 
 @dataclass
@@ -69,6 +75,7 @@ class MALNConfig:
                                     # released), or 'small': N(0, 0.02^2), so positions do not swamp standardised features
     speaker_size: int = 100         # size of the projected speaker-characteristic vector
     # context encoders
+    context_encoder: str = "gru"    # a name of CONTEXT_ENCODERS: 'gru' (the release's bidirectional GRU)
     gru_layers: int = 2
     context_hidden: int = 0         # GRU hidden size; 0 = the modality's input size (released)
     context_dropout: float = 0.5    # between the GRU layers and on the context output (released: GRUModel's 0.5)
@@ -95,13 +102,15 @@ class MALNConfig:
     orthogonality_weight: float = 5e-6
 
     def __post_init__(self):
-        unknown = set(self.feature_sizes) - set(MODALITY_ORDER)
-        if not self.feature_sizes or unknown:
-            raise ValueError(f"feature_sizes must use a non-empty subset of {MODALITY_ORDER!r}, got {self.feature_sizes}")
+        if not (isinstance(self.feature_sizes, dict) and self.feature_sizes
+                and all(isinstance(m, str) and m for m in self.feature_sizes)):
+            raise ValueError(f"feature_sizes must map one or more modality names to sizes, got {self.feature_sizes}")
         if not all(is_count(size, 1) for size in self.feature_sizes.values()):
             raise ValueError(f"feature_sizes must be whole numbers >= 1, got {self.feature_sizes}")
-        self.feature_sizes = {m: int(self.feature_sizes[m]) for m in MODALITY_ORDER if m in self.feature_sizes}
+        self.feature_sizes = {m: int(size) for m, size in self.feature_sizes.items()}   # in the data's order
         wrong = config_errors(vars(self))
+        if self.context_encoder not in CONTEXT_ENCODERS:
+            wrong.append(("context_encoder", self.context_encoder, f"one of {', '.join(CONTEXT_ENCODERS)}"))
         if wrong:
             name, value, requirement = wrong[0]
             raise ValueError(f"{name}={value!r}: must be {requirement}")
@@ -109,50 +118,6 @@ class MALNConfig:
     @property
     def modalities(self):
         return list(self.feature_sizes)
-
-
-def is_count(value, low):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
-
-
-def is_fraction(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value < 1
-
-
-def is_weight(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value < float("inf")
-
-
-CONFIG_RULES = {  # MALNConfig field -> (what a valid value is, test of the value given the other fields): the one
-    # place the model's values are checked, for MALNConfig(...), a checkpoint's model_args and train_MALN.py's settings
-    "n_classes": ("a whole number >= 1", lambda v, c: is_count(v, 1)),
-    "max_positions": ("a whole number >= 2 (the longest dialogue + 1)", lambda v, c: is_count(v, 2)),
-    **{name: ("a whole number >= 1", lambda v, c: is_count(v, 1))
-       for name in ("sclm_layers", "sclm_heads", "sclm_feedforward", "speaker_size", "gru_layers", "hidden_size",
-                    "discriminator_hidden")},
-    "cross_heads": ("a whole number >= 1 that divides hidden_size",
-                    lambda v, c: is_count(v, 1) and (not is_count(c.get("hidden_size"), 1) or c["hidden_size"] % v == 0)),
-    "context_hidden": ("a whole number >= 0 (0 = the feature size)", lambda v, c: is_count(v, 0)),
-    **{name: ("True or False", lambda v, c: isinstance(v, bool))
-       for name in ("standardize", "adversarial", "orthogonality", "cross_attention")},
-    **{name: ("a number in [0, 1)", lambda v, c: is_fraction(v))
-       for name in ("input_dropout", "sclm_dropout", "context_dropout", "specific_dropout", "common_dropout",
-                    "discriminator_dropout", "dropout")},
-    **{name: ("a finite number >= 0", lambda v, c: is_weight(v))
-       for name in ("gradient_reversal", "unimodal_weight", "adversarial_weight", "orthogonality_weight")},
-    "sclm_mode": ("'speaker', 'utterance', 'release' or 'off'", lambda v, c: v in ("speaker", "utterance", "release", "off")),
-    "sclm_positions": ("'release' or 'small'", lambda v, c: v in ("release", "small")),
-    "adversarial_objective": ("'reversal' or 'confusion'", lambda v, c: v in ("reversal", "confusion")),
-    "common_last_layer": ("'shared' or 'separate'", lambda v, c: v in ("shared", "separate")),
-    "cross_input": ("'common' or 'specific'", lambda v, c: v in ("common", "specific")),
-}
-
-
-def config_errors(values):
-    """(field, value, what a valid value is) for every field of `values` that breaks its CONFIG_RULES;
-    `values` may hold some of the fields only (train_MALN.py checks its model settings so)."""
-    return [(name, value, CONFIG_RULES[name][0]) for name, value in values.items()
-            if name in CONFIG_RULES and not CONFIG_RULES[name][1](value, values)]
 
 
 class Standardizer(nn.Module):
@@ -296,138 +261,36 @@ class SCLM(nn.Module):
         return self.project(vectors)                                                           # (B, N, speaker_size)
 
 
-class GRURecurrence(torch.autograd.Function):
-    """The recurrent half of a bidirectional GRU layer, both directions at once, over packed rows.
-
-    Step t owns the packed rows start_t : start_t + batch_sizes[t]; the second direction's rows
-    come in reversed time (see reversed_rows), so both directions run forward. Same maths as
-    nn.GRU (gates r, z, n); backward computes the recurrent weight gradient in one matmul over
-    all steps, where autograd through per-step cells would accumulate one matmul per step.
-    """
-
-    @staticmethod
-    def forward(ctx, gates_input, weight_hh, bias_hh, batch_sizes):
-        # gates_input (2, n, 3G) = W_ih x + b_ih per row; weight_hh (2, 3G, G); bias_hh (2, 3G); batch_sizes list
-        _, n, G3 = gates_input.shape
-        G = G3 // 3
-        hidden = gates_input.new_empty(2, n, G)
-        reset_update = gates_input.new_empty(2, n, 2 * G)
-        new, hidden_new = gates_input.new_empty(2, n, G), gates_input.new_empty(2, n, G)
-        weight, bias = weight_hh.transpose(1, 2), bias_hh.unsqueeze(1)                   # (2, G, 3G), (2, 1, 3G)
-        h_prev, start = gates_input.new_zeros(2, batch_sizes[0], G), 0
-        for b in batch_sizes:
-            rows = slice(start, start + b)
-            h_prev = h_prev[:, :b]                                                          # (2, b, G)
-            gh = torch.baddbmm(bias, h_prev, weight)                                        # (2, b, 3G)
-            gi = gates_input[:, rows]
-            rz = torch.sigmoid(gi[..., :2 * G] + gh[..., :2 * G])                           # (2, b, 2G)
-            n_t = torch.tanh(torch.addcmul(gi[..., 2 * G:], rz[..., :G], gh[..., 2 * G:]))  # (2, b, G)
-            hidden[:, rows] = torch.addcmul(n_t, rz[..., G:], h_prev - n_t)                 # h = (1 - z) n + z h_prev
-            reset_update[:, rows], new[:, rows], hidden_new[:, rows] = rz, n_t, gh[..., 2 * G:]
-            h_prev, start = hidden[:, rows], start + b
-        ctx.batch_sizes = batch_sizes
-        ctx.save_for_backward(weight_hh, hidden, reset_update, new, hidden_new)
-        return hidden                                                                       # (2, n, G)
-
-    @staticmethod
-    def backward(ctx, grad_hidden):
-        weight_hh, hidden, reset_update, new, hidden_new = ctx.saved_tensors
-        batch_sizes = ctx.batch_sizes
-        _, n, G = hidden.shape
-        starts = [0] + torch.tensor(batch_sizes).cumsum(0).tolist()[:-1]
-        grad_gh = hidden.new_empty(2, n, 3 * G)                                             # gradient of W_hh h + b_hh
-        grad_new_input = hidden.new_empty(2, n, G)                                          # gradient of the n gate's input
-        carry = None                                                                        # gradient reaching h_{t} from step t+1
-        for t in reversed(range(len(batch_sizes))):
-            b, rows = batch_sizes[t], slice(starts[t], starts[t] + batch_sizes[t])
-            dh = grad_hidden[:, rows]
-            if carry is not None:
-                dh = torch.cat([dh[:, :carry.size(1)] + carry, dh[:, carry.size(1):]], 1)  # (2, b, G)
-            h_prev = hidden[:, starts[t - 1]:starts[t - 1] + b] if t > 0 else hidden.new_zeros(2, b, G)
-            r, z, n_t = reset_update[:, rows, :G], reset_update[:, rows, G:], new[:, rows]
-            d_new = dh * (1 - z) * (1 - n_t * n_t)                                          # through tanh
-            d_reset = d_new * hidden_new[:, rows] * r * (1 - r)                             # through sigmoid
-            d_update = dh * (h_prev - n_t) * z * (1 - z)
-            grad_gh[:, rows] = torch.cat([d_reset, d_update, d_new * r], -1)
-            grad_new_input[:, rows] = d_new
-            carry = torch.baddbmm(dh * z, grad_gh[:, rows], weight_hh)                      # (2, b, G)
-        previous = torch.cat([hidden.new_zeros(2, batch_sizes[0], G)]
-                             + [hidden[:, starts[t - 1]:starts[t - 1] + batch_sizes[t]] for t in range(1, len(batch_sizes))], 1)
-        grad_weight = grad_gh.transpose(1, 2) @ previous                                    # (2, 3G, G), one matmul
-        grad_input = torch.cat([grad_gh[..., :2 * G], grad_new_input], -1)                  # (2, n, 3G)
-        return grad_input, grad_weight, grad_gh.sum(1), None
-
-
-def reversed_rows(batch_sizes):
-    """Permutation of packed rows that reverses every sequence within its own length (its own inverse)."""
-    offsets = torch.cumsum(batch_sizes, 0) - batch_sizes                                   # (T,)
-    step = torch.repeat_interleave(torch.arange(len(batch_sizes)), batch_sizes)            # (n,)
-    sequence = torch.arange(len(step)) - offsets[step]                                     # (n,)
-    lengths = (batch_sizes.unsqueeze(0) > torch.arange(int(batch_sizes[0])).unsqueeze(1)).sum(1)  # (B,)
-    return offsets[lengths[sequence] - 1 - step] + sequence
-
-
-def stacked_bidirectional_gru(gru, data, batch_sizes):
-    """A stacked bidirectional nn.GRU over packed rows with its own weights, one layer at a time:
-    cuDNN's single-layer GRU on cuda, bidirectional_gru_layer on cpu, and between the layers torch's
-    dropout on every device. nn.GRU's own inter-layer dropout on cuda draws from a state cuDNN keeps
-    per process, outside torch's generator, so a resumed run could not repeat it; here every mask
-    comes from torch's generator, whose state last.pt holds. data (n, I), batch_sizes (T,) cpu -> (n, 2G)."""
-    reverse = reversed_rows(batch_sizes).to(data.device) if not data.is_cuda else None
-    for layer in range(gru.num_layers):
-        weights = [getattr(gru, f"{name}_l{layer}{suffix}") for suffix in ("", "_reverse")
-                   for name in ("weight_ih", "bias_ih", "weight_hh", "bias_hh")]
-        if data.is_cuda:
-            data = cudnn_bidirectional_gru_layer(weights, data, batch_sizes, gru.training)
-        else:
-            data = bidirectional_gru_layer(weights, data, batch_sizes, reverse)
-        if layer < gru.num_layers - 1:
-            data = F.dropout(data, gru.dropout, gru.training)
-    return data
-
-
-def bidirectional_gru_layer(weights, data, batch_sizes, reverse):
-    """One bidirectional GRU layer over packed rows, for cpu: input matmuls over all rows at once,
-    then GRURecurrence. weights: w_ih, b_ih, w_hh, b_hh, then the same of the reverse direction;
-    reverse = reversed_rows(batch_sizes). data (n, I) -> (n, 2G)."""
-    gates = torch.stack([F.linear(data, weights[0], weights[1]),                                      # (2, n, 3G), the second
-                         F.linear(data[reverse], weights[4], weights[5])])                            # direction in reversed time
-    hidden = GRURecurrence.apply(gates, torch.stack([weights[2], weights[6]]), torch.stack([weights[3], weights[7]]),
-                                 batch_sizes.tolist())
-    in_order, reversed_hidden = hidden.unbind(0)                                                      # (n, G) each
-    return torch.cat([in_order, reversed_hidden[reverse]], -1)                                        # (n, 2G)
-
-
-def cudnn_bidirectional_gru_layer(weights, data, batch_sizes, training):
-    """One bidirectional GRU layer over packed rows with cuDNN (the kernel nn.GRU calls), no dropout
-    inside it. weights as bidirectional_gru_layer's. data (n, I) -> (n, 2G)."""
-    w_ih, b_ih, w_hh, b_hh, *reverse = weights
-    flat = [w_ih, w_hh, b_ih, b_hh, reverse[0], reverse[2], reverse[1], reverse[3]]                 # nn.GRU's order
-    hidden = data.new_zeros(2, int(batch_sizes[0]), w_hh.size(1))                                     # (2, B, G)
-    with warnings.catch_warnings():  # a layer's weights are a slice of nn.GRU's flat buffer: cuDNN copies them, and says so
-        warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous chunk")
-        return torch._VF.gru(data, batch_sizes, hidden, flat, True, 1, 0.0, training, True)[0]       # (n, 2G)
-
-
 class ContextEncoder(nn.Module):
     """Context encoder (the release's GRUModel): a bidirectional GRU over the dialogue, dropout
     between its layers, then Linear back to the input size, ReLU and dropout. Runs on packed
-    sequences, so no work is done on padding and padding does not reach the backward direction:
-    stacked_bidirectional_gru (cuDNN's layers on cuda, GRURecurrence on cpu, torch's dropout between)."""
+    sequences, so no work is done on padding and padding does not reach the backward direction
+    (maln/gru.py: cuDNN's layers on cuda, one autograd Function on cpu, torch's dropout between).
+
+    Every context encoder of CONTEXT_ENCODERS has this interface: built as Encoder(size, config)
+    for a modality's feature size, it holds `output_size`, and forward(features (B, N, size),
+    lengths (B,) on cpu, speakers (B, N), utterance_mask (B, N)) -> (B, N, output_size); padding
+    rows may hold anything (nothing downstream reads them)."""
 
     def __init__(self, size, config):
         super().__init__()
+        self.output_size = size                                                      # projected back, as released
         hidden = config.context_hidden or size
         self.gru = nn.GRU(size, hidden, num_layers=config.gru_layers, bidirectional=True, batch_first=True,
                           dropout=config.context_dropout if config.gru_layers > 1 else 0.0)
         self.project = nn.Sequential(nn.Linear(2 * hidden, size), nn.ReLU(), nn.Dropout(config.context_dropout))
 
-    def forward(self, features, lengths):
-        # features (B, N, D), lengths (B,) on cpu
+    def forward(self, features, lengths, speakers=None, utterance_mask=None):
+        # features (B, N, D), lengths (B,) on cpu; the speakers and the mask are not read by this encoder
         packed = pack_padded_sequence(features, lengths, batch_first=True, enforce_sorted=False)
         output = stacked_bidirectional_gru(self.gru, packed.data, packed.batch_sizes)  # (n_real, 2G)
         output = packed._replace(data=self.project(output))                         # (n_real, D)
         return pad_packed_sequence(output, batch_first=True, total_length=features.size(1))[0]  # (B, N, D)
+
+
+CONTEXT_ENCODERS = {  # MALNConfig.context_encoder -> its class; add yours here (docs/extending.md)
+    "gru": ContextEncoder,
+}
 
 
 class GradientReversal(torch.autograd.Function):
@@ -458,16 +321,16 @@ class AMDM(nn.Module):
     specific vectors directly and common vectors through gradient reversal; orthogonality
     (difference) losses; unimodal auxiliary classifiers on the common vectors."""
 
-    def __init__(self, config):
+    def __init__(self, config, input_sizes):
+        # input_sizes {m: size of the vector each utterance brings: its context output (+ its SCLM vector)}
         super().__init__()
-        extra = 0 if config.sclm_mode == "off" else config.speaker_size
         H = config.hidden_size
         self.config = config
-        self.specific = nn.ModuleDict({m: nn.Sequential(nn.Linear(d + extra, H), nn.Dropout(config.specific_dropout), nn.Tanh())
-                                       for m, d in config.feature_sizes.items()})
-        self.common = nn.ModuleDict({m: nn.Sequential(nn.Linear(d + extra, H), nn.Dropout(config.common_dropout), nn.Tanh())
-                                     for m, d in config.feature_sizes.items()})
-        last_layer = lambda: nn.Sequential(nn.Linear(H, H), nn.Dropout(config.common_dropout), nn.Tanh())  # noqa: E731
+        self.specific = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, H), nn.Dropout(config.specific_dropout), nn.Tanh())
+                                       for m, d in input_sizes.items()})
+        self.common = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, H), nn.Dropout(config.common_dropout), nn.Tanh())
+                                     for m, d in input_sizes.items()})
+        last_layer = lambda: nn.Sequential(nn.Linear(H, H), nn.Dropout(config.common_dropout), nn.Tanh())
         if config.common_last_layer == "shared":
             self.shared_common = last_layer()
         else:  # each modality its own: whether sharing it is what lets the common vectors meet
@@ -476,10 +339,9 @@ class AMDM(nn.Module):
                                            nn.ReLU(), nn.Linear(config.discriminator_hidden, len(config.feature_sizes)))
         self.unimodal = nn.ModuleDict({m: nn.Sequential(nn.Linear(H, H), nn.ReLU(), nn.Dropout(config.dropout), nn.Linear(H, config.n_classes))
                                        for m in config.feature_sizes})
-        self.reversal_factor = 1.0  # a schedule's factor on gradient_reversal, set by the training loop (not saved)
 
     def forward(self, inputs):
-        # inputs {m: (B, N, D_m + speaker_size)}
+        # inputs {m: (B, N, input_sizes[m])}
         specific = {m: self.specific[m](x) for m, x in inputs.items()}                  # {m: (B, N, H)}
         common = {m: self.common_last(m)(self.common[m](x)) for m, x in inputs.items()}   # {m: (B, N, H)}
         unimodal = {m: F.log_softmax(self.unimodal[m](c), -1) for m, c in common.items()}  # {m: (B, N, C)}
@@ -488,7 +350,7 @@ class AMDM(nn.Module):
     def common_last(self, m):
         return self.shared_common if self.config.common_last_layer == "shared" else self.separate_common[m]
 
-    def adversarial_losses(self, specific, common, utterance_mask):
+    def adversarial_losses(self, specific, common, utterance_mask, reversal_factor=1.0):
         """Cross-entropy of the modality discriminator on specific and (reversed) common vectors,
         summed over the modalities; the target of modality m is its index in config.modalities.
         Beside them, detached, the discriminator's accuracy on each kind over every modality's real
@@ -498,10 +360,11 @@ class AMDM(nn.Module):
         they are (detached), and the common encoders instead minimise, times lambda, the cross-entropy
         of its prediction against the uniform distribution (ln M when it cannot tell): reversing the
         gradient rewards an encoder that makes the discriminator name the wrong modality, which keeps
-        the modality as plain as before; confusion rewards only a prediction that cannot tell."""
+        the modality as plain as before; confusion rewards only a prediction that cannot tell.
+        reversal_factor: a schedule's factor on gradient_reversal (train_MALN.reversal_factor_at)."""
         real = utterance_mask.reshape(-1)
         losses = {}
-        reversal = self.config.gradient_reversal * self.reversal_factor
+        reversal = self.config.gradient_reversal * reversal_factor
         confusion = self.config.adversarial_objective == "confusion"
         for kind, vectors, scale in (("specific", specific, None), ("common", common, reversal)):
             loss, correct = 0.0, 0
@@ -564,10 +427,10 @@ class CrossModalAttention(nn.Module):
 
 
 class MALN(nn.Module):
-    """The whole network: [input standardisation] -> SCLM -> context encoders -> AMDM ->
-    cross-modal attention -> classifier (paper, stages 1-3). forward() returns log-probabilities
-    (fused and unimodal), named losses (when labels are given) and the fused, common and
-    specific vectors."""
+    """The whole network, as the module docstring draws it: [input standardisation] -> context
+    encoder beside SCLM, concatenated -> AMDM -> cross-modal attention -> classifier (paper,
+    stages 1-3). forward() returns log-probabilities (fused and unimodal), named losses (when
+    labels are given) and the fused, common and specific vectors."""
 
     def __init__(self, config):
         super().__init__()
@@ -575,8 +438,9 @@ class MALN(nn.Module):
         sizes = config.feature_sizes
         self.standardizer = nn.ModuleDict({m: Standardizer(d) for m, d in sizes.items()}) if config.standardize else None
         self.sclm = nn.ModuleDict({m: SCLM(d, config) for m, d in sizes.items()}) if config.sclm_mode != "off" else None
-        self.context = nn.ModuleDict({m: ContextEncoder(d, config) for m, d in sizes.items()})
-        self.amdm = AMDM(config)
+        self.context = nn.ModuleDict({m: CONTEXT_ENCODERS[config.context_encoder](d, config) for m, d in sizes.items()})
+        speaker_size = config.speaker_size if self.sclm is not None else 0
+        self.amdm = AMDM(config, {m: self.context[m].output_size + speaker_size for m in sizes})
         H = config.hidden_size
         self.cross = CrossModalAttention(config) if len(sizes) > 1 else None
         self.classifier = nn.Sequential(nn.Linear(self.fused_size(), H), nn.ReLU(), nn.Dropout(config.dropout), nn.Linear(H, config.n_classes))
@@ -589,7 +453,7 @@ class MALN(nn.Module):
             return 3 * H
         return 2 * H if self.config.cross_input == "specific" else H
 
-    def forward(self, batch, class_weights=None):
+    def forward(self, batch, class_weights=None, reversal_factor=1.0):
         """batch: the dict dataloader.collate makes (described here, and only here):
             features        {m: (B, N, D_m)} float, one entry per modality of config.feature_sizes
             speakers        (B, N) int64, each utterance's party index in its dialogue (0, 1, ...)
@@ -597,7 +461,8 @@ class MALN(nn.Module):
             lengths         (B,) int64 on the cpu, the utterances of each dialogue
             labels          (B, N) int64 class index, -1 where unlabelled or padding; the losses are
                             computed when the batch holds labels (absent or None: no losses)
-        class_weights: (C,) weights of the classification losses, or None."""
+        class_weights: (C,) weights of the classification losses, or None.
+        reversal_factor: a schedule's factor on the gradient reversal's lambda (1: the release's)."""
         features, speakers, utterance_mask, lengths = (batch[k] for k in ("features", "speakers", "utterance_mask", "lengths"))
         labels = batch.get("labels")
         inputs = {}
@@ -605,9 +470,9 @@ class MALN(nn.Module):
         for m in self.config.modalities:
             features_m = self.standardizer[m](features[m]) if self.standardizer is not None else features[m]
             features_m = F.dropout(features_m, self.config.input_dropout, self.training)
-            x = self.context[m](features_m, lengths)                                                  # (B, N, D_m)
+            x = self.context[m](features_m, lengths, speakers, utterance_mask)                        # (B, N, C_m)
             if self.sclm is not None:
-                x = torch.cat([x, self.sclm[m](features_m, speakers, n_parties, utterance_mask)], -1)  # (B, N, D_m + 100)
+                x = torch.cat([x, self.sclm[m](features_m, speakers, n_parties, utterance_mask)], -1)  # (B, N, C_m + speaker_size)
             inputs[m] = x
         specific, common, unimodal = self.amdm(inputs)
         commonality = sum(common.values())                                                          # (B, N, H)
@@ -623,10 +488,11 @@ class MALN(nn.Module):
         log_probs = F.log_softmax(self.classifier(fused), -1)                                       # (B, N, C)
         output = {"log_probs": log_probs, "unimodal": unimodal, "fused": fused, "common": common, "specific": specific}
         if labels is not None:
-            output["losses"] = self.losses(log_probs, unimodal, specific, common, utterance_mask, labels, class_weights)
+            output["losses"] = self.losses(log_probs, unimodal, specific, common, utterance_mask, labels, class_weights,
+                                           reversal_factor)
         return output
 
-    def losses(self, log_probs, unimodal, specific, common, utterance_mask, labels, class_weights):
+    def losses(self, log_probs, unimodal, specific, common, utterance_mask, labels, class_weights, reversal_factor=1.0):
         """The released objective: NLL(fused) + 0.1 sum_m NLL(unimodal_m)
         + 0.01 (adv_common + adv_specific) + 5e-6 (orth_specific + orth_common). The dict also holds
         the discriminator's accuracies (AMDM.adversarial_losses), which are not terms of the total."""
@@ -641,7 +507,7 @@ class MALN(nn.Module):
         losses = {"classification": nll(log_probs), "unimodal": sum(nll(lp) for lp in unimodal.values())}
         total = losses["classification"] + config.unimodal_weight * losses["unimodal"]
         if config.adversarial and len(config.modalities) > 1:
-            losses.update(self.amdm.adversarial_losses(specific, common, utterance_mask))
+            losses.update(self.amdm.adversarial_losses(specific, common, utterance_mask, reversal_factor))
             total = total + config.adversarial_weight * (losses["adversarial_common"] + losses["adversarial_specific"])
         if config.orthogonality:
             losses.update(self.amdm.orthogonality_losses(specific, common, utterance_mask))
@@ -671,21 +537,9 @@ class MALN(nn.Module):
     @classmethod
     def checkpoint_config(cls, checkpoint, path):
         """The MALNConfig of a loaded checkpoint's model_args, checked by its rules, whose model fits the
-        checkpoint's tensors: it is built on the meta device first (sizes only, nothing allocated), as
-        model_args may claim a model far larger than the file holds."""
-        if not isinstance(checkpoint, dict) or not {"model", "model_args"} <= set(checkpoint):
-            raise ValueError(f"{path}: not a checkpoint saved by train_MALN.py (it needs 'model' and 'model_args')")
-        unknown = set(checkpoint["model_args"]) - {f.name for f in fields(MALNConfig)}
-        if unknown:
-            raise ValueError(f"{path}: saved with settings this MALNConfig does not have: {', '.join(sorted(unknown))}")
-        try:
-            config = MALNConfig(**checkpoint["model_args"])
-            with torch.device("meta"):
-                skeleton = cls(config)
-        except (ValueError, TypeError) as error:  # a setting out of its rules, heads that do not divide a size
-            raise ValueError(f"{path}: field 'model_args': {error}") from None
-        check_state_shapes(skeleton, checkpoint["model"], path)
-        return config
+        checkpoint's tensors (sized on the meta device first: model_args may claim a model far larger
+        than the file holds)."""
+        return fitted_config(checkpoint, path, MALNConfig, cls)
 
     @classmethod
     def from_release(cls, source, max_positions=128, **settings):
@@ -696,34 +550,12 @@ class MALN(nn.Module):
         are cut to `max_positions` rows; the release's unused modules are ignored. `settings`
         change other MALNConfig fields (the heads, which the tensors do not tell, or dropouts)."""
         name = source if isinstance(source, (str, os.PathLike)) else "the release state dict"
-        state = load_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
-        if isinstance(state, dict) and isinstance(state.get("model_state_dict"), dict):
-            state = state["model_state_dict"]
-        if not isinstance(state, dict):
-            raise ValueError(f"{name}: not a state dict of the release's MALN")
-        missing = [key for key in RELEASE_REQUIRED_KEYS if key not in state]
-        if missing:
-            raise ValueError(f"{name}: not a state dict of the release's MALN (no {missing[0]!r})")
-        flat = next((key for key in RELEASE_REQUIRED_KEYS if not (isinstance(state[key], torch.Tensor) and state[key].dim() == 2)), None)
-        if flat:
-            shape = f"of shape {tuple(state[flat].shape)}" if isinstance(state[flat], torch.Tensor) else f"a {type(state[flat]).__name__}"
-            raise ValueError(f"{name}: not a state dict of the release's MALN ({flat!r} is {shape}, not a weight matrix)")
-        sizes = {m: state[f"{RELEASE_NAMES[m][0]}TopicFc.weight"].shape[1] for m in MODALITY_ORDER}
-        transformer = "Text_Topic_Transformer_Speaker.encoder.layers."
+        state = release_state_dict(load_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source, name)
         try:
-            config = MALNConfig(**{
-                "feature_sizes": sizes, "n_classes": state["fc.3.weight"].shape[0],
-                "max_positions": min(max_positions, state["Text_Topic_Transformer_Speaker.pos_encoder.weight"].shape[0]),
-                "sclm_mode": "release", "speaker_size": state["TextTopicFc.weight"].shape[0],
-                "sclm_layers": len({key[len(transformer):].split(".")[0] for key in state if key.startswith(transformer)}),
-                "sclm_feedforward": state[transformer + "0.fc.0.weight"].shape[0],
-                "context_hidden": state["TexGRU.gru.weight_hh_l0"].shape[1] if state["TexGRU.gru.weight_hh_l0"].shape[1] != sizes["t"] else 0,
-                "hidden_size": state["fc_text.0.weight"].shape[0],
-                "discriminator_hidden": state["modal_discriminator.0.weight"].shape[0], **settings})
+            config = MALNConfig(**{**release_config_args(state, max_positions), **settings})
         except (ValueError, TypeError) as error:
             raise ValueError(f"{name}: the sizes of its tensors give no model of this repository ({error})") from None
-        with torch.device("meta"):  # the sizes the tensors claim are compared before the model is allocated
-            skeleton = cls(config)
+        skeleton = on_meta_device(cls, config)  # the sizes the tensors claim are compared before the model is allocated
         mapped = release_state(skeleton, state, config, name)
         check_state_shapes(skeleton, mapped, name)
         model = cls(config)
@@ -734,61 +566,3 @@ class MALN(nn.Module):
         return asdict(self.config)
 
 
-# ----------------------------------------------------------------------------- the release's key names
-RELEASE_NAMES = {  # modality -> (Transformer / projection prefix, GRUModel, encoder suffix, unimodal classifier)
-    "t": ("Text", "TexGRU", "text", "fc_text"),
-    "a": ("Acoustic", "AcousticGRU", "acoustic", "fc_audio"),
-    "v": ("Visual", "VisualGRU", "visual", "fc_visual"),
-}
-RELEASE_MODALITY_INDEX = {"t": 0, "v": 1, "a": 2}  # the release's modality-discriminator targets
-RELEASE_REQUIRED_KEYS = ["fc.3.weight", "modal_discriminator.3.weight", "av_fc.weight", "TexGRU.gru.weight_hh_l0",
-                         "fc_text.0.weight", "Text_Topic_Transformer_Speaker.pos_encoder.weight",
-                         "Text_Topic_Transformer_Speaker.encoder.layers.0.fc.0.weight",
-                         *(f"{names[0]}TopicFc.weight" for names in RELEASE_NAMES.values())]
-
-
-def release_state(model, state, config, name):
-    """The release's state dict with this model's names and layout, for `model` (of `config`)."""
-    mapped, prefixes = {}, release_prefixes()
-    for key in model.state_dict():
-        release = release_key(key, prefixes)
-        if release not in state or not isinstance(state[release], torch.Tensor):
-            raise ValueError(f"{name}: not a state dict of the release's MALN (no tensor {release!r})")
-        value = state[release]
-        if key.endswith(".cls"):
-            value = value.reshape(-1)                                                         # (1, 1, D) -> (D,)
-        elif key.endswith("positions.weight"):
-            value = value[:config.max_positions]
-        elif key.startswith("amdm.discriminator.3."):
-            if value.dim() == 0 or value.shape[0] != len(RELEASE_MODALITY_INDEX):
-                raise ValueError(f"{name}: {release!r} is of shape {tuple(value.shape)}, the release's discriminator has one per "
-                                 f"modality ({len(RELEASE_MODALITY_INDEX)})")
-            value = value[[RELEASE_MODALITY_INDEX[m] for m in config.modalities]]             # the release's rows are t, v, a
-        mapped[key] = value
-    return mapped
-
-
-def release_prefixes():
-    """This model's state-dict prefixes -> the release's (its layers are named differently)."""
-    prefixes = {"amdm.shared_common.": "common_feature_extractor_share.", "amdm.discriminator.": "modal_discriminator.",
-                "cross.project_others.": "av_fc.", "cross.to_others.": "L_AV.layers.0.src_cross_attention.",
-                "cross.from_others.": "L_AV.layers.0.context_cross_attention.", "cross.fuse.": "L_AV.layers.0.",
-                "classifier.": "fc."}
-    for m, (name, gru, encoder, unimodal) in RELEASE_NAMES.items():
-        for index, party in enumerate(("Lisener", "Speaker")):                     # party 0 takes the release's Lisener
-            transformer = f"{name}_Topic_Transformer_{party}."
-            prefixes.update({f"sclm.{m}.transformers.{index}.layers.": transformer + "encoder.layers.",
-                             f"sclm.{m}.transformers.{index}.cls": transformer + "cls_token",
-                             f"sclm.{m}.transformers.{index}.positions.": transformer + "pos_encoder.",
-                             f"sclm.{m}.transformers.{index}.norm.": transformer + "norm."})
-        prefixes.update({f"sclm.{m}.project.": f"{name}TopicFc.", f"context.{m}.gru.": f"{gru}.gru.",
-                         f"context.{m}.project.0.": f"{gru}.linear.", f"amdm.specific.{m}.": f"specific_feature_extractor_{encoder}.",
-                         f"amdm.common.{m}.": f"common_feature_extractor_{encoder}.", f"amdm.unimodal.{m}.": f"{unimodal}."})
-    return prefixes
-
-
-def release_key(key, prefixes):
-    """The release's name of this model's state-dict entry `key`, given release_prefixes()."""
-    prefix = max((p for p in prefixes if key.startswith(p)), key=len)                     # the longest that fits
-    rest = re.sub(r"(^|\.)attention\.", r"\1self_attention.", key[len(prefix):])
-    return prefixes[prefix] + re.sub(r"(^|\.)feedforward\.", r"\1fc.", rest)

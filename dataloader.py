@@ -30,6 +30,8 @@ from torch.nn.utils.rnn import pad_sequence
 from maln.safe_pickle import RefusedPickle, RestrictedUnpickler, TooLarge, expanded_values
 from maln.files import check_regular_file, expansion_budget, size_text
 
+MODALITIES = {"t": "text", "a": "audio", "v": "visual"}  # the streams a feature file may hold, in the order the model
+# reads them (the first is cross-modal attention's primary): add a line to add a modality (docs/extending.md)
 CLASS_NAMES = {
     "IEMOCAP": ["hap", "sad", "neu", "ang", "exc", "fru"],
     "MELD": ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"],
@@ -352,9 +354,7 @@ def _load_features(path, dataset, av_path, modalities, valid_fraction, split_see
         av_layout = detect_layout(av_data, av_path)
         check_fields(av_data, av_layout, av_path)
         _, _, av_streams, _ = _parse(av_data, av_layout)
-        for m in "av":
-            if m in av_streams:
-                streams[m] = av_streams[m]
+        streams.update({m: x for m, x in av_streams.items() if m != "t"})  # its audio and visual; text is the first file's
         layout, source = f"{layout}+{av_layout}", f"{path} + {av_path}"
     if layout.startswith("maln"):
         class_names = list(data["class_names"])
@@ -362,9 +362,10 @@ def _load_features(path, dataset, av_path, modalities, valid_fraction, split_see
         class_names = CLASS_NAMES[dataset]
     else:
         class_names = CLASS_NAMES["MELD" if "meld" in layout else "IEMOCAP"]
-    available = "".join(m for m in "tav" if m in streams)
+    available = "".join(m for m in MODALITIES if m in streams)
     if not available:
-        raise DataError(f"{source}: has no modality 't', 'a' or 'v' (its features are {list(streams)[:5]})")
+        raise DataError(f"{source}: has no modality {', '.join(map(repr, MODALITIES))} (its features are {list(streams)[:5]}; "
+                        f"a new modality is a line of dataloader.MODALITIES)")
     modalities = modalities or available
     missing = [m for m in modalities if m not in available]
     if missing:
@@ -497,11 +498,11 @@ def make_demo(seed=0, n_dialogues=(240, 30, 60), sizes=(24, 16, 20), switch=0.2,
     rng = np.random.default_rng(seed)
     valence, arousal = np.array([1, -1, -1, 1]), np.array([1, 1, -1, -1])
     codes = {"t": valence, "a": arousal, "v": valence * arousal}
-    directions = {m: (lambda u: u / np.linalg.norm(u))(rng.normal(size=d)) for m, d in zip("tav", sizes)}
-    means = {m: signal * codes[m][:, None] * directions[m][None] for m in "tav"}              # (4, D_m)
+    directions = {m: (lambda u: u / np.linalg.norm(u))(rng.normal(size=d)) for m, d in zip(codes, sizes)}
+    means = {m: signal * codes[m][:, None] * directions[m][None] for m in codes}              # (4, D_m)
     if common:
         shared = np.random.default_rng([seed, 1])                                           # the default demo's draws unchanged
-        for m, d in zip("tav", sizes):
+        for m, d in zip(codes, sizes):
             along_valence, along_arousal = (u / np.linalg.norm(u) for u in shared.normal(size=(2, d)))
             means[m] = means[m] + common * (valence[:, None] * along_valence + arousal[:, None] * along_arousal)
     K = 4
@@ -521,7 +522,7 @@ def make_demo(seed=0, n_dialogues=(240, 30, 60), sizes=(24, 16, 20), switch=0.2,
                     emotion[p] = rng.choice([k for k in range(K) if k != emotion[p]])
                 labels[i] = emotion[p]
             features, loglik = {}, np.zeros((n, K))
-            for m, d in zip("tav", sizes):
+            for m, d in zip(codes, sizes):
                 offset = speaker_scale * rng.normal(size=(n_parties, d))
                 channel = 0.5 * rng.normal(size=d) if m != "t" else np.zeros(d)
                 clean = offset[speakers] + channel
@@ -566,7 +567,7 @@ def load_dataset(dataset, features="", av_features="", modalities="", valid_frac
         demo = make_demo(demo_seed, common=demo_common)
         for dialogues in demo.splits.values():
             for d in dialogues:
-                d.features = {m: d.features[m] for m in (modalities or "tav")}
+                d.features = {m: d.features[m] for m in (modalities or d.features)}
         return demo
     if not features:
         if dataset not in DEFAULT_FILES:

@@ -34,7 +34,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 
-from dataloader import SPLITS
+from dataloader import MODALITIES, SPLITS
 from maln.files import OutputError, atomic_write, check_archive_size, check_no_symlink, check_regular_file
 
 MAX_POINTS = 1500       # points in one t-SNE map
@@ -199,7 +199,7 @@ def game_skipped(run):
     if run["metrics"] is None:
         return "no metrics.json (the run has not finished), which names the modalities that set chance"
     modalities = run["metrics"].get("modalities")
-    if not (isinstance(modalities, str) and len(modalities) > 1 and set(modalities) <= set("tav")):
+    if not (isinstance(modalities, str) and len(modalities) > 1 and set(modalities) <= set(MODALITIES)):
         return f"metrics.json's field 'modalities' is not two or more of 't', 'a', 'v' (got {str(modalities)[:40]!r})"
     columns = [f"{split}_{name}_{kind}{suffix}" for split in ("train", "valid") for kind in ("common", "specific")
                for name, suffix in (("discriminator", "_accuracy"), ("adversarial", ""))]

@@ -66,6 +66,7 @@ speaker_size = 100          # projected speaker-characteristic vector
 max_positions = 0           # rows of SCLM's position table (longest dialogue + 1); 0 = max(128, the longest training
                             # dialogue + 1): never sized from valid or test. A longer valid or test dialogue is refused
 # model: context encoders
+context_encoder = "gru"     # a name of MALN_model_fix.CONTEXT_ENCODERS: 'gru' (the release's bidirectional GRU)
 gru_layers = 2              # bidirectional GRU layers
 context_hidden = 0          # GRU hidden size; 0 = the modality's feature size (released)
 context_dropout = 0.5       # dropout between the GRU layers and on the context encoder's output (released: 0.5)
@@ -211,9 +212,9 @@ class NonFiniteLoss(FloatingPointError):
     """The training loss became NaN or inf; nothing of that epoch is saved."""
 
 
-def train_epoch(model, optimizer, batches, device, amp, class_weights, averaged=None):
+def train_epoch(model, optimizer, batches, device, amp, class_weights, averaged=None, reversal_factor=1.0):
     """One pass of the released objective over the training batches, updating the moving average
-    `averaged` (or None) after every step; returns the objective's mean over batches ('loss'), the
+    `averaged` (or None) after every step, with the gradient reversal's lambda times `reversal_factor`; returns the objective's mean over batches ('loss'), the
     fused output's unweighted NLL over the labelled utterances ('nll', dropout on) and scores (EpochTally).
     A NaN or inf loss stops it before that batch's step on cpu, and within NON_FINITE_CHECK_EVERY
     steps elsewhere (each check waits for the device); nothing of the epoch is kept then."""
@@ -223,7 +224,7 @@ def train_epoch(model, optimizer, batches, device, amp, class_weights, averaged=
     for step, (_, batch) in enumerate(tqdm(batches, desc="train", leave=False, disable=None), 1):
         batch = to_device(batch, device)
         with autocast(device, amp):
-            output = model(batch, class_weights)
+            output = model(batch, class_weights, reversal_factor)
         loss = output["losses"]["total"]
         losses.append(loss.detach())
         if step % check_every == 0 or step == len(batches):
@@ -247,7 +248,7 @@ def check_finite_losses(losses, n_batches):
 
 
 @torch.no_grad()
-def evaluate(model, batches, device, amp, class_weights, keep_vectors=False):
+def evaluate(model, batches, device, amp, class_weights, keep_vectors=False, reversal_factor=1.0):
     """EpochTally's figures over the batches, the model in eval mode: 'nll' (NaN without labels), scores, every real
     utterance's label and prediction, and with keep_vectors its vectors. `class_weights` weigh only the losses."""
     model.eval()
@@ -255,7 +256,7 @@ def evaluate(model, batches, device, amp, class_weights, keep_vectors=False):
     for dialogues, batch in batches:
         batch = to_device(batch, device)
         with autocast(device, amp):
-            output = model(batch, class_weights)
+            output = model(batch, class_weights, reversal_factor)
         tally.add(batch, output, dialogues)
     return tally.result()
 
@@ -295,20 +296,19 @@ def run(config, feature_set=None, origins=None):
         epoch_start = time.time()
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(epoch, config)
-        model.amdm.reversal_factor = reversal_factor_at(epoch, config)
+        reversal_factor = reversal_factor_at(epoch, config)
         if config["reseed_every_epoch"]:
             set_seed(config["seed"])
             generator.manual_seed(config["seed"])
         train_batches = make_batches(feature_set.splits["train"], config["batch_size"], generator, config["bucket_batches"])
         try:
-            train = train_epoch(model, optimizer, train_batches, device, config["amp"], weights, averaged)
+            train = train_epoch(model, optimizer, train_batches, device, config["amp"], weights, averaged, reversal_factor)
         except NonFiniteLoss as error:
             raise NonFiniteLoss(f"epoch {epoch}, {error}. Stopped; {non_finite_note(run_dir, epoch, config)}") from None
-        valid = evaluate(evaluated, eval_batches["valid"], device, config["amp"], weights) if eval_batches["valid"] \
-            else NO_SCORES  # select_on=test
-        test = evaluate(evaluated, eval_batches["test"], device, config["amp"], weights)
-        row = epoch_row(epoch, time.time() - epoch_start, train, valid, test,
-                        config["gradient_reversal"] * model.amdm.reversal_factor)
+        valid = evaluate(evaluated, eval_batches["valid"], device, config["amp"], weights, reversal_factor=reversal_factor) \
+            if eval_batches["valid"] else NO_SCORES  # select_on=test
+        test = evaluate(evaluated, eval_batches["test"], device, config["amp"], weights, reversal_factor=reversal_factor)
+        row = epoch_row(epoch, time.time() - epoch_start, train, valid, test, config["gradient_reversal"] * reversal_factor)
         history.append(row)
         improved = best is None or row[f"{selected_on}_weighted_f1"] > best[f"{selected_on}_weighted_f1"]
         tqdm.write(epoch_line(row, improved))

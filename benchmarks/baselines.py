@@ -21,14 +21,14 @@ import sys
 import numpy as np
 from sklearn.metrics import f1_score
 
-from dataloader import DataError, load_dataset, load_features, speaker_posteriors
+from dataloader import MODALITIES, DataError, load_dataset, load_features, speaker_posteriors
 from utils import fit_logistic_regression
 from benchmarks.records import RecordError, machine, write_record
 
 
 def single_utterance(dialogue):
     """(N, sum of D): each utterance's modalities concatenated."""
-    return np.concatenate([dialogue.features[m].numpy() for m in sorted(dialogue.features, key="tav".index)], 1)
+    return np.concatenate([dialogue.features[m].numpy() for m in sorted(dialogue.features, key=list(MODALITIES).index)], 1)
 
 
 def with_speaker_context(dialogue):

@@ -16,7 +16,8 @@ import sys
 import numpy as np
 import pandas as pd
 
-from dataloader import LARGEST_FEATURE, SPLITS, DataError, bad_rows
+from dataloader import LARGEST_FEATURE, MODALITIES, SPLITS, DataError, bad_rows
+from maln.cli import parse_options
 from maln.files import atomic_write, check_output_path, check_regular_file, size_text
 
 
@@ -37,7 +38,7 @@ def build_features(table, arrays, path, class_names=None):
     rows, where, class_names, dialogues, split_of = check_table(table, class_names)
     class_index = {name: k for k, name in enumerate(class_names)}
     if not arrays:
-        raise DataError("give at least one modality array: 't', 'a' or 'v'")
+        raise DataError(f"give at least one modality array: {', '.join(map(repr, MODALITIES))}")
     streams = {m: read_array(m, array, len(rows["position"])) for m, array in arrays.items()}
     data = {
         "format": "maln-features",
@@ -193,19 +194,15 @@ def read_npy(path, name):
 
 
 def main(argv):
-    """python table_features.py --table=utterances.csv --t=text.npy [--a=audio.npy] [--v=visual.npy]
-    --out=Features/mydata.pkl [--class_names=name,name,...]   (python dataloader.py ... runs the same)"""
-    options = {}
-    for argument in argv:
-        name, _, value = argument[2:].partition("=")
-        if not argument.startswith("--") or not value or name not in ("table", "out", "class_names", "t", "a", "v"):
-            raise SystemExit(f"unknown argument {argument!r}; usage: {main.__doc__}")
-        options[name] = value
-    if "table" not in options or "out" not in options:
+    """python -m extraction.table_features --table=utterances.csv --t=text.npy [--a=audio.npy] [--v=visual.npy]
+    --out=Features/mydata.pkl [--class_names=name,name,...]   (one --<m>= per modality of dataloader.MODALITIES)"""
+    options, _ = parse_options(argv, {"table": "", "out": "", "class_names": "", **{m: "" for m in MODALITIES}},
+                                   usage=main.__doc__)
+    if not options["table"] or not options["out"]:
         raise SystemExit(f"--table= and --out= are required; usage: {main.__doc__}")
-    class_names = options["class_names"].split(",") if "class_names" in options else None
+    class_names = options["class_names"].split(",") if options["class_names"] else None
     try:
-        data = build_features(options["table"], {m: options[m] for m in "tav" if m in options}, options["out"], class_names)
+        data = build_features(options["table"], {m: options[m] for m in MODALITIES if options[m]}, options["out"], class_names)
     except (DataError, OSError) as error:  # OSError: OutputError, or an input that cannot be read
         raise SystemExit(f"error: {error}") from None
     print(f"wrote {options['out']}: {describe(data)}")

@@ -276,3 +276,29 @@ def check_finite(tensors, source, what):
                          f"refused, as nothing computed from them could be right")
 
 
+
+
+def on_meta_device(model_class, config):
+    """model_class(config) built on the meta device: its sizes only, nothing allocated."""
+    with torch.device("meta"):
+        return model_class(config)
+
+
+def fitted_config(checkpoint, path, config_class, model_class):
+    """The config_class of a loaded checkpoint's model_args, checked by its rules, whose model
+    (model_class) fits the checkpoint's tensors: it is built on the meta device first (sizes only,
+    nothing allocated), as model_args may claim a model far larger than the file holds."""
+    if not isinstance(checkpoint, dict) or not {"model", "model_args"} <= set(checkpoint):
+        raise ValueError(f"{path}: not a checkpoint saved by train_MALN.py (it needs 'model' and 'model_args')")
+    if not isinstance(checkpoint["model_args"], dict):
+        raise ValueError(f"{path}: field 'model_args' is a {type(checkpoint['model_args']).__name__}, not a dict")
+    unknown = set(checkpoint["model_args"]) - set(config_class.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"{path}: saved with settings this {config_class.__name__} does not have: {', '.join(sorted(map(str, unknown)))}")
+    try:
+        config = config_class(**checkpoint["model_args"])
+        skeleton = on_meta_device(model_class, config)
+    except (ValueError, TypeError) as error:  # a setting out of its rules, heads that do not divide a size
+        raise ValueError(f"{path}: field 'model_args': {error}") from None
+    check_state_shapes(skeleton, checkpoint["model"], path)
+    return config

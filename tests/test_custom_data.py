@@ -1,6 +1,6 @@
 import json
 import pickle
-import runpy
+import subprocess
 import sys
 
 import numpy as np
@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import layouts
+from conftest import ROOT
 from training import predict
 from extraction import table_features
 import train_MALN
@@ -119,12 +120,12 @@ def test_builder_names_what_is_wrong(tmp_path, change, message):
     assert not (tmp_path / "mine.pkl").exists()
 
 
-def test_python_m_extraction_table_features_runs_the_table_builder_as_documented(tmp_path, monkeypatch, capsys):
+def test_python_m_extraction_table_features_runs_the_table_builder_as_documented(tmp_path):
     write_inputs(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["table_features.py", f"--table={tmp_path / 'utterances.csv'}",
-                                      f"--t={tmp_path / 'text.npy'}", f"--out={tmp_path / 'mine.pkl'}"])
-    runpy.run_module("extraction.table_features", run_name="__main__")
-    assert f"wrote {tmp_path / 'mine.pkl'}: dialogues train/valid/test 8/2/3" in capsys.readouterr().out
+    result = subprocess.run([sys.executable, "-m", "extraction.table_features", f"--table={tmp_path / 'utterances.csv'}",
+                             f"--t={tmp_path / 'text.npy'}", f"--out={tmp_path / 'mine.pkl'}"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert f"wrote {tmp_path / 'mine.pkl'}: dialogues train/valid/test 8/2/3" in result.stdout, result.stderr
     assert load_features(str(tmp_path / "mine.pkl")).layout == "maln"
 
 
@@ -343,7 +344,8 @@ def test_class_names_must_be_a_list_of_strings(tmp_path):
     (lambda data: data.update(splits=[["call0"], [], ["call9"]]), r"field 'splits' must be a dict .* got list"),
     (lambda data: data["splits"].pop("valid"), r"field 'splits' has no 'valid' list; give \[\] to hold out a share of training"),
     (lambda data: data["splits"].update(test="call9"), r"field 'splits': 'test' must be a list of dialogue ids, got str"),
-    (lambda data: data.update(features={"x": data["features"]["t"]}), r"has no modality 't', 'a' or 'v' \(its features are \['x'\]\)"),
+    (lambda data: data.update(features={"x": data["features"]["t"]}),
+     r"has no modality 't', 'a', 'v' \(its features are \['x'\]; a new modality is a line of dataloader.MODALITIES\)"),
     (lambda data: data["splits"]["test"].append({"call1": 1}), r"the test split lists \"\{'call1': 1\}\", a dict"),
     (lambda data: data.update(features={"t": []}), r"field 'features' must be a dict of modality -> dict"),
 ])

@@ -17,7 +17,8 @@ from training import run_files
 import train_MALN
 from maln import files
 from dataloader import DataError, make_demo
-from MALN_model_fix import MALN, MALNConfig, RELEASE_MODALITY_INDEX, release_key, release_prefixes
+from MALN_model_fix import MALN, MALNConfig
+from maln.release_keys import RELEASE_MODALITY_INDEX, release_key, release_prefixes
 from maln.files import load_checkpoint, save_checkpoint
 from benchmarks import baselines
 from benchmarks import results

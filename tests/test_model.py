@@ -6,8 +6,8 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import train_MALN
 from training.configurator import MODEL_KEYS
 from dataloader import Dialogue, collate
-from MALN_model_fix import (MALN, MALNConfig, GradientReversal, cudnn_bidirectional_gru_layer, difference_loss,
-                             stacked_bidirectional_gru)
+from MALN_model_fix import MALN, MALNConfig, GradientReversal, difference_loss
+from maln.gru import cudnn_bidirectional_gru_layer, stacked_bidirectional_gru
 
 SIZES = {"t": 12, "a": 6, "v": 8}
 

@@ -1,7 +1,7 @@
 """The command line of train_MALN.py: --name=value overrides onto its settings with a preset's
 values under them (parse_settings), and the check of every value before any data is read
 (check_config). The settings that are MALNConfig fields (MODEL_KEYS) are checked by the model's
-own rules (MALN_model_fix.CONFIG_RULES), the others by CONSTRAINTS here. A run to resume brings
+own rules (maln/config_rules.py), the others by CONSTRAINTS here. A run to resume brings
 its saved settings, which meet the same checks, named by the file (resumed_config)."""
 
 import os
@@ -9,7 +9,9 @@ from dataclasses import fields
 
 import torch
 
-from MALN_model_fix import MALN, MALNConfig, config_errors
+from dataloader import MODALITIES
+from MALN_model_fix import CONTEXT_ENCODERS, MALN, MALNConfig
+from maln.config_rules import config_errors
 from maln.cli import parse_options, read_settings_file
 from maln.files import LAST_CHECKPOINT_FIELDS, check_checkpoint, check_regular_file, load_checkpoint
 from utils import resolve_device
@@ -20,7 +22,8 @@ MODEL_KEYS = [f.name for f in fields(MALNConfig) if f.name not in SIZED_BY_THE_D
 
 CONSTRAINTS = {  # the settings that are no model's: name -> (what a valid value is, test of the value given the whole config)
     "dataset": ("'IEMOCAP', 'MELD' or 'demo' (any name with --features)", lambda v, c: v in ("IEMOCAP", "MELD", "demo") or c["features"]),
-    "modalities": ("a subset of 'tav', each letter once (empty = all)", lambda v, c: set(v) <= set("tav") and len(set(v)) == len(v)),
+    "modalities": (f"a subset of {''.join(MODALITIES)!r}, each letter once (empty = all)",
+                   lambda v, c: set(v) <= set(MODALITIES) and len(set(v)) == len(v)),
     "valid_fraction": ("in (0, 1)", lambda v, c: 0 < v < 1),
     "select_on": ("'valid' or 'test' (the release's optimistic protocol)", lambda v, c: v in ("valid", "test")),
     "split_seed": (">= 0", lambda v, c: v >= 0),
@@ -38,6 +41,8 @@ CONSTRAINTS = {  # the settings that are no model's: name -> (what a valid value
     "threads": (">= 0 (0 = torch's default)", lambda v, c: v >= 0),
     "seeds": ("comma-separated integers >= 0, each once, e.g. 1,2,3", lambda v, c: not v or seed_list_of(v) is not None),
     "device": ("'auto', 'cpu', or an available 'cuda' / 'cuda:N' / 'mps'", lambda v, c: device_available(v)),
+    "context_encoder": (f"a name of MALN_model_fix.CONTEXT_ENCODERS ({', '.join(CONTEXT_ENCODERS)})",
+                        lambda v, c: v in CONTEXT_ENCODERS),
 }
 
 
