@@ -366,6 +366,10 @@ def _load_features(path, dataset, av_path, modalities, valid_fraction, split_see
     if not available:
         raise DataError(f"{source}: has no modality {', '.join(map(repr, MODALITIES))} (its features are {list(streams)[:5]}; "
                         f"a new modality is a line of dataloader.MODALITIES)")
+    unknown = [m for m in streams if m not in MODALITIES]
+    if unknown:
+        raise DataError(f"{source}: holds the stream(s) {', '.join(map(repr, unknown))}, which are no modality of "
+                        f"dataloader.MODALITIES ({', '.join(map(repr, MODALITIES))}); add a line there to train on them")
     modalities = modalities or available
     missing = [m for m in modalities if m not in available]
     if missing:

@@ -142,8 +142,9 @@ def group_utterances(rows, where, class_index):
 
 def read_array(modality, array, n_rows):
     """One modality's (rows, D) float32 features, checked against the table."""
-    if modality not in ("t", "a", "v"):
-        raise DataError(f"modality {modality!r}: modalities are 't' (text), 'a' (audio) and 'v' (visual)")
+    if modality not in MODALITIES:
+        raise DataError(f"modality {modality!r}: the modalities are {', '.join(f'{m!r} ({name})' for m, name in MODALITIES.items())}"
+                        f" (dataloader.MODALITIES: add a line there for another)")
     is_file = isinstance(array, (str, os.PathLike))
     name = f"modality '{modality}'" + (f" ({array})" if is_file else "")
     x = read_npy(array, name) if is_file else np.asarray(array)
