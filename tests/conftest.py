@@ -10,6 +10,18 @@ SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
 MINILM = os.path.join(SHARED_DATA, "iemocap_text_minilm.pkl")
 
 
+# The fast tier (pytest -m "not slow", about half a minute on 2 cores) runs after each edit; CI runs every test.
+# Slow: the hostile-input hardening, the extraction stage, and the tests marked @pytest.mark.slow (real training,
+# a command in a fresh process, the real data files).
+SLOW_MODULES = ("test_hostile", "test_safety", "test_robustness", "test_extract", "test_finetune")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.module.__name__.startswith(SLOW_MODULES):
+            item.add_marker(pytest.mark.slow)
+
+
 torch.set_num_threads(1)  # the test models are small: a second thread only adds contention
 
 

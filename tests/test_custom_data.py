@@ -120,6 +120,7 @@ def test_builder_names_what_is_wrong(tmp_path, change, message):
     assert not (tmp_path / "mine.pkl").exists()
 
 
+@pytest.mark.slow
 def test_python_m_extraction_table_features_runs_the_table_builder_as_documented(tmp_path):
     write_inputs(tmp_path)
     result = subprocess.run([sys.executable, "-m", "extraction.table_features", f"--table={tmp_path / 'utterances.csv'}",

@@ -33,6 +33,7 @@ def probe_figures(run_dir):
     return json.load(open(run_dir / "metrics.json"))["decomposition"]
 
 
+@pytest.mark.slow
 def test_plots_writes_every_figure_as_a_png(three_modality_run, capsys):
     run_dir, _ = three_modality_run
     plots.main([str(run_dir)])

@@ -42,6 +42,7 @@ def python(clone, *arguments):
                           env={**os.environ, "PYTHONPATH": ""})
 
 
+@pytest.mark.slow
 def test_an_edit_at_the_top_of_the_script_is_what_the_demo_trains(tmp_path):
     clone = copy_of_the_repository(tmp_path / "clone")
     edit_top(clone, epochs=2, batch_size=32, learning_rate=1e-3)
@@ -89,6 +90,7 @@ def test_the_command_line_wins_over_a_settings_file_wherever_it_stands():
     assert train_MALN.parse_overrides(["--preset=released", "--epochs=5"])["epochs"] == 5
 
 
+@pytest.mark.slow
 def test_every_setting_that_differs_from_the_top_is_printed_with_its_origin_and_recorded(tmp_path, capsys):
     train_MALN.main(["--preset=demo", "--epochs=1", f"--out_dir={tmp_path}", "--run_name=r", "--export_features=False",
                      "--threads=1"])

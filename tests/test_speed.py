@@ -1,4 +1,4 @@
-
+import pytest
 from torch.utils.flop_counter import FlopCounterMode
 
 import train_MALN
@@ -29,6 +29,7 @@ def test_analytic_flops_match_torch_flop_counter_on_one_dialogue():
     assert abs(analytic / counter.get_total_flops() - 1) < 0.05
 
 
+@pytest.mark.slow
 def test_benchmark_runs_and_reports_both_phases():
     rows, description = speed.benchmark(TINY)
     assert [row["phase"] for row in rows] == ["inference", "training"]

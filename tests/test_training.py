@@ -26,6 +26,7 @@ def config(tmp_path, *overrides):
     return train_MALN.parse_overrides(["--preset=demo", f"--out_dir={tmp_path}", "--batch_size=16", *overrides])
 
 
+@pytest.mark.slow
 def test_demo_run_learns_and_fusion_beats_a_single_modality(tmp_path):
     fused = train_MALN.run(config(tmp_path, "--epochs=12", "--learning_rate=2e-3", "--lr_schedule=constant", "--run_name=tav"),
                            demo_subset("tav"))
@@ -81,6 +82,7 @@ def test_unknown_hyperparameter_lists_the_valid_names():
         train_MALN.parse_overrides(["--epochs=ten"])
 
 
+@pytest.mark.slow
 def test_missing_feature_file_is_one_clear_message(tmp_path):
     result = subprocess.run([sys.executable, os.path.join(ROOT, "train_MALN.py"), "--dataset=IEMOCAP", f"--out_dir={tmp_path}"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
@@ -89,6 +91,7 @@ def test_missing_feature_file_is_one_clear_message(tmp_path):
     assert "iemocap_features_roberta.pkl" in result.stderr and "--dataset=demo" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(MINILM), reason="../shared/data is absent")
 def test_text_only_run_on_real_iemocap_text(tmp_path):
     metrics = train_MALN.run(config(tmp_path, f"--features={MINILM}", "--dataset=IEMOCAP", "--epochs=6", "--batch_size=8",
