@@ -121,16 +121,16 @@ ADVERSARIAL_ROWS = {  # does the gradient-reversal game make common vectors moda
                                                                       "--adversarial_weight=1"],
 }
 SUITES = {
-    "demo": (["--dataset=demo"], {**MODEL_ROWS, **MODALITY_ROWS, **DEMO_ROWS}),
+    "demo": (["--preset=demo"], {**MODEL_ROWS, **MODALITY_ROWS, **DEMO_ROWS}),
     # text only: no adversarial loss or cross-modal attention to remove. The rows start from the defaults above the
-    # presets (--preset=none); the dataset's preset is a row of its own
-    "iemocap_text": (["--dataset=IEMOCAP", "--modalities=t", "--preset=none"], {**TEXT_ROWS, **IEMOCAP_ROWS}),
-    "meld_text": (["--dataset=MELD", "--modalities=t", "--preset=none"], {**TEXT_ROWS, **MELD_ROWS}),
+    # settings (the top of train_MALN.py); the dataset's preset is a row of its own
+    "iemocap_text": (["--dataset=IEMOCAP", "--modalities=t"], {**TEXT_ROWS, **IEMOCAP_ROWS}),
+    "meld_text": (["--dataset=MELD", "--modalities=t"], {**TEXT_ROWS, **MELD_ROWS}),
     # does the gradient-reversal discriminator make common vectors modality-invariant, and the orthogonality loss
     # make specific vectors differ from common ones?
-    "decomposition": (["--dataset=demo"], {k: MODEL_ROWS[k] for k in ("full model", "without adversarial loss",
+    "decomposition": (["--preset=demo"], {k: MODEL_ROWS[k] for k in ("full model", "without adversarial loss",
                                                                       "without orthogonality")}),
-    "adversarial": (["--dataset=demo"], ADVERSARIAL_ROWS),
+    "adversarial": (["--preset=demo"], ADVERSARIAL_ROWS),
 }
 COLUMNS = {"test_weighted_f1": "test wF1", "test_accuracy": "test acc", "valid_weighted_f1": "valid wF1",
            "optimistic_test_weighted_f1": "best-test-epoch wF1 (optimistic)"}
