@@ -74,8 +74,11 @@ class MALNConfig:
     sclm_positions: str = "release" # SCLM's position table drawn from 'release': N(0, 1) (nn.Embedding's default, as
                                     # released), or 'small': N(0, 0.02^2), so positions do not swamp standardised features
     speaker_size: int = 100         # size of the projected speaker-characteristic vector
+    sclm_fusion: str = "concat"     # how SCLM's vector s meets the context vector c: 'concat' [c ; s] (released), 'gate'
+                                    # c * 2 sigmoid(W s) (SCLM scales each context feature), 'correct' c + W s (SCLM shifts it)
     # context encoders
-    context_encoder: str = "gru"    # a name of CONTEXT_ENCODERS: 'gru' (the release's bidirectional GRU)
+    context_encoder: str = "gru"    # a name of CONTEXT_ENCODERS: 'gru' (the release's bidirectional GRU over the dialogue),
+                                    # 'party_gru' (beside it, a GRU along each party's own turns)
     gru_layers: int = 2
     context_hidden: int = 0         # GRU hidden size; 0 = the modality's input size (released)
     context_dropout: float = 0.5    # between the GRU layers and on the context output (released: GRUModel's 0.5)
@@ -288,8 +291,45 @@ class ContextEncoder(nn.Module):
         return pad_packed_sequence(output, batch_first=True, total_length=features.size(1))[0]  # (B, N, D)
 
 
+class PartyContextEncoder(nn.Module):
+    """Context along each party's own turns (not in the release; DialogueRNN keeps such a party
+    state): the release's ContextEncoder over the whole dialogue, beside a bidirectional GRU run
+    over the turns of the utterance's own party only, projected back to the input size, ReLU and
+    dropout. A speaker's offset and persisting emotion are estimated along that speaker's turns,
+    which the whole-dialogue GRU sees interleaved with the others'. output_size = 2 x size."""
+
+    def __init__(self, size, config):
+        super().__init__()
+        self.dialogue = ContextEncoder(size, config)
+        hidden = config.context_hidden or size
+        self.gru = nn.GRU(size, hidden, num_layers=1, bidirectional=True, batch_first=True)
+        self.project = nn.Sequential(nn.Linear(2 * hidden, size), nn.ReLU(), nn.Dropout(config.context_dropout))
+        self.output_size = 2 * size
+
+    def forward(self, features, lengths, speakers, utterance_mask):
+        # features (B, N, D), lengths (B,) on cpu, speakers (B, N), utterance_mask (B, N)
+        B, N, D = features.shape
+        n_parties = int(speakers.max()) + 1
+        own = F.one_hot(speakers, n_parties) * utterance_mask.unsqueeze(-1)                     # (B, N, P)
+        turn = ((own.cumsum(1) * own).sum(-1) - 1).clamp(min=0)                               # (B, N) rank among own turns
+        group = torch.arange(B, device=features.device).unsqueeze(1) * n_parties + speakers   # (B, N) one per (dialogue, party)
+        counts = own.sum(1).reshape(-1)                                                       # (B*P,)
+        present = counts.nonzero().squeeze(1)                                                 # (G,)
+        compact = torch.full_like(counts, -1).scatter(0, present, torch.arange(len(present), device=counts.device))
+        real = utterance_mask
+        parties = features.new_zeros(len(present), int(counts.max()), D)                      # (G, L, D)
+        parties[compact[group[real]], turn[real]] = features[real]
+        packed = pack_padded_sequence(parties, counts[present].cpu(), batch_first=True, enforce_sorted=False)
+        output = stacked_bidirectional_gru(self.gru, packed.data, packed.batch_sizes)           # (n_real, 2G)
+        output = pad_packed_sequence(packed._replace(data=self.project(output)), batch_first=True)[0]  # (G, L, D)
+        along_party = features.new_zeros(B, N, D)
+        along_party[real] = output[compact[group[real]], turn[real]]                           # (B, N, D)
+        return torch.cat([self.dialogue(features, lengths), along_party], -1)                  # (B, N, 2D)
+
+
 CONTEXT_ENCODERS = {  # MALNConfig.context_encoder -> its class; add yours here (docs/extending.md)
     "gru": ContextEncoder,
+    "party_gru": PartyContextEncoder,
 }
 
 
@@ -439,8 +479,10 @@ class MALN(nn.Module):
         self.standardizer = nn.ModuleDict({m: Standardizer(d) for m, d in sizes.items()}) if config.standardize else None
         self.sclm = nn.ModuleDict({m: SCLM(d, config) for m, d in sizes.items()}) if config.sclm_mode != "off" else None
         self.context = nn.ModuleDict({m: CONTEXT_ENCODERS[config.context_encoder](d, config) for m, d in sizes.items()})
-        speaker_size = config.speaker_size if self.sclm is not None else 0
-        self.amdm = AMDM(config, {m: self.context[m].output_size + speaker_size for m in sizes})
+        concatenated = self.sclm is not None and config.sclm_fusion == "concat"
+        if self.sclm is not None and not concatenated:  # SCLM acts on the context vector: W maps s to its size
+            self.fusion = nn.ModuleDict({m: nn.Linear(config.speaker_size, self.context[m].output_size) for m in sizes})
+        self.amdm = AMDM(config, {m: self.context[m].output_size + (config.speaker_size if concatenated else 0) for m in sizes})
         H = config.hidden_size
         self.cross = CrossModalAttention(config) if len(sizes) > 1 else None
         self.classifier = nn.Sequential(nn.Linear(self.fused_size(), H), nn.ReLU(), nn.Dropout(config.dropout), nn.Linear(H, config.n_classes))
@@ -472,7 +514,7 @@ class MALN(nn.Module):
             features_m = F.dropout(features_m, self.config.input_dropout, self.training)
             x = self.context[m](features_m, lengths, speakers, utterance_mask)                        # (B, N, C_m)
             if self.sclm is not None:
-                x = torch.cat([x, self.sclm[m](features_m, speakers, n_parties, utterance_mask)], -1)  # (B, N, C_m + speaker_size)
+                x = self.speaker_fused(m, x, self.sclm[m](features_m, speakers, n_parties, utterance_mask))
             inputs[m] = x
         specific, common, unimodal = self.amdm(inputs)
         commonality = sum(common.values())                                                          # (B, N, H)
@@ -491,6 +533,14 @@ class MALN(nn.Module):
             output["losses"] = self.losses(log_probs, unimodal, specific, common, utterance_mask, labels, class_weights,
                                            reversal_factor)
         return output
+
+    def speaker_fused(self, m, context, speaker):
+        """context (B, N, C_m) and SCLM's speaker vector (B, N, speaker_size) as config.sclm_fusion joins them."""
+        if self.config.sclm_fusion == "concat":
+            return torch.cat([context, speaker], -1)                                               # (B, N, C_m + speaker_size)
+        if self.config.sclm_fusion == "gate":
+            return context * 2 * torch.sigmoid(self.fusion[m](speaker))                              # (B, N, C_m)
+        return context + self.fusion[m](speaker)                                                    # (B, N, C_m)
 
     def losses(self, log_probs, unimodal, specific, common, utterance_mask, labels, class_weights, reversal_factor=1.0):
         """The released objective: NLL(fused) + 0.1 sum_m NLL(unimodal_m)

@@ -63,10 +63,13 @@ sclm_feedforward = 128      # feed-forward size of SCLM
 sclm_dropout = 0.1          # dropout inside SCLM
 sclm_positions = "release"  # SCLM's position table drawn from 'release': N(0, 1) (released), or 'small': N(0, 0.02^2)
 speaker_size = 100          # projected speaker-characteristic vector
+sclm_fusion = "concat"      # SCLM's vector s and the context vector c: 'concat' [c ; s] (released), 'gate' c * 2 sigmoid(W s),
+                            # 'correct' c + W s
 max_positions = 0           # rows of SCLM's position table (longest dialogue + 1); 0 = max(128, the longest training
                             # dialogue + 1): never sized from valid or test. A longer valid or test dialogue is refused
 # model: context encoders
-context_encoder = "gru"     # a name of MALN_model_fix.CONTEXT_ENCODERS: 'gru' (the release's bidirectional GRU)
+context_encoder = "gru"     # a name of MALN_model_fix.CONTEXT_ENCODERS: 'gru' (the release's bidirectional GRU over the
+                            # dialogue), 'party_gru' (beside it, a GRU along each party's own turns)
 gru_layers = 2              # bidirectional GRU layers
 context_hidden = 0          # GRU hidden size; 0 = the modality's feature size (released)
 context_dropout = 0.5       # dropout between the GRU layers and on the context encoder's output (released: 0.5)

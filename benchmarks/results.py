@@ -120,6 +120,14 @@ ADVERSARIAL_ROWS = {  # does the gradient-reversal game make common vectors moda
     "common-part demo + confusion objective + adversarial weight 1": ["--demo_common=1", "--adversarial_objective=confusion",
                                                                       "--adversarial_weight=1"],
 }
+CONTEXT_ROWS = {  # where the speakers change: context along each party's turns, and SCLM acting on the context vector
+    "full model": [],
+    "party GRU (context along each party's own turns)": ["--context_encoder=party_gru"],
+    "party GRU, without SCLM": ["--context_encoder=party_gru", "--sclm_mode=off"],
+    "SCLM gates the context vector": ["--sclm_fusion=gate"],
+    "SCLM corrects the context vector": ["--sclm_fusion=correct"],
+    "without SCLM": ["--sclm_mode=off"],
+}
 SUITES = {
     "demo": (["--preset=demo"], {**MODEL_ROWS, **MODALITY_ROWS, **DEMO_ROWS}),
     # text only: no adversarial loss or cross-modal attention to remove. The rows start from the defaults above the
@@ -131,6 +139,7 @@ SUITES = {
     "decomposition": (["--preset=demo"], {k: MODEL_ROWS[k] for k in ("full model", "without adversarial loss",
                                                                       "without orthogonality")}),
     "adversarial": (["--preset=demo"], ADVERSARIAL_ROWS),
+    "context": (["--preset=demo"], CONTEXT_ROWS),
 }
 COLUMNS = {"test_weighted_f1": "test wF1", "test_accuracy": "test acc", "valid_weighted_f1": "valid wF1",
            "optimistic_test_weighted_f1": "best-test-epoch wF1 (optimistic)"}

@@ -35,6 +35,7 @@ CONFIG_RULES = {  # MALNConfig field -> (what a valid value is, test of the valu
        for name in ("gradient_reversal", "unimodal_weight", "adversarial_weight", "orthogonality_weight")},
     "sclm_mode": ("'speaker', 'utterance', 'release' or 'off'", lambda v, c: v in ("speaker", "utterance", "release", "off")),
     "sclm_positions": ("'release' or 'small'", lambda v, c: v in ("release", "small")),
+    "sclm_fusion": ("'concat', 'gate' or 'correct'", lambda v, c: v in ("concat", "gate", "correct")),
     "adversarial_objective": ("'reversal' or 'confusion'", lambda v, c: v in ("reversal", "confusion")),
     "common_last_layer": ("'shared' or 'separate'", lambda v, c: v in ("shared", "separate")),
     "cross_input": ("'common' or 'specific'", lambda v, c: v in ("common", "specific")),
