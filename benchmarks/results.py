@@ -123,7 +123,7 @@ ADVERSARIAL_ROWS = {  # does the gradient-reversal game make common vectors moda
 CONTEXT_ROWS = {  # where the speakers change: context along each party's turns, and SCLM acting on the context vector
     "full model": [],
     "party GRU (context along each party's own turns)": ["--context_encoder=party_gru"],
-    "party GRU, without SCLM": ["--context_encoder=party_gru", "--sclm_mode=off"],
+    "party GRU without SCLM": ["--context_encoder=party_gru", "--sclm_mode=off"],
     "SCLM gates the context vector": ["--sclm_fusion=gate"],
     "SCLM corrects the context vector": ["--sclm_fusion=correct"],
     "without SCLM": ["--sclm_mode=off"],

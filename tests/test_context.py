@@ -1,0 +1,77 @@
+"""The speaker-aware context switches (issue: context that pays where the speakers change):
+the party GRU reads each party's own turns and nothing of the others'; SCLM's vector acts on the
+context vector when sclm_fusion says so; the released path is unchanged by either."""
+
+import pytest
+import torch
+from torch import nn
+
+from dataloader import Dialogue, collate
+from MALN_model_fix import MALN, MALNConfig, PartyContextEncoder
+
+SIZES = {"t": 6, "a": 4}
+
+
+def party_encoder(size=6):
+    config = MALNConfig(feature_sizes={"t": size}, n_classes=3, context_encoder="party_gru")
+    return PartyContextEncoder(size, config).eval()
+
+
+def a_batch(speakers, size=6):
+    """Two dialogues of the given party sequences (the second shorter: padded), random features."""
+    dialogues = [Dialogue(f"d{i}", {"t": torch.randn(len(s), size)}, torch.tensor(s), torch.zeros(len(s), dtype=torch.long))
+                 for i, s in enumerate(speakers)]
+    return collate(dialogues)
+
+
+def along_party(encoder, batch, features):
+    return encoder(features, batch["lengths"], batch["speakers"], batch["utterance_mask"])[..., 6:]   # (B, N, D)
+
+
+def test_the_party_state_ignores_another_partys_turns_and_follows_its_own():
+    encoder = party_encoder()
+    batch = a_batch([[0, 1, 0, 2, 1, 0, 0], [1, 0, 1, 1]])
+    features, speakers, real = batch["features"]["t"], batch["speakers"], batch["utterance_mask"]
+    before = along_party(encoder, batch, features)
+    changed = features.clone()
+    changed[(speakers == 1) & real] += 3.0                                         # party 1's turns only
+    after = along_party(encoder, batch, changed)
+    party_1 = (speakers == 1) & real
+    assert torch.equal(before[~party_1 & real], after[~party_1 & real])          # every other party: not a bit moved
+    assert not torch.allclose(before[party_1], after[party_1])
+
+
+def test_the_party_state_is_a_bidirectional_gru_over_that_partys_turns_alone():
+    encoder = party_encoder()
+    batch = a_batch([[0, 1, 0, 2, 1, 0, 0], [1, 0, 1, 1]])
+    features = batch["features"]["t"]
+    result = along_party(encoder, batch, features)
+    gru = nn.GRU(6, 6, bidirectional=True, batch_first=True)
+    gru.load_state_dict(encoder.gru.state_dict())
+    for b, n in enumerate(batch["lengths"].tolist()):
+        for party in batch["speakers"][b, :n].unique():
+            turns = (batch["speakers"][b, :n] == party).nonzero().squeeze(1)
+            expected = encoder.project(gru(features[b, turns].unsqueeze(0))[0])[0]
+            assert torch.allclose(result[b, turns], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("fusion", ["gate", "correct"])
+def test_sclm_acts_on_the_context_vector_and_with_a_zero_map_leaves_it_as_it_is(fusion):
+    torch.manual_seed(0)
+    model = MALN(MALNConfig(feature_sizes=SIZES, n_classes=3, hidden_size=8, speaker_size=4, cross_heads=2,
+                            sclm_mode="speaker", sclm_fusion=fusion)).eval()
+    assert model.amdm.specific["t"][0].in_features == model.context["t"].output_size      # no SCLM columns concatenated
+    context, speaker = torch.randn(2, 5, 6), torch.randn(2, 5, 4)
+    assert not torch.allclose(model.speaker_fused("t", context, speaker), context)
+    with torch.no_grad():
+        model.fusion["t"].weight.zero_()
+        model.fusion["t"].bias.zero_()
+    assert torch.allclose(model.speaker_fused("t", context, speaker), context)
+
+
+def test_the_released_path_has_no_fusion_map_and_concatenates_sclm():
+    model = MALN(MALNConfig(feature_sizes=SIZES, n_classes=3, hidden_size=8, speaker_size=4, cross_heads=2))
+    assert not hasattr(model, "fusion")
+    assert model.amdm.specific["t"][0].in_features == 6 + 4
+    context, speaker = torch.randn(2, 5, 6), torch.randn(2, 5, 4)
+    assert torch.equal(model.speaker_fused("t", context, speaker), torch.cat([context, speaker], -1))
