@@ -58,6 +58,7 @@ class Dialogue:
     speakers: torch.Tensor  # (N,) int64 party index
     labels: torch.Tensor    # (N,) int64 class index, -1 where unlabelled
     speaker_names: list = None  # the file's speaker string per utterance, where it names speakers
+    offsets: dict = None    # the demo set only: modality -> (N, D) each utterance's speaker offset, as generated
 
     def __len__(self):
         return len(self.speakers)
@@ -525,19 +526,19 @@ def make_demo(seed=0, n_dialogues=(240, 30, 60), sizes=(24, 16, 20), switch=0.2,
                 if i > 0 and rng.random() < switch:
                     emotion[p] = rng.choice([k for k in range(K) if k != emotion[p]])
                 labels[i] = emotion[p]
-            features, loglik = {}, np.zeros((n, K))
+            features, offsets, loglik = {}, {}, np.zeros((n, K))
             for m, d in zip(codes, sizes):
                 offset = speaker_scale * rng.normal(size=(n_parties, d))
                 channel = 0.5 * rng.normal(size=d) if m != "t" else np.zeros(d)
                 clean = offset[speakers] + channel
                 x = means[m][labels] + clean + noise * rng.normal(size=(n, d))
                 loglik -= (((x - clean)[:, None, :] - means[m][None]) ** 2).sum(-1) / (2 * noise ** 2)   # (n, K)
-                features[m] = x.astype(np.float32)
+                features[m], offsets[m] = x.astype(np.float32), torch.from_numpy(offset[speakers].astype(np.float32))
             if split == "test":
                 predicted = speaker_posteriors(loglik, speakers, transition).argmax(1)
                 correct, total = correct + int((predicted == labels).sum()), total + n
             dialogues.append(Dialogue(f"demo_{split}_{index}", {m: torch.from_numpy(x) for m, x in features.items()},
-                                      torch.from_numpy(speakers.astype(np.int64)), torch.from_numpy(labels)))
+                                      torch.from_numpy(speakers.astype(np.int64)), torch.from_numpy(labels), offsets=offsets))
         splits[split] = dialogues
     return FeatureSet("demo", "demo", CLASS_NAMES["demo"], splits, {"oracle_accuracy": correct / total, "seed": seed,
                                                                     **({"demo_common": common} if common else {})})
