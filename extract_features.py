@@ -42,7 +42,7 @@ import text_encoder
 from text_encoder import import_package, print_rate
 from dataloader import CLASS_NAMES, DataError
 from table_features import build_features, check_table, describe
-from utils import OutputError, check_output_path, check_regular_file, check_writable_place
+from utils import OutputError, check_output_path, check_regular_file, check_writable_place, expansion_budget, size_text
 
 AUDIO_FEATURE_SETS = {  # --audio_features -> opensmile.FeatureSet member
     "IS10": "IS10",             # INTERSPEECH 2010 paralinguistic challenge: 1582 values (MMGCN's IEMOCAP audio)
@@ -335,36 +335,90 @@ def read_transcripts(path, dataset="", class_names=None):
     split_of = {}
     for split, ids in zip(("train", "test", "valid"), data[-3:]):
         for dialogue in ids:
+            if not isinstance(dialogue, (str, int)) or isinstance(dialogue, bool):
+                raise DataError(f"{path}: {split} ids: dialogue id {dialogue!r:.60} is a {type(dialogue).__name__}; "
+                                f"dialogue ids are text or whole numbers")
             if dialogue in split_of:
                 raise DataError(f"{path}: dialogue {dialogue!r} is in both {split_of[dialogue]} and {split}")
             if dialogue not in sentences:
                 raise DataError(f"{path}: {split} dialogue {dialogue!r} has no sentences")
             split_of[dialogue] = split
-    largest = max((label for d in split_of for label in labels[d] if isinstance(label, int)), default=-1)
+    check_transcript_sizes(path, split_of, speakers, labels, sentences)
+    occurring = {int(label) for d in split_of for label in labels[d] if is_label_number(label)}
+    largest = max(occurring, default=-1)
+    if dataset not in CLASS_NAMES and not class_names and largest + 1 > 2 * len(occurring):
+        raise DataError(f"{path}: labels: the largest label is {largest}, which would number {largest + 1:,} classes, but only "
+                        f"{len(occurring)} distinct labels occur; give --dataset=IEMOCAP|MELD or --class_names")
     names = list(CLASS_NAMES[dataset]) if dataset in CLASS_NAMES else list(class_names or [str(k) for k in range(largest + 1)])
-    table = []
+    table, row_names = [], []
     for dialogue, split in split_of.items():
-        n = len(sentences[dialogue])
-        if len(speakers.get(dialogue, ())) != n or len(labels.get(dialogue, ())) != n:
-            raise DataError(f"{path}: dialogue {dialogue!r} has {n} sentences but {len(speakers.get(dialogue, ()))} speakers "
-                            f"and {len(labels.get(dialogue, ()))} labels")
         for position, (speaker, label, sentence) in enumerate(zip(speakers[dialogue], labels[dialogue], sentences[dialogue])):
-            if not (isinstance(label, int) and 0 <= label < len(names)) and label is not None:
-                raise DataError(f"{path}: dialogue {dialogue!r} utterance {position}: label {label!r} is not a class "
-                                f"number 0-{len(names) - 1} ({', '.join(names)})")
+            where = f"{path}: dialogue {dialogue!r} utterance {position}"
+            if label is not None and not (is_label_number(label) and 0 <= label < len(names)):
+                raise DataError(f"{where}: label {label!r:.40} is not a class number 0-{len(names) - 1} ({', '.join(names)})")
+            if not isinstance(sentence, str):
+                raise DataError(f"{where}: sentence {sentence!r:.40} is a {type(sentence).__name__}, not text")
+            if not sentence.strip():
+                raise DataError(f"{where}: the sentence is empty (every utterance needs its transcript)")
+            if not is_encodable(sentence):
+                raise DataError(f"{where}: the sentence holds a lone surrogate ({sentence!r:.60}), not valid text")
             table.append({"dialogue_id": str(dialogue), "position": position, "speaker": speaker_name(speaker, path, dialogue),
-                          "label": names[label] if label is not None else "", "split": split,
-                          "text": repair_text(str(sentence))})
-    return pd.DataFrame(table), names
+                          "label": names[int(label)] if label is not None else "", "split": split,
+                          "text": repair_text(sentence)})
+            row_names.append(f"{path}: dialogue {dialogue!r} utterance {position}")
+    frame = pd.DataFrame(table)
+    frame.attrs["where"] = row_names.__getitem__  # how table_features.read_table names a row: by the file's dialogue and utterance
+    return frame, names
+
+
+TRANSCRIPT_ROW_BYTES = 2048  # what one utterance costs once tabled and encoded (its row, its text, a vector of 512 floats)
+
+
+def is_label_number(label):
+    return isinstance(label, (int, np.integer)) and not isinstance(label, (bool, np.bool_))
+
+
+def is_encodable(text):
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_transcript_sizes(path, split_of, speakers, labels, sentences):
+    """Every listed dialogue has lists of speakers, labels and sentences of one length, at least one utterance;
+    the file's utterances and characters, counted as tabling them materialises them (every shared reference
+    expanded), fit in expansion_budget(its size)."""
+    budget, rows, characters = expansion_budget(os.path.getsize(path)), 0, 0
+    for dialogue, split in split_of.items():
+        fields = {"speakers": speakers.get(dialogue, ()), "labels": labels.get(dialogue, ()), "sentences": sentences[dialogue]}
+        for field, value in fields.items():
+            if not isinstance(value, (list, tuple)):
+                raise DataError(f"{path}: dialogue {dialogue!r}: {field} is a {type(value).__name__} ({value!r:.40}), "
+                                f"not a list with one entry per utterance")
+        n = len(fields["sentences"])
+        if n == 0:
+            raise DataError(f"{path}: {split} dialogue {dialogue!r} has no utterances (an empty sentences list)")
+        if len(fields["speakers"]) != n or len(fields["labels"]) != n:
+            raise DataError(f"{path}: dialogue {dialogue!r} has {n} sentences but {len(fields['speakers'])} speakers "
+                            f"and {len(fields['labels'])} labels")
+        rows += n
+        characters += sum(len(x) for x in fields["sentences"] if isinstance(x, str))
+        if rows * TRANSCRIPT_ROW_BYTES + characters > budget:
+            raise DataError(f"{path}: holds more than {rows:,} utterances ({size_text(rows * TRANSCRIPT_ROW_BYTES + characters)} "
+                            f"once tabled) from {size_text(os.path.getsize(path))} on disk (at most {size_text(budget)} "
+                            f"allowed): its dialogues share their lists; refused before tabling them")
 
 
 def speaker_name(speaker, path, dialogue):
     """A speaker given as a letter ('M') or a one-hot list over parties (its index, as text)."""
-    if isinstance(speaker, str) and speaker:
+    if isinstance(speaker, str) and speaker.strip() and is_encodable(speaker):
         return speaker
-    if isinstance(speaker, (list, tuple)) and speaker and sorted(speaker)[-1] == 1 and sum(speaker) == 1:
+    if isinstance(speaker, (list, tuple)) and speaker and all(is_label_number(x) or isinstance(x, bool) for x in speaker) \
+            and sorted(speaker)[-1] == 1 and sum(speaker) == 1:
         return str(list(speaker).index(1))
-    raise DataError(f"{path}: dialogue {dialogue!r}: speaker {speaker!r} is neither a name nor a one-hot list")
+    raise DataError(f"{path}: dialogue {dialogue!r}: speaker {speaker!r:.60} is neither a name nor a one-hot list")
 
 
 # ----------------------------------------------------------------------------- command line

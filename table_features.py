@@ -73,8 +73,8 @@ def read_table(table, extra=()):
     ('' where empty), and a function naming row i."""
     if isinstance(table, pd.DataFrame):
         frame = table.astype(object).where(table.notna(), "")
-        def where(i):
-            return f"table row {i}"
+        def where(i):  # a table read from a file of another kind (a COSMIC transcript file) names its rows itself
+            return table.attrs["where"](i) if "where" in table.attrs else f"table row {i}"
     else:
         try:
             check_regular_file(table, "table")
