@@ -80,6 +80,7 @@ def extract_features(table, out, text_model="", audio_features="", batch_size=64
         raise DataError(f"audio features {audio_features!r}: choose one of {', '.join(AUDIO_FEATURE_SETS)}")
     if batch_size < 1:
         raise DataError(f"batch size {batch_size}: must be >= 1")
+    check_device(device)
     unknown = set(finetune_settings) - set(FINETUNE_DEFAULTS)
     if unknown:
         raise DataError(f"unknown fine-tuning settings {sorted(unknown)}; they are {', '.join(FINETUNE_DEFAULTS)}")
@@ -144,6 +145,23 @@ def check_finetune_inputs(rows, settings):
                         f"or a number of folds >= 2")
     if not 0 < settings["finetune_learning_rate"] < 1:
         raise DataError(f"--finetune_learning_rate={settings['finetune_learning_rate']}: must be in (0, 1)")
+    if settings["finetune_folds"]:
+        check_folds(rows, settings["finetune_folds"], settings["seed"])
+
+
+def check_folds(rows, folds, seed):
+    """Each of the folds holds training dialogues out, and its encoder has labelled rows left to train on
+    (a fold of 0 rows would give vectors from an untrained encoder)."""
+    train_rows = [i for i, split in enumerate(rows["split"]) if split == "train"]
+    dialogues = len({rows["dialogue_id"][i] for i in train_rows})
+    if folds > dialogues:
+        raise DataError(f"--finetune_folds={folds}: more folds than the {dialogues} training dialogues (a fold holds "
+                        f"whole dialogues out); use at most {dialogues} folds, or 0")
+    for k, held_out in enumerate(text_encoder.dialogue_folds(rows["dialogue_id"], train_rows, folds, seed)):
+        kept = set(held_out)
+        if not any(rows["label"][i] for i in train_rows if i not in kept):
+            raise DataError(f"--finetune_folds={folds}: fold {k + 1} leaves no labelled training row to fine-tune on "
+                            f"(its held-out dialogues hold every labelled one); use fewer folds")
 
 
 def finetuned_text(texts, rows, class_names, model_name, batch_size, device, out, settings):
@@ -191,9 +209,27 @@ def saved_encoder_text(texts, directory, batch_size, device, pooling):
 
 
 def resolve_device(name):
+    check_device(name)
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
+
+
+def check_device(name):
+    """--device: 'auto', 'cpu', or a cuda device this machine has; one line naming the option otherwise (never
+    the text model's fault, never torch's traceback)."""
+    if name == "auto":
+        return
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise DataError(f"--device={name}: not a device torch knows; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise DataError(f"--device={name}: this command runs on cpu or cuda (auto picks cuda when there is one)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DataError(f"--device={name}: this machine has no CUDA device torch can use; use --device=cpu or --device=auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DataError(f"--device={name}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0")
 
 
 def check_texts(texts, where):

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import text_encoder  # noqa: E402
 from dataloader import DataError  # noqa: E402
 from table_features import read_table  # noqa: E402
-from extract_features import parse_option, read_transcripts  # noqa: E402
+from extract_features import parse_option, read_transcripts, resolve_device  # noqa: E402
 from records import RecordError, machine, write_record  # noqa: E402
 from utils import scores  # noqa: E402
 
@@ -30,9 +30,14 @@ def encoder_scores(table, directory, device="cpu"):
     info = text_encoder.read_encoder_info(directory)
     if not info:
         raise DataError(f"{directory}: not an encoder saved by extract_features.py --finetune=True (no {text_encoder.ENCODER_INFO})")
-    encoder = text_encoder.load_head(text_encoder.load_encoder(directory, "", device), directory)
-    names = info["class_names"]
+    names = info.get("class_names")
+    if not (isinstance(names, list) and names and all(isinstance(c, str) and c for c in names) and len(set(names)) == len(names)):
+        raise DataError(f"{os.path.join(directory, text_encoder.ENCODER_INFO)}: field 'class_names' must be a list of distinct "
+                        f"class-name strings, got {type(names).__name__} {str(names)[:40]!r}")
     rows, _ = read_table(table, extra=("text",))
+    if "text" not in rows:
+        raise DataError("the table has no 'text' column: the encoder scores transcripts")
+    encoder = text_encoder.load_head(text_encoder.load_encoder(directory, "", resolve_device(device)), directory, len(names))
     token_ids = text_encoder.tokenize(encoder, rows["text"])
     result = {}
     for split in ("valid", "test"):
