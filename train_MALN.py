@@ -116,6 +116,7 @@ export_features = True      # write fused, common and specific vectors of the se
 predict = ""                # checkpoint to predict with: writes the class of every utterance as a CSV, no training
 predictions = ""            # path of that CSV; empty = predictions.csv beside the checkpoint
 predict_split = ""          # 'train', 'valid' or 'test' of the data; empty = every dialogue
+class_map = ""              # --predict on a file of other class names: file_name:checkpoint_name,... (e.g. joy:hap)
 # the authors' trained model as a checkpoint of this repository, instead of training
 from_release = ""           # a torch.save file of the release's MALN state dict: written as out_dir/run_name/best.pt
 class_names = ""            # its class names in order, comma-separated; empty = the names of --dataset
