@@ -431,8 +431,12 @@ def main(argv):
     if options["docs"]:
         try:
             return update_documents()
-        except RecordError as error:
+        except (RecordError, OSError) as error:  # OSError: a document that cannot be written (a full disk)
             raise SystemExit(f"error: {error}") from None
+        except KeyboardInterrupt:
+            print("\ninterrupted: each document is rewritten whole or not at all; run --docs again to finish",
+                  file=sys.stderr)
+            raise SystemExit(130) from None
     if not options["jobs"].isdigit() or int(options["jobs"]) < 1:
         raise SystemExit(f"--jobs={options['jobs']}: must be a whole number >= 1")
     if not configurator.seed_list_of(options["seeds"]):
