@@ -360,6 +360,7 @@ def main(argv):
         return one_line_errors(write_predictions, config, given)  # DataError, a checkpoint that does not load, OutputError
     if config["resume"]:
         config = resumed_config(config, given, HYPERPARAMETERS)
+        one_line_errors(open_run_directory, config)  # its folder's lock, before the data is loaded: one run at a time
     else:
         one_line_errors(check_run_name_free, config)
     feature_set = one_line_errors(training_data, config)         # DataError
@@ -385,6 +386,7 @@ def one_line_errors(job, *args):
 
 def run_stopping_cleanly(config, feature_set):
     """run(), with Ctrl-C, a non-finite loss and a failed write turned into one short message and exit status."""
+    from run_files import release_run_locks  # the run's folder lock: held while run() writes there
     try:
         return run(config, feature_set)
     except KeyboardInterrupt:
@@ -394,6 +396,8 @@ def run_stopping_cleanly(config, feature_set):
         raise SystemExit(f"error: {error}") from None
     except OSError as error:  # OutputError: a full disk, a directory that became read-only
         raise SystemExit(f"error: {error}. Stopped; {saved_note(run_directory(config))}") from None
+    finally:
+        release_run_locks(run_directory(config))
 
 
 if __name__ == "__main__":

@@ -198,6 +198,16 @@ def train_missing(suite, seeds, out_dir, extra, only, jobs=1):
     return failures
 
 
+def hold_suite_lock(out_dir, suite):
+    """One `--run` of a suite in an --out_dir at a time: a second would resume the seeds the first is training."""
+    directory = os.path.join(out_dir, "results", suite)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        run_files.hold_run_lock(directory, "--run")
+    except OSError as error:  # OutputError: the lock is held, or the folder cannot be written
+        raise SystemExit(f"error: {error}".replace("a run that is still going", "another results.py --run")) from None
+
+
 def finished_seed(seed_dir):
     """The metrics of a seed that finished with all its outputs (run_files.finished_metrics), else None;
     a damaged metrics.json stops with one line naming it."""
@@ -450,6 +460,7 @@ def main(argv):
         raise SystemExit(f"--rows: no row {unknown[0]!r} in suite {options['suite']}; its rows:\n  "
                          + "\n  ".join(SUITES[options["suite"]][1]))
     if options["run"]:
+        hold_suite_lock(options["out_dir"], options["suite"])
         failures = train_missing(options["suite"], options["seeds"], options["out_dir"], extra, only, int(options["jobs"]))
     frame = table(options["suite"], options["out_dir"])
     print(markdown(frame) if not frame.empty else "no finished runs yet")
