@@ -92,6 +92,10 @@ def load_encoder(name="", pooling="", device="cpu"):
         model, loading = transformers.AutoModel.from_pretrained(path, trust_remote_code=False, output_loading_info=True,
                                                                 ignore_mismatched_sizes=True)
     except Exception as error:  # transformers raises OSError, ValueError, KeyError, ... for a model it cannot load
+        if "weights_only" in str(error) or "WeightsUnpickler" in str(error):  # torch refused a pickled weights file
+            files = sorted(f for f in os.listdir(path) if f.endswith(".bin")) if os.path.isdir(path) else []
+            raise DataError(f"{os.path.join(path, files[0]) if len(files) == 1 else path}: weights that do not load safely "
+                            f"({refusal_reason(error)}); nothing in them was run") from None
         raise DataError(f"text model {path!r}: cannot be loaded as a Hugging Face encoder ({refusal_reason(error)})") from None
     finally:
         transformers.logging.set_verbosity(verbosity)

@@ -204,3 +204,19 @@ def test_the_packaged_encoder_and_a_saved_one_still_load(tmp_path):
     directory = scored_directory(tmp_path, {"pooling": "mean", "class_names": ["a", "b"]})
     result = encoder_scores.encoder_scores(str(tmp_path / "table.csv"), str(directory))
     assert set(result) == {"valid", "test"}
+
+
+def test_a_pickled_payload_in_encoder_weights_is_named_by_file_without_torchs_advice(tmp_path, monkeypatch):
+    directory = shared_encoder(tmp_path)
+    os.remove(directory / "model.safetensors")
+    marker = tmp_path / "ran"
+
+    class Planted:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+    torch.save({"embeddings.word_embeddings.weight": torch.zeros(2, 2), "x": Planted()}, directory / "pytorch_model.bin")
+    monkeypatch.setattr(text_encoder, "BYTES_PER_WEIGHT", 0)  # past the size check, to torch's own refusal
+    with pytest.raises(DataError, match=r"shared_encoder/pytorch_model.bin: weights that do not load safely \(.*system.*\); "
+                                        r"nothing in them was run$") as refused:
+        text_encoder.load_encoder(str(directory))
+    assert "weights_only" not in str(refused.value) and not marker.exists()
