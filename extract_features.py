@@ -426,7 +426,7 @@ def read_transcripts(path, dataset="", class_names=None):
     split_of = {}
     for split, ids in zip(("train", "test", "valid"), data[-3:]):
         for dialogue in ids:
-            if not isinstance(dialogue, (str, int)) or isinstance(dialogue, bool):
+            if not isinstance(dialogue, (str, int, np.integer)) or isinstance(dialogue, bool):
                 raise DataError(f"{path}: {split} ids: dialogue id {dialogue!r:.60} is a {type(dialogue).__name__}; "
                                 f"dialogue ids are text or whole numbers")
             if dialogue in split_of:

@@ -127,8 +127,13 @@ def check_loading(path, loading):
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
-CONFIG_BOUNDS = {"num_hidden_layers": 256, "hidden_size": 16384, "intermediate_size": 65536, "num_attention_heads": 1024,
-                 "vocab_size": 2 ** 20, "max_position_embeddings": 65536, "type_vocab_size": 1024}
+LAYER_KEYS = ("num_hidden_layers", "n_layer", "n_layers", "num_layers", "encoder_layers")  # as model families name them
+HIDDEN_KEYS = ("hidden_size", "d_model", "n_embd", "dim")
+INTERMEDIATE_KEYS = ("intermediate_size", "d_ff", "hidden_dim", "n_inner", "encoder_ffn_dim")
+POSITION_KEYS = ("max_position_embeddings", "n_positions")
+CONFIG_BOUNDS = {**dict.fromkeys(LAYER_KEYS, 256), **dict.fromkeys(HIDDEN_KEYS, 16384),
+                 **dict.fromkeys(INTERMEDIATE_KEYS, 65536), **dict.fromkeys(POSITION_KEYS, 65536),
+                 "num_attention_heads": 1024, "n_head": 1024, "n_heads": 1024, "vocab_size": 2 ** 20, "type_vocab_size": 1024}
 BYTES_PER_WEIGHT = 2  # the fewest a stored weight takes (float16 / bfloat16)
 
 
@@ -165,9 +170,11 @@ def check_model_directory(path):
         value = config.get(key)
         if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= bound):
             raise DataError(f"{config_path}: {key} is {value!r:.40}; at most {bound:,} is read")
-    hidden, layers = config.get("hidden_size") or 0, config.get("num_hidden_layers") or 0
-    intermediate = config.get("intermediate_size") or 4 * hidden
-    weights = (hidden * ((config.get("vocab_size") or 0) + (config.get("max_position_embeddings") or 0))
+    def first(keys, default=0):
+        return next((config[k] for k in keys if config.get(k)), default)
+    hidden, layers = first(HIDDEN_KEYS), first(LAYER_KEYS)
+    intermediate = first(INTERMEDIATE_KEYS, 4 * hidden)
+    weights = (hidden * ((config.get("vocab_size") or 0) + first(POSITION_KEYS))
                + layers * (4 * hidden * hidden + 2 * hidden * intermediate))
     if weights * BYTES_PER_WEIGHT > 1.25 * weight_bytes + 2 ** 20:
         raise DataError(f"{config_path}: claims {layers:,} layers of hidden size {hidden:,}, about {weights:,} weights "

@@ -98,7 +98,7 @@ def read_record(name):
         raise RecordError(str(error)) from None
     try:
         record = json.loads(text)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:  # RecursionError: JSON nested thousands deep
         raise RecordError(f"{path}: no readable record ({error})") from None
     if not isinstance(record, dict) or not ({"rows", "table"} & set(record)):
         raise RecordError(f"{path}: not a record (it needs 'rows' or 'table')")

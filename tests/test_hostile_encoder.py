@@ -239,3 +239,10 @@ def test_an_oversized_maln_encoder_json_is_refused_without_reading_it(tmp_path, 
     monkeypatch.setattr(text_encoder, "MAX_CONFIG_BYTES", 16)
     with pytest.raises(DataError, match=r"maln_encoder.json: \d+ bytes, more than the 16 a saved encoder's JSON holds"):
         text_encoder.read_encoder_info(str(tmp_path))
+
+
+@pytest.mark.parametrize("key", ["n_layers", "num_layers", "n_layer"])
+def test_layer_counts_are_bounded_under_every_name_a_model_family_gives_them(tmp_path, never_allocates, key):
+    directory = shared_encoder(tmp_path, lambda config: config.__setitem__(key, 200_000))
+    with pytest.raises(DataError, match=rf"config.json: {key} is 200000; at most 256 is read"):
+        text_encoder.load_encoder(str(directory))

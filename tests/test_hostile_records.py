@@ -154,3 +154,9 @@ def test_a_record_that_is_not_utf8_is_one_line_naming_it(place):
     (place / "measured" / "r.json").write_bytes(b'{"rows": {"\xff": 1}}')
     with pytest.raises(SystemExit, match=r"^error: .*measured/r.json: not UTF-8 text"):
         docs()
+
+
+def test_a_record_nested_thousands_deep_is_one_line(place):
+    (place / "measured" / "r.json").write_text('{"rows": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(SystemExit, match=r"^error: .*measured/r.json: no readable record"):
+        docs()
