@@ -121,6 +121,7 @@ export_features = True      # write fused, common and specific vectors of the se
 predict = ""                # checkpoint to predict with: writes the class of every utterance as a CSV, no training
 predictions = ""            # path of that CSV; empty = predictions.csv beside the checkpoint
 predict_split = ""          # 'train', 'valid' or 'test' of the data; empty = every dialogue
+class_map = ""              # --predict on a file of other class names: file_name:checkpoint_name,... (e.g. joy:hap)
 # the authors' trained model as a checkpoint of this repository, instead of training
 from_release = ""           # a torch.save file of the release's MALN state dict: written as out_dir/run_name/best.pt
 class_names = ""            # its class names in order, comma-separated; empty = the names of --dataset
@@ -354,6 +355,7 @@ def main(argv):
             raise SystemExit("--resume continues a run with its own settings: give no settings file or --preset with it")
         config = resumed_config(config, given, HYPERPARAMETERS)
         origins = {name: "the run resumed" for name in config if config[name] != HYPERPARAMETERS[name]}
+        one_line_errors(open_run_directory, config)  # its folder's lock, before the data is loaded: one run at a time
     else:
         one_line_errors(check_run_name_free, config)
     feature_set = one_line_errors(training_data, config)         # DataError
@@ -379,6 +381,7 @@ def one_line_errors(job, *args):
 
 def run_stopping_cleanly(config, feature_set, origins):
     """run(), with Ctrl-C, a non-finite loss and a failed write turned into one short message and exit status."""
+    from training.run_files import release_run_locks  # the run's folder lock: held while run() writes there
     try:
         return run(config, feature_set, origins)
     except KeyboardInterrupt:
@@ -388,6 +391,8 @@ def run_stopping_cleanly(config, feature_set, origins):
         raise SystemExit(f"error: {error}") from None
     except OSError as error:  # OutputError: a full disk, a directory that became read-only
         raise SystemExit(f"error: {error}. Stopped; {saved_note(run_directory(config))}") from None
+    finally:
+        release_run_locks(run_directory(config))
 
 
 if __name__ == "__main__":

@@ -7,9 +7,9 @@ Linear baselines MALN has to beat with the same features:
 - on the demo set, its generator's structure with learned parameters (structured_demo_baseline):
   the measured figure a learned model can reach there without knowing the generator's parameters.
 
-    python benchmarks/baselines.py --features=../shared/data/iemocap_text_minilm.pkl --dataset=IEMOCAP
-    python benchmarks/baselines.py --features=../shared/data/meld_text_minilm_dev.pkl --dataset=MELD
-    python benchmarks/baselines.py --dataset=demo
+    python -m benchmarks.baselines --features=../shared/data/iemocap_text_minilm.pkl --dataset=IEMOCAP
+    python -m benchmarks.baselines --features=../shared/data/meld_text_minilm_dev.pkl --dataset=MELD
+    python -m benchmarks.baselines --dataset=demo
 
 Fitted on train + valid (scikit-learn's defaults, features standardised, max_iter 2000), scored on
 test: weighted-F1 and each class's F1, in percent. On the demo the Bayes-optimal accuracy (which
@@ -131,7 +131,7 @@ def scored(labels, predictions, class_names):
 
 
 def main(argv):
-    usage = ("usage: python benchmarks/baselines.py --features=FILE [--dataset=IEMOCAP|MELD] [--trust_pickle=True] | "
+    usage = ("usage: python -m benchmarks.baselines --features=FILE [--dataset=IEMOCAP|MELD] [--trust_pickle=True] | "
              "--dataset=demo; [--record=NAME] keeps the table in benchmarks/measured/NAME.json")
     options = dict(argument[2:].split("=", 1) for argument in argv if argument.startswith("--") and "=" in argument)
     demo = options.get("dataset") == "demo" and "features" not in options
@@ -162,7 +162,7 @@ def main(argv):
                      f"{100 * feature_set.info['oracle_accuracy']:.2f}", *("" for _ in per_class)])
         print(f"Bayes-optimal accuracy with every generating parameter known: {100 * feature_set.info['oracle_accuracy']:.2f}")
     if options.get("record"):
-        command = "python benchmarks/baselines.py " + " ".join(f"--{k}={v}" for k, v in options.items() if k != "record")
+        command = "python -m benchmarks.baselines " + " ".join(f"--{k}={v}" for k, v in options.items() if k != "record")
         try:
             write_record(options["record"], {"command": command, "machine": machine(),
                                              "table": {"columns": ["model", "test wF1", *per_class], "rows": rows}})

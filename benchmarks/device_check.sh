@@ -106,7 +106,7 @@ fi
 
 # ------------------------------------------------------------------ demo training: cpu, and the target against it
 read -ra no_dropout <<<"$(python3 -c "import train_MALN; print(' '.join(f'--{k}=0' for k in train_MALN.HYPERPARAMETERS if k.endswith('dropout')))")"
-demo=(--dataset=demo "--epochs=$epochs" --export_features=False "--out_dir=$work/runs" "${no_dropout[@]}")
+demo=(--preset=demo "--epochs=$epochs" --export_features=False "--out_dir=$work/runs" "${no_dropout[@]}")
 describe_run() {  # describe_run RUN: selected epoch and test weighted-F1 of a finished run
     python3 -c "import json, sys; m = json.load(open(sys.argv[1])); print(f\"selected epoch {m['best_epoch']}, test wF1 {m['test_weighted_f1']:.2f}\")" \
         "$work/runs/$1/metrics.json"
@@ -149,7 +149,7 @@ fi
 for amp in False True; do
     step="speed-$target$([ "$amp" = True ] && echo "-amp")"
     if [ "$runs_on_target" = 1 ]; then
-        if logged "$step" 120 python3 benchmarks/speed.py "--device=$target" "--amp=$amp" "${speed_size[@]}"; then
+        if logged "$step" 120 python3 -m benchmarks.speed "--device=$target" "--amp=$amp" "${speed_size[@]}"; then
             figures=$(awk -F'|' '/^\| (training|inference) /{gsub(/ /, ""); printf "%s %s utt/s, peak %s MiB, utilisation %s; ", $2, $3, $7, $9}' "$work/$step.log")
             record PASS "speed --amp=$amp" "$figures(table below)"
         else
@@ -162,14 +162,14 @@ done
 
 # ------------------------------------------------------------------ text-encoder fine-tuning: ours against the plain loop
 # The GPU machine has no network: the text model must travel with the working tree (64 MiB at most). Before sending,
-#     python benchmarks/extraction_speed.py --save_half=.text_model      # the packaged MiniLM in float16, 45 MB
+#     python3 -m benchmarks.extraction_speed --save_half=.text_model      # the packaged MiniLM in float16, 45 MB
 # (.text_model in .git/info/exclude, named in the device run's carry); without it the packaged weights are used.
 text_model=$([ -d .text_model ] && echo .text_model || echo "")
 finetune_steps=$([ "$rehearsal" = 1 ] && echo 2 || echo 60)
 if [ "$runs_on_target" = 1 ]; then
     rates=""
     for loop in ours plain; do
-        if logged "finetune-$loop" 240 python3 benchmarks/extraction_speed.py --finetune=True "--loop=$loop" \
+        if logged "finetune-$loop" 240 python3 -m benchmarks.extraction_speed --finetune=True "--loop=$loop" \
             "--steps=$finetune_steps" "--device=$target" "--text_model=$text_model"; then
             rates+="$loop $(grep -o '[0-9.]* training utterances per second' "$work/finetune-$loop.log" | cut -d' ' -f1) utt/s; "
         else
@@ -184,7 +184,7 @@ fi
 # ------------------------------------------------------------------ a run on the target, continued with --resume
 if [ "$runs_on_target" = 1 ]; then
     # constant learning rate: --resume may extend such a run (a cosine schedule is tied to its epoch count)
-    small=(--dataset=demo --export_features=False "--out_dir=$work/runs" --run_name=resume "--device=$target")
+    small=(--preset=demo --export_features=False "--out_dir=$work/runs" --run_name=resume "--device=$target")
     if logged resume-first 90 python3 train_MALN.py "${small[@]}" --epochs=2 --lr_schedule=constant \
         && logged resume-second 90 python3 train_MALN.py "--resume=$work/runs/resume" --epochs=3; then
         resumed=$(python3 - "$work/runs/resume" "$target" <<'EOF'

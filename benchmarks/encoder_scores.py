@@ -3,7 +3,7 @@ A fine-tuned text encoder scored on its own (the row the literature calls "RoBER
 utterances, no context): the linear head extract_features.py --finetune=True saved with the encoder
 of the selected epoch, applied to the valid and test rows of a table or a COSMIC transcript file.
 
-    python benchmarks/encoder_scores.py --transcripts=../shared/data/cosmic_iemocap_transcripts.pkl --dataset=IEMOCAP --encoder=Features/iemocap_finetuned.encoder
+    python -m benchmarks.encoder_scores --transcripts=../shared/data/cosmic_iemocap_transcripts.pkl --dataset=IEMOCAP --encoder=Features/iemocap_finetuned.encoder
 
 Prints accuracy, weighted-F1 and each class's F1, in percent. Test rows are scored here only: the
 fine-tuning never saw them.
@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from extraction import text_encoder
 from dataloader import DataError
 from extraction.table_features import read_table
-from extraction.extract_features import parse_option, read_transcripts
+from extraction.extract_features import parse_option, read_transcripts, resolve_device
 from benchmarks.records import RecordError, machine, write_record
 from utils import scores
 
@@ -29,9 +29,14 @@ def encoder_scores(table, directory, device="cpu"):
     info = text_encoder.read_encoder_info(directory)
     if not info:
         raise DataError(f"{directory}: not an encoder saved by extract_features.py --finetune=True (no {text_encoder.ENCODER_INFO})")
-    encoder = text_encoder.load_head(text_encoder.load_encoder(directory, "", device), directory)
-    names = info["class_names"]
+    names = info.get("class_names")
+    if not (isinstance(names, list) and names and all(isinstance(c, str) and c for c in names) and len(set(names)) == len(names)):
+        raise DataError(f"{os.path.join(directory, text_encoder.ENCODER_INFO)}: field 'class_names' must be a list of distinct "
+                        f"class-name strings, got {type(names).__name__} {str(names)[:40]!r}")
     rows, _ = read_table(table, extra=("text",))
+    if "text" not in rows:
+        raise DataError("the table has no 'text' column: the encoder scores transcripts")
+    encoder = text_encoder.load_head(text_encoder.load_encoder(directory, "", resolve_device(device)), directory, len(names))
     token_ids = text_encoder.tokenize(encoder, rows["text"])
     result = {}
     for split in ("valid", "test"):
@@ -46,7 +51,7 @@ def encoder_scores(table, directory, device="cpu"):
 def main(argv):
     options = dict(argument[2:].split("=", 1) for argument in argv if argument.startswith("--") and "=" in argument)
     if "encoder" not in options or ("table" in options) == ("transcripts" in options):
-        raise SystemExit("usage: python benchmarks/encoder_scores.py --encoder=DIR (--table=CSV | --transcripts=PKL [--dataset=NAME]) "
+        raise SystemExit("usage: python -m benchmarks.encoder_scores --encoder=DIR (--table=CSV | --transcripts=PKL [--dataset=NAME]) "
                          "[--record=NAME]")
     try:
         table = options.get("table") or read_transcripts(options["transcripts"], options.get("dataset", ""))[0]
@@ -60,7 +65,7 @@ def main(argv):
         names = list(result["test"]["per_class_f1"])
         rows = [[split, f"{f['accuracy']:.2f}", f"{f['weighted_f1']:.2f}", *(f"{f['per_class_f1'][n]:.1f}" for n in names)]
                 for split, f in result.items()]
-        command = "python benchmarks/encoder_scores.py " + " ".join(f"--{k}={v}" for k, v in options.items() if k != "record")
+        command = "python -m benchmarks.encoder_scores " + " ".join(f"--{k}={v}" for k, v in options.items() if k != "record")
         try:
             write_record(options["record"], {"command": command, "machine": machine(),
                                              "table": {"columns": ["split", "accuracy", "weighted-F1", *names], "rows": rows}})

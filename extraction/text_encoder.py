@@ -17,6 +17,8 @@ import importlib
 import json
 import math
 import os
+import re
+import shutil
 import time
 
 import numpy as np
@@ -25,6 +27,8 @@ from torch import nn
 from tqdm import tqdm
 
 from dataloader import DataError
+from maln.files import (check_archive_size, check_regular_file, check_tensor_claims, expansion_budget, refusal_reason,
+                        size_text)
 from utils import autocast, scores
 
 ENCODER_INFO = "maln_encoder.json"   # beside a saved encoder: pooling, classes, how it was selected
@@ -40,7 +44,7 @@ def import_package(module, what=""):
         return importlib.import_module(module)
     except ImportError:
         raise DataError(f"{what or 'extraction'} needs the package {module.replace('_', '-')}: "
-                        f"pip install -r requirements-extract.txt") from None
+                        f"pip install -r extraction/requirements.txt") from None
 
 
 def default_model_path():
@@ -82,18 +86,129 @@ def load_encoder(name="", pooling="", device="cpu"):
     transformers = import_package("transformers")
     path = name or default_model_path()
     refuse_remote_code(path)
+    check_model_directory(path)
+    verbosity = transformers.logging.get_verbosity()
     try:  # never the directory's own code: trust_remote_code=False, whatever its config asks
+        transformers.logging.set_verbosity_error()  # its load report is many lines: what matters is checked below
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-        model = transformers.AutoModel.from_pretrained(path, trust_remote_code=False)
+        model, loading = transformers.AutoModel.from_pretrained(path, trust_remote_code=False, output_loading_info=True,
+                                                                ignore_mismatched_sizes=True)
     except Exception as error:  # transformers raises OSError, ValueError, KeyError, ... for a model it cannot load
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DataError(f"text model {path!r}: cannot be loaded as a Hugging Face encoder ({reason})") from None
+        if "weights_only" in str(error) or "WeightsUnpickler" in str(error):  # torch refused a pickled weights file
+            files = sorted(f for f in os.listdir(path) if f.endswith(".bin")) if os.path.isdir(path) else []
+            raise DataError(f"{os.path.join(path, files[0]) if len(files) == 1 else path}: weights that do not load safely "
+                            f"({refusal_reason(error)}); nothing in them was run") from None
+        raise DataError(f"text model {path!r}: cannot be loaded as a Hugging Face encoder ({refusal_reason(error)})") from None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    check_loading(path, loading)
     saved = read_encoder_info(path)
     is_sentence_transformer = os.path.isfile(os.path.join(path, "modules.json")) or path.startswith("sentence-transformers/")
     pooling = pooling or saved.get("pooling") or ("mean" if is_sentence_transformer else "first")
     if pooling not in ("mean", "first"):
         raise DataError(f"pooling {pooling!r}: choose 'mean' (over tokens) or 'first' (the first token)")
     return TextEncoder(model, tokenizer, pooling).to(device)
+
+
+def check_loading(path, loading):
+    """Every weight of the model came from the directory's files, at the shape its config gives (transformers
+    would initialise the rest at random, and only print a report): one line naming the first that did not.
+    The pooler is exempt: its output is never used here (the hidden states are pooled)."""
+    missing = [key for key in loading.get("missing_keys", ()) if not key.startswith("pooler.")]
+    mismatched = list(loading.get("mismatched_keys", ()))
+    if mismatched:
+        key, stored, expected = (list(mismatched[0]) + ["?", "?"])[:3]
+        raise DataError(f"text model {path!r}: its weights do not fit its config.json: {key} is stored as {tuple(stored)}, "
+                        f"the config makes it {tuple(expected)} ({len(mismatched)} such weight(s))")
+    if missing:
+        raise DataError(f"text model {path!r}: its weights do not cover its config.json: {len(missing)} weight(s) missing, "
+                        f"e.g. {sorted(missing)[0]} (a config claiming more layers than the weights hold?); they would be "
+                        f"initialised at random")
+
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+LAYER_KEYS = ("num_hidden_layers", "n_layer", "n_layers", "num_layers", "encoder_layers")  # as model families name them
+HIDDEN_KEYS = ("hidden_size", "d_model", "n_embd", "dim")
+INTERMEDIATE_KEYS = ("intermediate_size", "d_ff", "hidden_dim", "n_inner", "encoder_ffn_dim")
+POSITION_KEYS = ("max_position_embeddings", "n_positions")
+CONFIG_BOUNDS = {**dict.fromkeys(LAYER_KEYS, 256), **dict.fromkeys(HIDDEN_KEYS, 16384),
+                 **dict.fromkeys(INTERMEDIATE_KEYS, 65536), **dict.fromkeys(POSITION_KEYS, 65536),
+                 "num_attention_heads": 1024, "n_head": 1024, "n_heads": 1024, "vocab_size": 2 ** 20, "type_vocab_size": 1024}
+BYTES_PER_WEIGHT = 2  # the fewest a stored weight takes (float16 / bfloat16)
+
+
+def check_model_directory(path):
+    """A model directory holds only regular files (a FIFO blocks whoever reads it; a link to /dev/zero is
+    endless), a tokenizer of its own (without one, transformers builds a vocabulary of 5 tokens and every word
+    becomes [UNK]), and a config.json whose sizes are bounded and whose weights its files can hold: a config
+    of 200,000 layers is refused before anything is allocated. A name that is no directory is left to
+    transformers (the hub or its cache)."""
+    if not os.path.isdir(path):
+        return
+    weight_bytes = 0
+    for entry in sorted(os.listdir(path)):
+        full = os.path.join(path, entry)
+        if os.path.isdir(full):
+            continue
+        try:
+            check_regular_file(full, "model file")
+        except (FileNotFoundError, ValueError) as error:
+            raise DataError(f"text model {path!r}: {error}") from None
+        if entry.endswith(WEIGHT_SUFFIXES):
+            weight_bytes += os.path.getsize(full)
+    if not any(os.path.isfile(os.path.join(path, name)) for name in TOKENIZER_FILES):
+        raise DataError(f"text model {path!r}: has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); without them "
+                        f"every word would become an unknown token. Save the tokenizer with the model")
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        raise DataError(f"text model {path!r}: has no config.json")
+    with open(config_path, "rb") as f:
+        config = json.loads(f.read(MAX_CONFIG_BYTES + 1))  # refuse_remote_code read it already: JSON of a bounded size
+    if not isinstance(config, dict):
+        raise DataError(f"{config_path}: not a JSON object")
+    for key, bound in CONFIG_BOUNDS.items():
+        value = config.get(key)
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= bound):
+            raise DataError(f"{config_path}: {key} is {value!r:.40}; at most {bound:,} is read")
+    def first(keys, default=0):
+        return next((config[k] for k in keys if config.get(k)), default)
+    hidden, layers = first(HIDDEN_KEYS), first(LAYER_KEYS)
+    intermediate = first(INTERMEDIATE_KEYS, 4 * hidden)
+    weights = (hidden * ((config.get("vocab_size") or 0) + first(POSITION_KEYS))
+               + layers * (4 * hidden * hidden + 2 * hidden * intermediate))
+    if weights * BYTES_PER_WEIGHT > 1.25 * weight_bytes + 2 ** 20:
+        raise DataError(f"{config_path}: claims {layers:,} layers of hidden size {hidden:,}, about {weights:,} weights "
+                        f"({size_text(weights * BYTES_PER_WEIGHT)} at the least), but the directory's weight files hold "
+                        f"{size_text(weight_bytes)}; refused before allocating the model")
+    stored = stored_layers(path)
+    if stored is not None and layers > stored:
+        raise DataError(f"{config_path}: claims {layers} layers, but the weights (.safetensors) hold {stored}; the other "
+                        f"{layers - stored} would be initialised at random")
+
+
+MAX_SAFETENSORS_HEADER = 16 * 2 ** 20
+LAYER_KEY = re.compile(r"(?:^|\.)(?:layer|layers|h|block)\.(\d+)\.")
+
+
+def stored_layers(path):
+    """How many numbered layers the directory's .safetensors files hold (their JSON headers only), or None
+    where it has none, or they number no layers."""
+    numbers = []
+    for entry in sorted(os.listdir(path)):
+        if not entry.endswith(".safetensors"):
+            continue
+        full = os.path.join(path, entry)
+        try:
+            with open(full, "rb") as f:
+                size = int.from_bytes(f.read(8), "little")
+                if not 0 < size <= min(MAX_SAFETENSORS_HEADER, os.path.getsize(full) - 8):
+                    raise ValueError(f"a header of {size:,} bytes")
+                header = json.loads(f.read(size))
+        except (OSError, ValueError) as error:
+            raise DataError(f"{full}: not a safetensors file ({error})") from None
+        numbers += [int(m.group(1)) for key in header if isinstance(key, str) for m in [LAYER_KEY.search(key)] if m]
+    return max(numbers) + 1 if numbers else None
 
 
 CODE_CONFIGS = ("config.json", "tokenizer_config.json")  # where transformers reads an `auto_map` (code to import)
@@ -125,6 +240,9 @@ def read_encoder_info(path):
     info = os.path.join(path, ENCODER_INFO)
     if not os.path.isfile(info):
         return {}
+    if os.path.getsize(info) > MAX_CONFIG_BYTES:
+        raise DataError(f"{info}: {os.path.getsize(info):,} bytes, more than the {MAX_CONFIG_BYTES:,} a saved encoder's "
+                        f"JSON holds at most")
     try:
         with open(info) as f:
             saved = json.load(f)
@@ -280,22 +398,61 @@ def save_encoder(encoder, directory, info):
     """The encoder (transformers' save_pretrained), its tokenizer, its head and `info` in `directory`,
     which must not exist yet; written beside it first, then renamed, so a failure leaves nothing half-written."""
     temporary = f"{directory}.tmp-{os.getpid()}"
-    os.makedirs(temporary)
-    encoder.model.save_pretrained(temporary)
-    encoder.tokenizer.save_pretrained(temporary)
-    torch.save({k: v.cpu() for k, v in encoder.head.state_dict().items()}, os.path.join(temporary, HEAD_FILE))
-    with open(os.path.join(temporary, ENCODER_INFO), "w") as f:
-        json.dump({"pooling": encoder.pooling, "layers": LAYERS, "max_tokens": MAX_TOKENS, **info}, f, indent=1)
-    os.rename(temporary, directory)
+    try:
+        os.makedirs(temporary)
+        encoder.model.save_pretrained(temporary)
+        encoder.tokenizer.save_pretrained(temporary)
+        with open(os.path.join(temporary, HEAD_FILE), "wb") as f:  # a file object: a full disk is an OSError
+            torch.save({k: v.cpu() for k, v in encoder.head.state_dict().items()}, f)
+        with open(os.path.join(temporary, ENCODER_INFO), "w") as f:
+            json.dump({"pooling": encoder.pooling, "layers": LAYERS, "max_tokens": MAX_TOKENS, **info}, f, indent=1)
+        os.rename(temporary, directory)
+    except BaseException:  # a full disk, Ctrl-C: no half-written folder stays behind
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
 
 
-def load_head(encoder, directory):
-    """The saved head of a fine-tuned encoder, attached to `encoder` (for its own single-utterance scores)."""
-    state = torch.load(os.path.join(directory, HEAD_FILE), weights_only=True)
-    n_classes, hidden = state["1.weight"].shape
-    encoder.head = nn.Sequential(nn.Dropout(0.1), nn.Linear(hidden, n_classes))
+def load_head(encoder, directory, n_classes=None):
+    """The saved head of a fine-tuned encoder, attached to `encoder` (for its own single-utterance scores).
+    The file is checked as a checkpoint is (a regular file of bounded size, loaded without running anything,
+    tensors that claim no more than they hold), then to be exactly a Linear head on the encoder's hidden size
+    (and of n_classes outputs, where given): one DataError naming the file and the field otherwise."""
+    path = os.path.join(directory, HEAD_FILE)
+    try:
+        check_regular_file(path, "classifier head")
+        if os.path.getsize(path) > MAX_HEAD_BYTES:
+            raise ValueError(f"{path}: {size_text(os.path.getsize(path))}, more than a classifier head's "
+                             f"{size_text(MAX_HEAD_BYTES)} at most")
+        check_archive_size(path, "a classifier head as torch.save writes it (a zip archive)")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise ValueError(f"{path}: not a classifier head that loads safely ({refusal_reason(error)})") from None
+        check_tensor_claims(state, path, expansion_budget(os.path.getsize(path)))
+    except (FileNotFoundError, ValueError) as error:
+        raise DataError(str(error)) from None
+    hidden = encoder.model.config.hidden_size
+    expected = {"1.weight": "(classes, %d)" % hidden, "1.bias": "(classes,)"}
+    if not isinstance(state, dict) or set(state) != set(expected):
+        found = sorted(map(str, state))[:4] if isinstance(state, dict) else f"a {type(state).__name__}"
+        raise DataError(f"{path}: not a classifier head: expected the tensors {', '.join(expected)}, found {found}")
+    weight, bias = state["1.weight"], state["1.bias"]
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            raise DataError(f"{path}: field '{key}' must be a float tensor of shape {expected[key]}, got {type(value).__name__}")
+    if weight.dim() != 2 or weight.shape[1] != hidden or bias.shape != weight.shape[:1] or weight.shape[0] < 1:
+        raise DataError(f"{path}: field '1.weight' is {tuple(weight.shape)} and '1.bias' {tuple(bias.shape)}; the encoder's "
+                        f"hidden size is {hidden}, so they must be (classes, {hidden}) and (classes,)")
+    if n_classes is not None and weight.shape[0] != n_classes:
+        raise DataError(f"{path}: field '1.weight' gives {weight.shape[0]} classes, {ENCODER_INFO} names {n_classes}")
+    if not (torch.isfinite(weight).all() and torch.isfinite(bias).all()):
+        raise DataError(f"{path}: its weights hold NaN or inf")
+    encoder.head = nn.Sequential(nn.Dropout(0.1), nn.Linear(hidden, weight.shape[0]))
     encoder.head.load_state_dict(state)
     return encoder.to(next(encoder.model.parameters()).device)
+
+
+MAX_HEAD_BYTES = 64 * 2 ** 20  # a head is (classes x hidden) floats: 400 KB for 100 classes of 1024
 
 
 def print_rate(what, count, seconds):

@@ -24,7 +24,7 @@ def test_every_table_block_in_the_documents_is_what_its_record_gives():
     for path in paths:
         text = open(path).read()
         blocks += len(records.BLOCK.findall(text))
-        assert records.regenerated(text) == text, f"{path}: a table differs from its record; run python benchmarks/results.py --docs"
+        assert records.regenerated(text) == text, f"{path}: a table differs from its record; run python -m benchmarks.results --docs"
     assert blocks >= 10
 
 

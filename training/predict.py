@@ -4,6 +4,7 @@ probability, as a table (predict) or a CSV file (write_predictions, what
 train_MALN.py wrote, or the release's model converted by --from_release (release.py)."""
 
 import os
+from dataclasses import replace
 
 import pandas as pd
 import torch
@@ -69,17 +70,53 @@ def write_predictions(config, given=frozenset()):
     path = config["predictions"] or os.path.join(os.path.dirname(config["predict"]), "predictions.csv")
     check_output_path(path, "--predictions", [config["predict"], config["features"], config["av_features"]])
     model = load_prediction_model(config["predict"], resolve_device(config["device"]))
+    check_modalities(model, config, given)
     splits = checkpoint_splits(model.checkpoint, config, given)
     feature_set = load_dataset(config["dataset"], features=config["features"], av_features=config["av_features"],
                                modalities="".join(model.config.modalities), valid_fraction=splits["valid_fraction"],
                                split_seed=splits["split_seed"], trust_pickle=config["trust_pickle"],
                                demo_seed=config["demo_seed"], demo_common=config["demo_common"])
     feature_set = selection_splits(feature_set, splits["select_on"])
+    feature_set = mapped_classes(feature_set, model.checkpoint["class_names"], config, given)
     table = predict(model, feature_set, config["predict_split"], config["batch_size"])
     atomic_write(path, lambda temporary: spreadsheet_safe(table).to_csv(temporary, index=False))
     labelled = table[table["label"] != ""]
     accuracy = f", accuracy {100 * (labelled['prediction'] == labelled['label']).mean():.2f} on them" if len(labelled) else ""
     print(f"wrote {len(table)} predictions to {path} ({len(labelled)} utterances labelled{accuracy})")
+
+
+def check_modalities(model, config, given):
+    """--modalities given with --predict must be the checkpoint's own: a model uses every modality it was
+    trained on, so another choice cannot be honoured (and is refused rather than ignored)."""
+    own = "".join(model.config.modalities)
+    if "modalities" in given and config["modalities"] and sorted(config["modalities"]) != sorted(own):
+        raise DataError(f"--modalities={config['modalities']}: {config['predict']} was trained on the modalities {own} and "
+                        f"predicts from all of them; leave --modalities out with --predict (or train a model on "
+                        f"{config['modalities']})")
+
+
+def mapped_classes(feature_set, checkpoint_names, config, given):
+    """The feature set with its class names as the checkpoint's: a labelled class of the file that the
+    checkpoint does not have is refused (predictions would be scored against labels the model can never
+    give), unless --class_map=file_name:checkpoint_name,... names the checkpoint class it is."""
+    mapping = {}
+    for pair in filter(None, (part.strip() for part in config.get("class_map", "").split(","))):
+        source, _, target = pair.partition(":")
+        if not source or target not in checkpoint_names:
+            raise DataError(f"--class_map={config['class_map']}: {pair!r} must be file_class:checkpoint_class, the "
+                            f"checkpoint's classes being {', '.join(checkpoint_names)}")
+        if source not in feature_set.class_names:
+            raise DataError(f"--class_map={config['class_map']}: {feature_set.source} has no class {source!r} (its classes: "
+                            f"{', '.join(feature_set.class_names)})")
+        mapping[source] = target
+    names = [mapping.get(name, name) for name in feature_set.class_names]
+    used = {int(k) for split in feature_set.splits.values() for d in split for k in d.labels.tolist() if k >= 0}
+    foreign = [names[k] for k in sorted(used) if names[k] not in checkpoint_names]
+    if foreign:
+        raise DataError(f"{feature_set.source}: its classes {', '.join(foreign[:6])} are not among the checkpoint's "
+                        f"({', '.join(checkpoint_names)}): its labels cannot be compared with the predictions. Name the "
+                        f"checkpoint class of each with --class_map=file_class:checkpoint_class,...")
+    return replace(feature_set, class_names=names) if names != feature_set.class_names else feature_set
 
 
 def checkpoint_splits(checkpoint, config, given):

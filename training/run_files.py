@@ -3,10 +3,13 @@ overwrites another), the checkpoints written there each epoch (last.pt for --res
 the selected epoch) and restoring them, reading a finished run's metrics, and the summary over
 the runs of several seeds. train_MALN.py writes runs; benchmarks/results.py reads them."""
 
+import atexit
 import copy
+import fcntl
 import itertools
 import json
 import os
+import stat
 import time
 
 import numpy as np
@@ -41,6 +44,7 @@ def claim_run_directory(config):
         for attempt in itertools.count(2):
             try:
                 os.mkdir(path)
+                hold_run_lock(path)  # at once: a second run sees a run that is going, not an empty leftover
                 return {**config, "run_name": name}
             except FileExistsError:
                 if config["run_name"]:
@@ -54,7 +58,11 @@ def claim_run_directory(config):
 
 
 def run_taken(path):
-    if os.path.isdir(path) and not os.path.lexists(os.path.join(path, "last.pt")) and not os.listdir(path):
+    holder = lock_holder(path)
+    if holder:
+        return (f"{path} is in use: a run that is still going (process {holder}) writes there; wait for it to finish "
+                f"(then --resume={path} continues it, if it stopped early), or choose another --run_name")
+    if os.path.isdir(path) and not os.path.lexists(os.path.join(path, "last.pt")) and holds_nothing(path):
         return (f"{path} exists, empty: a run stopped there before its first epoch finished, so there is nothing to "
                 f"resume; remove it, or choose another --run_name")
     return (f"{path} exists: a run's directory is never overwritten; continue that run with --resume={path}, "
@@ -65,12 +73,93 @@ def open_run_directory(config):
     """The directory of run(): an interrupted run's (cleared of the temporary files a killed write
     left), an empty one main() claimed, or a new one claimed here. -> config with its run_name."""
     if config["resume"]:
+        hold_run_lock(config["resume"], "--resume")
         remove_stale_temporaries(config["resume"])
         return config
     path = run_directory(config)
-    if config["run_name"] and os.path.isdir(path) and not os.listdir(path):
+    if config["run_name"] and os.path.isdir(path) and holds_nothing(path):
+        hold_run_lock(path)
         return config
     return claim_run_directory(config)
+
+
+RUN_LOCK = ".run.lock"  # in a run's directory while a process writes there: fcntl.flock, released when that process ends
+_held = {}              # real path of a directory -> (descriptor, lock path) of the locks this process holds
+
+
+def hold_run_lock(directory, option="--run_name"):
+    """Lock `directory` for this process (again, where it holds it already): one run per folder at a time. The lock
+    is an flock on RUN_LOCK, which the kernel releases when the process ends however it ends, so a crashed
+    run's lock file is stale and taken over. A live holder is an OutputError naming its process."""
+    key = os.path.realpath(directory)
+    if key in _held:
+        return
+    path = os.path.join(directory, RUN_LOCK)
+    while True:
+        try:  # O_NOFOLLOW: a planted link is refused; O_NONBLOCK: a planted FIFO never waits
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        except OSError as error:
+            raise OutputError(f"{option}: cannot lock {directory} ({path}: {error.strerror or error})") from None
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            os.close(descriptor)
+            raise OutputError(f"{option}: cannot lock {directory}: {path} is not a regular file; remove it")
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(descriptor)
+            raise OutputError(f"{option}: {directory} is in use: a run that is still going (process {holder}) writes "
+                              f"there; two runs in one folder would overwrite each other's files. Wait for it to finish"
+                              ) from None
+        try:
+            same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(descriptor).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:  # else the holder removed it as this process opened it: lock the file there now
+            break
+        os.close(descriptor)
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+    if not _held:
+        atexit.register(release_run_locks)
+    _held[key] = (descriptor, path)
+
+
+def lock_holder(directory):
+    """The process id written in the lock of a directory that a live process holds, else '' (no lock file, or a
+    stale one: its process ended). A lock this process holds is its own: ''."""
+    path = os.path.join(directory, RUN_LOCK)
+    if os.path.realpath(directory) in _held or not os.path.isfile(path) or os.path.islink(path):
+        return ""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return ""
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return ""
+    except BlockingIOError:
+        return os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
+    finally:
+        os.close(descriptor)
+
+
+def release_run_locks(directory=None):
+    """Remove and release the locks this process holds (only that of `directory`, where given)."""
+    for key, (descriptor, path) in list(_held.items()):
+        if directory is not None and key != os.path.realpath(directory):
+            continue
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+        os.close(descriptor)
+        del _held[key]
+
+
+def holds_nothing(directory):
+    """A run directory holds nothing but (perhaps) its lock file."""
+    return not [name for name in os.listdir(directory) if name != RUN_LOCK]
 
 
 def run_directory(config):
