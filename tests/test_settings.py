@@ -110,6 +110,7 @@ def test_every_setting_that_differs_from_the_top_is_printed_with_its_origin_and_
     ("epochs = '2'\n", r"line 1: epochs = '2' is not a int"),
     ("epochs = __import__('os').getpid()\n", r"line 1: epochs must be a literal"),
     ("preset = 'demo'\n", r"a settings file may not name a preset"),
+    ("trust_pickle = True\n", r"a settings file may not set trust_pickle; only the command line widens trust"),
 ])
 def test_a_settings_file_is_read_never_run_and_anything_else_is_one_line(tmp_path, text, message):
     path = tmp_path / "mine.py"

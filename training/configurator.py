@@ -93,6 +93,9 @@ def parse_settings(argv, defaults):
         values = read_settings_file(path, defaults)
         if "preset" in values:
             raise SystemExit(f"{path}: a settings file may not name a preset (give both on the command line)")
+        widened = [name for name in SAFETY_SWITCHES if name in values]
+        if widened:
+            raise SystemExit(f"{path}: a settings file may not set {widened[0]}; only the command line widens trust")
         from_files.update(values)
         origin.update({name: path for name in values if name not in given})
     config.update({name: value for name, value in from_files.items() if name not in given})
