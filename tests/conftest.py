@@ -6,6 +6,9 @@ import torch
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts: lets cuda tests ask for determinism
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The demo settings the mechanics tests train with, pinned here so that re-choosing config/demo.py on validation
+# does not move them (config/demo.py before its context switches: the dialogue GRU, the per-utterance SCLM)
+DEMO_SETTINGS = ["--dataset=demo", "--epochs=15", "--batch_size=16", "--learning_rate=2e-3", "--sclm_mode=utterance"]
 SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
 MINILM = os.path.join(SHARED_DATA, "iemocap_text_minilm.pkl")
 

@@ -16,6 +16,7 @@ from training import probes
 from benchmarks import results
 from training import scoring
 import train_MALN
+from conftest import DEMO_SETTINGS
 from dataloader import collate, make_demo
 from MALN_model_fix import MALN
 from test_model import SIZES, dialogue, forward, model_for
@@ -31,7 +32,7 @@ def demo_subset(modalities, n_dialogues):
 
 def tiny_run(tmp_path, name, *overrides, modalities="tav", n_dialogues=(16, 4, 4)):
     feature_set = demo_subset(modalities, n_dialogues)
-    config = train_MALN.parse_overrides(["--preset=demo", f"--out_dir={tmp_path}", f"--run_name={name}", "--epochs=2", "--batch_size=8",
+    config = train_MALN.parse_overrides([*DEMO_SETTINGS, f"--out_dir={tmp_path}", f"--run_name={name}", "--epochs=2", "--batch_size=8",
                                          "--export_features=False", *overrides])
     return train_MALN.run(config, feature_set), feature_set, tmp_path / name
 

@@ -14,7 +14,7 @@ import torch
 import layouts
 from training import probes
 import train_MALN
-from conftest import SHARED_DATA
+from conftest import DEMO_SETTINGS, SHARED_DATA
 from dataloader import Dialogue, load_features, make_batches, make_demo, read_pickle, split_validation
 from MALN_model_fix import MALN, MALNConfig
 from maln.files import load_checkpoint
@@ -25,7 +25,7 @@ def tiny_demo(n_dialogues=(16, 4, 4)):
 
 
 def arguments(tmp_path, run_name, *overrides):
-    return ["--preset=demo", f"--out_dir={tmp_path}", f"--run_name={run_name}", "--batch_size=8", "--export_features=False",
+    return [*DEMO_SETTINGS, f"--out_dir={tmp_path}", f"--run_name={run_name}", "--batch_size=8", "--export_features=False",
             "--device=cpu", *overrides]
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import train_MALN
+from conftest import DEMO_SETTINGS
 from dataloader import Dialogue, collate, make_demo, to_device
 from MALN_model_fix import MALN, MALNConfig
 
@@ -73,7 +74,7 @@ def test_a_run_on_the_device_exports_vectors_that_agree_with_its_metrics(tmp_pat
     if amp and device == "cpu":
         pytest.skip("autocast is cuda only")
     feature_set = make_demo(0, n_dialogues=(16, 4, 4))
-    config = train_MALN.parse_overrides(["--preset=demo", f"--out_dir={tmp_path}", "--run_name=run", "--epochs=2", "--batch_size=8",
+    config = train_MALN.parse_overrides([*DEMO_SETTINGS, f"--out_dir={tmp_path}", "--run_name=run", "--epochs=2", "--batch_size=8",
                                          f"--device={device}", f"--amp={amp}"])
     metrics = train_MALN.run(config, feature_set)
     exported = np.load(tmp_path / "run" / "features_test.npz")

@@ -15,6 +15,7 @@ import train_MALN
 from dataloader import DataError, load_features
 from extraction.table_features import build_features
 from MALN_model_fix import MALN
+from conftest import DEMO_SETTINGS
 from test_custom_data import TINY, utterances
 
 
@@ -73,7 +74,7 @@ class MeanOfPastTurns(nn.Module):
 def test_any_context_encoder_of_the_documented_interface_trains_and_its_checkpoint_rebuilds(tmp_path, monkeypatch):
     monkeypatch.setitem(MALN_model_fix.CONTEXT_ENCODERS, "mean_of_past_turns", MeanOfPastTurns)  # the recipe's one line
     feature_set = dataloader.make_demo(0, n_dialogues=(16, 4, 4))
-    config = train_MALN.parse_overrides(["--preset=demo", "--context_encoder=mean_of_past_turns", "--epochs=2",
+    config = train_MALN.parse_overrides([*DEMO_SETTINGS, "--context_encoder=mean_of_past_turns", "--epochs=2",
                                          f"--out_dir={tmp_path}", "--run_name=swapped", "--export_features=False"])
     metrics = train_MALN.run(config, feature_set)
     assert np.isfinite(metrics["test_weighted_f1"])

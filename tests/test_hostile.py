@@ -15,6 +15,7 @@ import plots
 from training import predict
 from training import run_files
 import train_MALN
+from conftest import DEMO_SETTINGS
 from maln import files
 from dataloader import DataError, make_demo
 from MALN_model_fix import MALN, MALNConfig
@@ -29,7 +30,7 @@ def tiny_demo():
 
 
 def arguments(directory, run_name, epochs=1, export=False):
-    return ["--preset=demo", f"--out_dir={directory}", f"--run_name={run_name}", f"--epochs={epochs}", "--batch_size=8",
+    return [*DEMO_SETTINGS, f"--out_dir={directory}", f"--run_name={run_name}", f"--epochs={epochs}", "--batch_size=8",
             f"--export_features={export}", "--device=cpu", "--lr_schedule=constant"]  # constant: --resume may add epochs
 
 

@@ -7,6 +7,7 @@ import pytest
 import plots
 from training import probes
 import train_MALN
+from conftest import DEMO_SETTINGS
 from dataloader import make_demo
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -18,7 +19,7 @@ def tiny_run(directory, name, modalities, *overrides):
     for dialogues in feature_set.splits.values():
         for d in dialogues:
             d.features = {m: d.features[m] for m in modalities}
-    config = train_MALN.parse_overrides(["--preset=demo", f"--out_dir={directory}", f"--run_name={name}", "--epochs=2", "--batch_size=16",
+    config = train_MALN.parse_overrides([*DEMO_SETTINGS, f"--out_dir={directory}", f"--run_name={name}", "--epochs=2", "--batch_size=16",
                                          *overrides])
     train_MALN.run(config, feature_set)
     return directory / name, feature_set

@@ -16,6 +16,7 @@ from hypothesis import given, settings, strategies as st
 import layouts
 from training import run_files
 import train_MALN
+from conftest import DEMO_SETTINGS
 from dataloader import CLASS_NAMES, DataError, Dialogue, collate, load_dataset, load_features, make_demo
 from MALN_model_fix import MALN, MALNConfig
 from maln.files import OutputError, load_checkpoint, save_checkpoint
@@ -220,7 +221,7 @@ def tiny_demo():
 
 
 def arguments(tmp_path, run_name, epochs=3, device="cpu"):
-    return ["--preset=demo", f"--out_dir={tmp_path}", f"--run_name={run_name}", f"--epochs={epochs}", "--batch_size=8",
+    return [*DEMO_SETTINGS, f"--out_dir={tmp_path}", f"--run_name={run_name}", f"--epochs={epochs}", "--batch_size=8",
             "--export_features=False", f"--device={device}"]
 
 

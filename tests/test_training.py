@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import train_MALN
-from conftest import MINILM, ROOT
+from conftest import DEMO_SETTINGS, MINILM, ROOT
 from dataloader import collate, make_batches, make_demo, to_device
 from MALN_model_fix import MALN
 from utils import scores
@@ -23,7 +23,7 @@ def demo_subset(modalities, n_dialogues=(120, 20, 40)):
 
 
 def config(tmp_path, *overrides):
-    return train_MALN.parse_overrides(["--preset=demo", f"--out_dir={tmp_path}", "--batch_size=16", *overrides])
+    return train_MALN.parse_overrides([*DEMO_SETTINGS, f"--out_dir={tmp_path}", "--batch_size=16", *overrides])
 
 
 @pytest.mark.slow
