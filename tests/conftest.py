@@ -13,7 +13,7 @@ SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
 MINILM = os.path.join(SHARED_DATA, "iemocap_text_minilm.pkl")
 
 
-# The fast tier (pytest -m "not slow", about half a minute on 2 cores) runs after each edit; CI runs every test.
+# The fast tier (pytest -m "not slow", about 40 s on 2 cores) runs after each edit; CI runs every test.
 # Slow: the hostile-input hardening, the extraction stage, and the tests marked @pytest.mark.slow (real training,
 # a command in a fresh process, the real data files).
 SLOW_MODULES = ("test_hostile", "test_safety", "test_robustness", "test_extract", "test_finetune")

@@ -194,6 +194,7 @@ def test_resume_refuses_another_epoch_count_for_a_cosine_schedule_or_fewer_than_
         train_MALN.main([f"--resume={tmp_path / 'constant'}", "--epochs=1"])
 
 
+@pytest.mark.slow
 def test_resume_with_more_epochs_of_a_constant_schedule_equals_the_longer_run(tmp_path, monkeypatch):
     monkeypatch.setattr(train_MALN, "load_dataset", lambda *args, **kwargs: tiny_demo())
     train_MALN.main(arguments(tmp_path, "longer", "--epochs=3", "--lr_schedule=constant"))
@@ -273,6 +274,7 @@ def test_predict_takes_the_held_out_dialogues_from_the_checkpoint(without_valida
                          "--split_seed=8", f"--predictions={tmp_path / 'other.csv'}"])
 
 
+@pytest.mark.slow
 def test_select_on_test_trains_on_the_whole_train_split_and_selects_the_best_test_epoch(tmp_path, monkeypatch, capsys):
     feature_set = tiny_demo()
     n_train = len(feature_set.splits["train"]) + len(feature_set.splits["valid"])

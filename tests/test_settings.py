@@ -55,6 +55,7 @@ def test_an_edit_at_the_top_of_the_script_is_what_the_demo_trains(tmp_path):
     assert set(metrics["settings_changed"]) == {"run_name", "export_features", "threads"}
 
 
+@pytest.mark.slow
 def test_an_edit_at_the_top_is_what_iemocap_trains_and_its_preset_is_one_named_step_away(tmp_path):
     clone = copy_of_the_repository(tmp_path / "clone")
     edit_top(clone, average_decay=0.9, input_dropout=0.2, class_weights=True)

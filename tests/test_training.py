@@ -58,6 +58,7 @@ def test_checkpoint_rebuilds_the_model_with_identical_predictions(tmp_path, devi
     assert torch.equal(model(inputs)["log_probs"], loaded(inputs)["log_probs"])
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_metrics(tmp_path):
     feature_set = demo_subset("tav", (24, 6, 6))
     first, second = (train_MALN.run(config(tmp_path, "--epochs=2", f"--run_name=r{i}", "--export_features=False"), feature_set)
@@ -65,6 +66,7 @@ def test_same_seed_gives_the_same_metrics(tmp_path):
     assert first["test_weighted_f1"] == second["test_weighted_f1"] and first["valid_weighted_f1"] == second["valid_weighted_f1"]
 
 
+@pytest.mark.slow
 def test_threads_sets_torchs_cpu_thread_count_and_zero_leaves_it(tmp_path, monkeypatch):
     counts = []
     monkeypatch.setattr(torch, "set_num_threads", counts.append)
