@@ -45,6 +45,7 @@ from extraction import text_encoder
 from extraction.text_encoder import import_package, print_rate
 from dataloader import CLASS_NAMES, DataError
 from extraction.table_features import build_features, check_table, describe
+from maln.cli import convert
 from maln.files import (OutputError, check_output_path, check_regular_file, check_writable_place, expansion_budget,
                         size_text)
 from utils import resolve_device as torch_device
@@ -577,16 +578,8 @@ def written_note(out, finetune):
 
 
 def parse_option(name, value):
-    kind = OPTIONS[name]
-    try:
-        if kind is bool:
-            if value.lower() not in ("true", "false", "1", "0"):
-                raise ValueError
-            return value.lower() in ("true", "1")
-        return kind(value)
-    except ValueError:
-        expected = {bool: "True or False", int: "must be a whole number", float: "must be a number"}[kind]
-        raise SystemExit(f"--{name}={value}: {expected}") from None
+    """A --name=value of OPTIONS as its type (maln.cli's conversion and messages)."""
+    return convert(name, value, OPTIONS[name]())
 
 
 if __name__ == "__main__":
