@@ -62,7 +62,7 @@ SAMPLES_PER_SECOND = 2 * 96000  # a clip may hold at most max_audio_seconds x th
                                 # stereo at 96 kHz; what soundfile decodes is 4 bytes a sample
 
 
-FINETUNE_DEFAULTS = {"finetune_epochs": 4, "finetune_learning_rate": 5e-5, "finetune_batch_size": 32,
+FINETUNE_DEFAULTS = {"finetune_epochs": 4, "finetune_patience": 0, "finetune_learning_rate": 5e-5, "finetune_batch_size": 32,
                      "finetune_folds": 0, "seed": 0, "pooling": ""}
 
 
@@ -153,6 +153,9 @@ def check_finetune_inputs(rows, settings):
     if not (isinstance(settings["finetune_folds"], int) and settings["finetune_folds"] >= 0) or settings["finetune_folds"] == 1:
         raise DataError(f"--finetune_folds={settings['finetune_folds']}: 0 (train rows from the encoder that saw them) "
                         f"or a number of folds >= 2")
+    if not (isinstance(settings["finetune_patience"], int) and settings["finetune_patience"] >= 0):
+        raise DataError(f"--finetune_patience={settings['finetune_patience']}: 0 (train every epoch) or a whole number "
+                        f"of epochs without a gain on valid before stopping")
     if not 0 < settings["finetune_learning_rate"] < 1:
         raise DataError(f"--finetune_learning_rate={settings['finetune_learning_rate']}: must be in (0, 1)")
     if settings["finetune_folds"]:
@@ -200,7 +203,7 @@ def finetuned_text(texts, rows, class_names, model_name, batch_size, device, out
     split_rows = {split: [i for i, s in enumerate(rows["split"]) if s == split] for split in ("train", "valid", "test")}
     dialogue_of = rows["dialogue_id"]
     common = dict(epochs=settings["finetune_epochs"], learning_rate=settings["finetune_learning_rate"],
-                  batch_size=settings["finetune_batch_size"], seed=settings["seed"])
+                  batch_size=settings["finetune_batch_size"], seed=settings["seed"], patience=settings["finetune_patience"])
     print(f"fine-tuning {model_name or 'all-MiniLM-L6-v2'} ({settings['pooling'] or base.pooling} pooling) on "
           f"{sum(labels[split_rows['train']] >= 0)} labelled train rows, selected on {sum(labels[split_rows['valid']] >= 0)} "
           f"valid rows; {settings['finetune_folds'] or 'no'} folds for the train rows' vectors; on {device}")
@@ -517,7 +520,7 @@ def speaker_name(speaker, path, dialogue):
 # ----------------------------------------------------------------------------- command line
 
 OPTIONS = {"table": str, "transcripts": str, "out": str, "text_model": str, "audio_features": str, "batch_size": int,
-           "device": str, "class_names": str, "dataset": str, "finetune": bool, "finetune_epochs": int,
+           "device": str, "class_names": str, "dataset": str, "finetune": bool, "finetune_epochs": int, "finetune_patience": int,
            "finetune_learning_rate": float, "finetune_batch_size": int, "finetune_folds": int, "pooling": str, "seed": int,
            "threads": int, "max_audio_seconds": int}
 
@@ -525,7 +528,7 @@ OPTIONS = {"table": str, "transcripts": str, "out": str, "text_model": str, "aud
 def main(argv):
     """python -m extraction.extract_features --table=utterances.csv --out=Features/mydata.pkl [--text_model=NAME_OR_DIRECTORY]
     [--audio_features=IS10|eGeMAPS|ComParE] [--batch_size=64] [--device=auto|cpu|cuda] [--class_names=name,name,...]
-    [--finetune=True [--finetune_epochs=4] [--finetune_learning_rate=5e-5] [--finetune_batch_size=32]
+    [--finetune=True [--finetune_epochs=4] [--finetune_patience=0] [--finetune_learning_rate=5e-5] [--finetune_batch_size=32]
     [--finetune_folds=0] [--pooling=mean|first] [--seed=0]] [--threads=N (torch's cpu threads; 0 = its default)]
     [--max_audio_seconds=300] or --transcripts=COSMIC_FILE.pkl [--dataset=IEMOCAP|MELD] in place of --table"""
     options = {}

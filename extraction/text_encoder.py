@@ -317,13 +317,14 @@ def learning_rate_factor(step, total):
 
 
 def finetune(base, token_ids, labels, train_rows, valid_rows, n_classes, epochs=4, learning_rate=5e-5, batch_size=32,
-             seed=0, name="fine-tuning"):
+             seed=0, patience=0, name="fine-tuning"):
     """Fine-tune a copy of `base` (a TextEncoder) with a new head on single utterances.
 
     Only `train_rows` are trained on; after each epoch the head's weighted-F1 on `valid_rows` is
-    printed, and the encoder of the best epoch is returned (ties: the earlier). labels: one class
-    index per row (-1 unlabelled: left out). -> (the selected TextEncoder with its head, history:
-    one dict per epoch, selected epoch)."""
+    printed, and the encoder of the best epoch is returned (ties: the earlier). patience: stop once
+    that many epochs in a row have not raised it (0: train every epoch; the learning-rate schedule
+    is laid over `epochs` either way). labels: one class index per row (-1 unlabelled: left out).
+    -> (the selected TextEncoder with its head, history: one dict per epoch trained, selected epoch)."""
     train_rows = [i for i in train_rows if labels[i] >= 0]
     valid_rows = [i for i in valid_rows if labels[i] >= 0]
     torch.manual_seed(seed)
@@ -363,6 +364,9 @@ def finetune(base, token_ids, labels, train_rows, valid_rows, n_classes, epochs=
               + (" *" if improved else ""))
         if improved:
             best, best_state = row, {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+        elif patience and epoch - best["epoch"] >= patience:
+            print(f"{name}: valid weighted-F1 has not risen for {patience} epochs; stopping after epoch {epoch} of {epochs}")
+            break
     encoder.load_state_dict(best_state)
     return encoder, history, best["epoch"]
 

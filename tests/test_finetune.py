@@ -86,6 +86,19 @@ def test_the_selected_epoch_is_the_best_valid_one_and_its_weights_are_returned(m
     assert torch.equal(encoder.model.embeddings.word_embeddings.weight, weights_seen[1])
 
 
+def test_fine_tuning_stops_once_valid_has_not_risen_for_patience_epochs(monkeypatch):
+    table = small_table(n_dialogues=(2, 1, 0))
+    base = text_encoder.load_encoder("", "", "cpu")
+    token_ids = text_encoder.tokenize(base, table["text"])
+    labels = np.array([0 if label == "happy" else 1 for label in table["label"]])
+    rows = {split: list(np.flatnonzero(table["split"] == split)) for split in ("train", "valid")}
+    scripted = iter([50.0, 80.0, 60.0, 80.0, 90.0, 95.0])  # epochs 3 and 4 do not beat epoch 2 (a tie is no gain)
+    monkeypatch.setattr(text_encoder, "scores", lambda *args: {"weighted_f1": next(scripted), "accuracy": 0.0})
+    _, history, epoch = text_encoder.finetune(base, token_ids, labels, rows["train"], rows["valid"], 2, epochs=6,
+                                              batch_size=4, patience=2)
+    assert (len(history), epoch) == (4, 2)
+
+
 def test_the_saved_encoder_reloads_and_gives_the_same_features(tmp_path, capsys):
     table = small_table()
     written = finetuned(table, tmp_path / "a.pkl")
