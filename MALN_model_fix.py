@@ -78,7 +78,8 @@ class MALNConfig:
                                     # c * 2 sigmoid(W s) (SCLM scales each context feature), 'correct' c + W s (SCLM shifts it)
     # context encoders
     context_encoder: str = "gru"    # a name of CONTEXT_ENCODERS: 'gru' (the release's bidirectional GRU over the dialogue),
-                                    # 'party_gru' (beside it, a GRU along each party's own turns)
+                                    # 'party_gru' (beside it, a GRU along each party's own turns),
+                                    # 'speaker_gru' (the dialogue GRU, each turn's party one-hot in its input)
     gru_layers: int = 2
     context_hidden: int = 0         # GRU hidden size; 0 = the modality's input size (released)
     context_dropout: float = 0.5    # between the GRU layers and on the context output (released: GRUModel's 0.5)
@@ -275,11 +276,11 @@ class ContextEncoder(nn.Module):
     lengths (B,) on cpu, speakers (B, N), utterance_mask (B, N)) -> (B, N, output_size); padding
     rows may hold anything (nothing downstream reads them)."""
 
-    def __init__(self, size, config):
+    def __init__(self, size, config, extra_inputs=0):
         super().__init__()
         self.output_size = size                                                      # projected back, as released
         hidden = config.context_hidden or size
-        self.gru = nn.GRU(size, hidden, num_layers=config.gru_layers, bidirectional=True, batch_first=True,
+        self.gru = nn.GRU(size + extra_inputs, hidden, num_layers=config.gru_layers, bidirectional=True, batch_first=True,
                           dropout=config.context_dropout if config.gru_layers > 1 else 0.0)
         self.project = nn.Sequential(nn.Linear(2 * hidden, size), nn.ReLU(), nn.Dropout(config.context_dropout))
 
@@ -289,6 +290,21 @@ class ContextEncoder(nn.Module):
         output = stacked_bidirectional_gru(self.gru, packed.data, packed.batch_sizes)  # (n_real, 2G)
         output = packed._replace(data=self.project(output))                         # (n_real, D)
         return pad_packed_sequence(output, batch_first=True, total_length=features.size(1))[0]  # (B, N, D)
+
+
+class SpeakerContextEncoder(ContextEncoder):
+    """The release's ContextEncoder told who speaks (not in the release; DialogueRNN's party mask):
+    each turn's input carries a one-hot of its party's index in the dialogue (0 = the first to
+    speak; parties from PARTY_SLOTS - 1 on share the last slot). output_size = size."""
+    PARTY_SLOTS = 9                                                                 # MELD's dialogues have up to 9 parties
+
+    def __init__(self, size, config):
+        super().__init__(size, config, extra_inputs=self.PARTY_SLOTS)
+
+    def forward(self, features, lengths, speakers, utterance_mask=None):
+        # features (B, N, D), lengths (B,) on cpu, speakers (B, N)
+        party = F.one_hot(speakers.clamp(0, self.PARTY_SLOTS - 1), self.PARTY_SLOTS).to(features.dtype)   # (B, N, P)
+        return super().forward(torch.cat([features, party], -1), lengths)                            # (B, N, D)
 
 
 class PartyContextEncoder(nn.Module):
@@ -330,6 +346,7 @@ class PartyContextEncoder(nn.Module):
 CONTEXT_ENCODERS = {  # MALNConfig.context_encoder -> its class; add yours here (docs/extending.md)
     "gru": ContextEncoder,
     "party_gru": PartyContextEncoder,
+    "speaker_gru": SpeakerContextEncoder,
 }
 
 

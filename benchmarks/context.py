@@ -9,6 +9,14 @@ on single utterances of the same inputs (fitted on train) in the same groups.
 A run must have exported its vectors (export_features=True, the default): its features_test.npz
 names each test utterance's dialogue, position, label and prediction. The data are rebuilt from
 the run's saved settings (the demo set, or the feature file it names).
+
+    python -m benchmarks.context saved_models/context/full --probes=True [--record=NAME]
+
+--probes=True asks instead what the context encoder's output and SCLM's vector hold by themselves
+(the run's best.pt, every train and test utterance): linear probes of the emotion (logistic
+regression, test weighted-F1) and, on the demo, where each speaker's offset is known, of that
+offset (ridge regression, test R^2 of every offset dimension), beside the same probes on the
+single utterance and on the mean of its speaker's utterances in the dialogue.
 """
 
 import json
@@ -16,9 +24,16 @@ import os
 import sys
 
 import numpy as np
+import torch
+from sklearn.linear_model import Ridge
+from sklearn.metrics import r2_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from benchmarks.records import machine, write_record
+from dataloader import make_batches
 from maln.cli import parse_options
+from MALN_model_fix import MALN
 from train_MALN import HYPERPARAMETERS, training_data
 from utils import fit_logistic_regression, scores
 
@@ -76,11 +91,99 @@ def breakdown(run_dir):
     return result
 
 
-def main(argv):
-    runs = [a for a in argv if not a.startswith("--")]
-    options, _ = parse_options([a for a in argv if a.startswith("--")], {"record": ""}, usage=__doc__)
-    if not runs:
-        raise SystemExit(f"usage: {__doc__}")
+def run_data(run_dir):
+    metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
+    return training_data({**HYPERPARAMETERS, **metrics["config"]})
+
+
+def party_means(dialogue, m):
+    """(N, D) each utterance's mean over its speaker's utterances in the dialogue (the plain offset estimate)."""
+    x, speakers = dialogue.features[m], dialogue.speakers
+    one_hot = torch.nn.functional.one_hot(speakers).float()                                 # (N, P)
+    return (one_hot @ (one_hot.T @ x / one_hot.sum(0).clamp(min=1).unsqueeze(1))).numpy()   # a silent party: no row
+
+
+@torch.no_grad()
+def inner_vectors(model, dialogues):
+    """{name: (utterances, D)} of these dialogues, in order: per modality m the input (x_m), its speaker's
+    mean (party_mean_m), the context encoder's output (context_m), SCLM's vector (sclm_m, with SCLM) and the
+    generated speaker offset (offset_m, on the demo); 'label' (utterances,)."""
+    captured, hooks = {}, []
+    for m in model.config.modalities:
+        hooks.append(model.context[m].register_forward_hook(lambda _, __, out, m=m: captured.__setitem__(f"context_{m}", out)))
+        if model.sclm is not None:
+            hooks.append(model.sclm[m].register_forward_hook(lambda _, __, out, m=m: captured.__setitem__(f"sclm_{m}", out)))
+    vectors = {}
+    try:
+        for batch_dialogues, batch in make_batches(dialogues, 16):
+            captured.clear()
+            model(batch)
+            real = batch["utterance_mask"]
+            for name, value in captured.items():
+                vectors.setdefault(name, []).append(value[real].numpy())
+            for d in batch_dialogues:
+                vectors.setdefault("label", []).append(d.labels.numpy())
+                for m in model.config.modalities:
+                    vectors.setdefault(f"x_{m}", []).append(d.features[m].numpy())
+                    vectors.setdefault(f"party_mean_{m}", []).append(party_means(d, m))
+                    if d.offsets is not None:
+                        vectors.setdefault(f"offset_{m}", []).append(d.offsets[m].numpy())
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {name: np.concatenate(parts) for name, parts in vectors.items()}
+
+
+MAX_TRAIN = 5000  # a probe is fitted on at most this many train utterances, a seeded draw
+
+
+def fitted_rows(count):
+    return np.sort(np.random.default_rng(0).permutation(count)[:MAX_TRAIN])
+
+
+def offset_r2(train, test, source, m):
+    """Test R^2 (every offset dimension, variance-weighted) of a ridge regression of modality m's speaker offset
+    from the vector `source`."""
+    rows = fitted_rows(len(train[source]))
+    probe = make_pipeline(StandardScaler(), Ridge(alpha=1.0)).fit(train[source][rows], train[f"offset_{m}"][rows])
+    return 100 * r2_score(test[f"offset_{m}"], probe.predict(test[source]), multioutput="variance_weighted")
+
+
+def probes(run_dir):
+    """[(vector, emotion test wF1, offset test R^2 or None)] of one run: what each vector holds by itself."""
+    model = MALN.from_checkpoint(os.path.join(run_dir, "best.pt"))
+    feature_set = run_data(run_dir)
+    train, test = (inner_vectors(model, feature_set.splits[split]) for split in ("train", "test"))
+    modalities = model.config.modalities
+    sources = {"the utterance alone (its inputs)": "x", "the mean of its speaker's utterances": "party_mean",
+               "the context encoder's output": "context", **({"SCLM's vector": "sclm"} if model.sclm is not None else {})}
+    rows = []
+    for what, prefix in sources.items():
+        keys = [f"{prefix}_{m}" for m in modalities]
+        fit_x, fit_y = np.concatenate([train[k] for k in keys], 1), train["label"]
+        rows = fitted_rows(len(fit_y))
+        fit_x, fit_y = fit_x[rows], fit_y[rows]
+        labelled, test_labelled = fit_y >= 0, test["label"] >= 0
+        predicted = fit_logistic_regression(fit_x[labelled], fit_y[labelled]).predict(
+            np.concatenate([test[k] for k in keys], 1)[test_labelled])
+        emotion = scores(test["label"][test_labelled], predicted)["weighted_f1"]
+        offset = (float(np.mean([offset_r2(train, test, f"{prefix}_{m}", m) for m in modalities]))
+                  if "offset_" + modalities[0] in train else None)
+        rows.append((what, emotion, offset))
+    return rows
+
+
+def probe_table(runs):
+    results = [probes(run) for run in runs]
+    columns = ["vector", "emotion, linear probe: test wF1", "speaker offset, ridge probe: test R^2 (%)"]
+    rows = []
+    for k, (what, _, offset) in enumerate(results[0]):
+        emotion = np.mean([r[k][1] for r in results])
+        rows.append([what, f"{emotion:.2f}", "n/a" if offset is None else f"{np.mean([r[k][2] for r in results]):.1f}"])
+    return columns, rows
+
+
+def breakdown_table(runs):
     results = [breakdown(run) for run in runs]
     columns = ["group", "bin", "utterances", "MALN test wF1", "logistic regression test wF1", "difference"]
     rows = []
@@ -90,6 +193,15 @@ def main(argv):
             linear = [r[group][label][1] for r in results]
             rows.append([group, label, str(results[0][group][label][2]), f"{np.mean(model):.2f}", f"{np.mean(linear):.2f}",
                          f"{np.mean(model) - np.mean(linear):+.2f}"])
+    return columns, rows
+
+
+def main(argv):
+    runs = [a for a in argv if not a.startswith("--")]
+    options, _ = parse_options([a for a in argv if a.startswith("--")], {"record": "", "probes": False}, usage=__doc__)
+    if not runs:
+        raise SystemExit(f"usage: {__doc__}")
+    columns, rows = probe_table(runs) if options["probes"] else breakdown_table(runs)
     widths = [max(len(str(c)) for c in column) for column in zip(columns, *rows)]
     for row in [columns, *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))

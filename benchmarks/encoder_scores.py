@@ -6,7 +6,9 @@ of the selected epoch, applied to the valid and test rows of a table or a COSMIC
     python -m benchmarks.encoder_scores --transcripts=../shared/data/cosmic_iemocap_transcripts.pkl --dataset=IEMOCAP --encoder=Features/iemocap_finetuned.encoder
 
 Prints accuracy, weighted-F1 and each class's F1, in percent. Test rows are scored here only: the
-fine-tuning never saw them.
+fine-tuning never saw them. --record=NAME keeps the table in benchmarks/measured/NAME.json and the
+fine-tuning's epochs (valid weighted-F1, seconds, training utterances a second, as the encoder's
+info file holds them) in NAME_finetuning.json.
 """
 
 import os
@@ -48,6 +50,21 @@ def encoder_scores(table, directory, device="cpu"):
     return result
 
 
+def finetuning_table(directory):
+    """The fine-tuning's epochs as the encoder's info file holds them: one row each, the selected one marked."""
+    info = text_encoder.read_encoder_info(directory)
+    history = info.get("history")
+    if not (isinstance(history, list) and history and all(isinstance(row, dict) for row in history)):
+        raise DataError(f"{os.path.join(directory, text_encoder.ENCODER_INFO)}: no fine-tuning history to record")
+    try:
+        rows = [[f"{row['epoch']}" + (" (selected)" if row["epoch"] == info.get("selected_epoch") else ""),
+                 f"{row['train_loss']:.3f}", f"{row['valid_weighted_f1']:.2f}", f"{row['seconds'] / 60:.1f}",
+                 f"{row['train_utterances_per_second']:.1f}"] for row in history]
+    except (KeyError, TypeError, ValueError) as error:
+        raise DataError(f"{os.path.join(directory, text_encoder.ENCODER_INFO)}: a history row lacks a figure ({error})") from None
+    return {"columns": ["epoch", "train loss", "valid wF1", "minutes", "training utterances/s"], "rows": rows}
+
+
 def main(argv):
     options = dict(argument[2:].split("=", 1) for argument in argv if argument.startswith("--") and "=" in argument)
     if "encoder" not in options or ("table" in options) == ("transcripts" in options):
@@ -67,9 +84,12 @@ def main(argv):
                 for split, f in result.items()]
         command = "python -m benchmarks.encoder_scores " + " ".join(f"--{k}={v}" for k, v in options.items() if k != "record")
         try:
+            history = finetuning_table(options["encoder"])
             write_record(options["record"], {"command": command, "machine": machine(),
                                              "table": {"columns": ["split", "accuracy", "weighted-F1", *names], "rows": rows}})
-        except RecordError as error:
+            write_record(f"{options['record']}_finetuning", {"command": f"the fine-tuning's history in {options['encoder']}",
+                                                             "machine": machine(), "table": history})
+        except (RecordError, DataError) as error:
             raise SystemExit(f"error: {error}") from None
 
 

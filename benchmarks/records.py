@@ -134,7 +134,8 @@ def check_record(path, record):
     """Every field render() reads is of its kind; one RecordError naming the record and the field otherwise:
     rows {name: {'seeds': [int, ...] or a count, 'figures': {figure: [number or null per seed] or {'mean', 'std'}},
     'first_epochs' (optional): [[[number, number] per epoch] per seed]}; table {'columns': [str], 'rows': [[cell per
-    column]]}, a cell being text, a number, null or a reference {'record', 'row', 'figure' or 'column'} of text."""
+    column]]}, a cell being text, a number, null, a reference {'record', 'row', 'figure' or 'column'} of text, or
+    {'difference': [reference, reference]}."""
     def fail(field, what):
         raise RecordError(f"{path}: field '{field}' {what}")
 
@@ -178,14 +179,23 @@ def check_record(path, record):
             if not (isinstance(row, list) and len(row) == len(table["columns"])):
                 fail(f"table/rows/{k}", f"must be a list of {len(table['columns'])} cells, got {str(row)[:40]!r}")
             for j, cell in enumerate(row):
-                if isinstance(cell, dict):
-                    keys = set(cell)
-                    if not ({"record", "row"} <= keys and len(keys & {"figure", "column"}) == 1
-                            and keys <= {"record", "row", "figure", "column"} and all(isinstance(v, str) for v in cell.values())):
+                if isinstance(cell, dict) and set(cell) == {"difference"}:
+                    pair = cell["difference"]
+                    if not (isinstance(pair, list) and len(pair) == 2 and all(map(is_reference, pair))):
+                        fail(f"table/rows/{k}/{j}", f"a difference must be a list of two references, got {str(pair)[:60]!r}")
+                elif isinstance(cell, dict):
+                    if not is_reference(cell):
                         fail(f"table/rows/{k}/{j}", f"a reference must be text fields record, row and figure or column, got "
                                                     f"{str(cell)[:60]!r}")
                 elif not (isinstance(cell, str) or is_number(cell)):
                     fail(f"table/rows/{k}/{j}", f"must be text, a finite number or a reference, got {str(cell)[:40]!r}")
+
+
+def is_reference(cell):
+    """{'record', 'row', 'figure' or 'column'}, every field text."""
+    keys = set(cell) if isinstance(cell, dict) else set()
+    return ({"record", "row"} <= keys and len(keys & {"figure", "column"}) == 1 and keys <= {"record", "row", "figure", "column"}
+            and all(isinstance(v, str) for v in cell.values()))
 
 
 def write_record(name, record):
@@ -278,9 +288,13 @@ def first_epochs_table(name, rows, chosen):
 def cell_text(cell):
     """A printed table's cell: itself, or a reference to another record's figure, rendered from that record:
     {"record", "row", "figure"} (a results row: mean ± std over its seeds), {"record", "row", "column"} (the cell of a
-    printed table whose first column is `row`)."""
+    printed table whose first column is `row`), or {"difference": [reference, reference]} (the first mean minus the
+    second, signed)."""
     if not isinstance(cell, dict):
         return cell
+    if "difference" in cell:
+        first, second = (referenced_mean(reference) for reference in cell["difference"])
+        return f"{first - second:+.2f}"
     record = read_record(cell["record"])
     if "figure" in cell:
         row = record.get("rows", {}).get(cell["row"])
@@ -300,6 +314,16 @@ def cell_text(cell):
                                   f"reference itself; a reference names a figure or a printed value")
             return value
     raise RecordError(f"{record_path(cell['record'])}: no printed row {cell['row']!r}")
+
+
+def referenced_mean(reference):
+    """The mean a reference renders ('62.19 ± 0.31' or '53.24' -> the number), for a difference of two."""
+    text = str(cell_text(reference)).split(" ± ")[0]
+    try:
+        return float(text)
+    except ValueError:
+        raise RecordError(f"{record_path(reference['record'])}: row {reference['row']!r} gives {text!r}, not a number a "
+                          f"difference can use") from None
 
 
 def document_paths():

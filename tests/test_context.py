@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from dataloader import Dialogue, collate
-from MALN_model_fix import MALN, MALNConfig, PartyContextEncoder
+from MALN_model_fix import MALN, ContextEncoder, MALNConfig, PartyContextEncoder, SpeakerContextEncoder
 
 SIZES = {"t": 6, "a": 4}
 
@@ -75,3 +75,15 @@ def test_the_released_path_has_no_fusion_map_and_concatenates_sclm():
     assert model.amdm.specific["t"][0].in_features == 6 + 4
     context, speaker = torch.randn(2, 5, 6), torch.randn(2, 5, 4)
     assert torch.equal(model.speaker_fused("t", context, speaker), torch.cat([context, speaker], -1))
+
+
+def test_the_speaker_gru_reads_who_speaks_and_the_plain_gru_does_not():
+    torch.manual_seed(0)
+    config = MALNConfig(feature_sizes={"t": 6}, n_classes=3, context_encoder="speaker_gru")
+    batch = a_batch([[0, 1, 0, 1, 1], [1, 0, 0]])
+    features, lengths, real = batch["features"]["t"], batch["lengths"], batch["utterance_mask"]
+    swapped = (1 - batch["speakers"]).clamp(min=0)                                  # the same turns, the parties swapped
+    for encoder, reads_speakers in ((SpeakerContextEncoder(6, config).eval(), True), (ContextEncoder(6, config).eval(), False)):
+        before = encoder(features, lengths, batch["speakers"], real)
+        after = encoder(features, lengths, swapped, real)
+        assert before.shape == (2, 5, 6) and torch.equal(before, after) != reads_speakers

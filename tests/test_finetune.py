@@ -19,6 +19,7 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 from extraction import extract_features
 from extraction import text_encoder
 from conftest import SHARED_DATA
+from benchmarks import encoder_scores as encoder_scores_module, records
 from benchmarks.encoder_scores import encoder_scores
 import train_MALN
 from dataloader import DataError, load_features
@@ -111,6 +112,18 @@ def test_the_saved_encoder_reloads_and_gives_the_same_features(tmp_path, capsys)
     info = text_encoder.read_encoder_info(str(tmp_path / "a.encoder"))
     selected = info["history"][info["selected_epoch"] - 1]
     assert encoder_scores(table, str(tmp_path / "a.encoder"))["valid"]["accuracy"] == pytest.approx(selected["valid_accuracy"])
+
+
+def test_an_encoder_record_keeps_each_fine_tuning_epoch_with_the_selected_one_marked(tmp_path, monkeypatch):
+    monkeypatch.setattr(records, "MEASURED_DIR", str(tmp_path / "measured"))
+    table = small_table()
+    table.to_csv(tmp_path / "table.csv", index=False)
+    finetuned(table, tmp_path / "a.pkl", finetune_epochs=3)
+    encoder_scores_module.main([f"--encoder={tmp_path / 'a.encoder'}", f"--table={tmp_path / 'table.csv'}", "--record=enc"])
+    info = text_encoder.read_encoder_info(str(tmp_path / "a.encoder"))
+    rows = records.read_record("enc_finetuning")["table"]["rows"]
+    assert [row[0] for row in rows] == [f"{e}" + (" (selected)" if e == info["selected_epoch"] else "") for e in (1, 2, 3)]
+    assert [row[2] for row in rows] == [f"{h['valid_weighted_f1']:.2f}" for h in info["history"]]
 
 
 def test_crossfitted_training_rows_come_from_encoders_that_did_not_see_them(tmp_path):

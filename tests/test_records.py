@@ -57,6 +57,19 @@ def test_a_composed_table_takes_each_cell_from_the_record_it_names(measured):
     assert records.render("both", "table").splitlines()[2:] == ["| MALN | 61.00 ± 1.41 |", "| linear | 45.39 |"]
 
 
+def test_a_gain_cell_is_the_difference_of_the_two_means_it_names(measured):
+    records.write_record("runs", {"rows": {"full model": {"seeds": [1, 2], "figures": {"test_weighted_f1": [60.0, 62.0]}}}})
+    records.write_record("printed", {"table": {"columns": ["model", "test wF1"], "rows": [["encoder", "53.24"]]}})
+    maln, encoder = ({"record": "runs", "row": "full model", "figure": "test_weighted_f1"},
+                     {"record": "printed", "row": "encoder", "column": "test wF1"})
+    records.write_record("gain", {"table": {"columns": ["", "gain"], "rows": [["MALN over its encoder", {"difference": [maln, encoder]}],
+                                                                            ["the other way", {"difference": [encoder, maln]}]]}})
+    assert records.render("gain", "table").splitlines()[2:] == ["| MALN over its encoder | +7.76 |", "| the other way | -7.76 |"]
+    with pytest.raises(records.RecordError, match="a difference must be a list of two references"):
+        records.write_record("bad", {"table": {"columns": ["gain"], "rows": [[{"difference": [maln]}]]}})
+        records.render("bad", "table")
+
+
 def test_results_records_every_finished_row_seed_by_seed(tmp_path, measured):
     out = str(tmp_path / "runs")
     for row, seeds in (("full model", [1, 2]), ("without SCLM", [1])):

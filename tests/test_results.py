@@ -142,3 +142,11 @@ def test_a_row_name_that_is_not_in_the_suite_is_refused_with_the_suites_rows():
     with pytest.raises(SystemExit, match="no row 'SCLM per utterances' in suite demo; its rows:\n  full model\n"):
         results.main(["--suite=demo", "--rows=full model,SCLM per utterances"])
     assert not any("," in row for _, rows in results.SUITES.values() for row in rows)   # --rows separates names by commas
+
+
+def test_a_demo_suite_row_means_what_its_record_measured_whatever_config_demo_holds_now():
+    def trained(row):
+        return train_MALN.parse_overrides(results.row_arguments("context", row, "out", [], 1))
+    full, chosen = trained("full model"), trained("party GRU without SCLM")
+    assert (full["context_encoder"], full["sclm_mode"]) == ("gru", "utterance")          # the earlier demo preset
+    assert (chosen["context_encoder"], chosen["sclm_mode"]) == ("party_gru", "off")      # what config/demo.py holds now

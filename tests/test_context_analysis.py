@@ -1,0 +1,44 @@
+"""benchmarks/context.py: where the context is lost. The breakdown groups each utterance by how far back
+its speaker last spoke; the probes read the context encoder's and SCLM's vectors of the right utterances."""
+
+import numpy as np
+import torch
+
+from benchmarks import context
+from dataloader import Dialogue, make_batches, make_demo
+from MALN_model_fix import MALN, MALNConfig
+
+
+def test_the_breakdown_counts_how_far_back_each_speaker_last_spoke():
+    speakers = torch.tensor([0, 1, 0, 0, 2, 1])
+    dialogue = Dialogue("d", {"t": torch.zeros(6, 3)}, speakers, torch.zeros(6, dtype=torch.long))
+    facts = context.utterance_facts([dialogue])
+    assert facts["same speaker last spoke"].tolist() == [0, 0, 2, 1, 0, 4]
+    assert facts["parties"].tolist() == [3] * 6 and facts["dialogue length"].tolist() == [6] * 6
+
+
+def test_a_speakers_mean_covers_that_speakers_turns_only():
+    dialogue = make_demo(seed=0, n_dialogues=(1, 0, 0)).splits["train"][0]
+    means = context.party_means(dialogue, "t")
+    x, speakers = dialogue.features["t"].numpy(), dialogue.speakers.numpy()
+    for i, s in enumerate(speakers):
+        assert np.allclose(means[i], x[speakers == s].mean(0), atol=1e-5)
+
+
+def test_the_probes_read_each_utterances_own_context_and_sclm_vectors():
+    torch.manual_seed(0)
+    demo = make_demo(seed=1, n_dialogues=(6, 1, 1))
+    sizes = {m: x.shape[1] for m, x in demo.splits["train"][0].features.items()}
+    model = MALN(MALNConfig(feature_sizes=sizes, n_classes=4, hidden_size=8, speaker_size=4, cross_heads=2,
+                            sclm_mode="utterance", context_encoder="party_gru")).eval()
+    dialogues = demo.splits["train"]
+    vectors = context.inner_vectors(model, dialogues)
+    ordered = [d for batch, _ in make_batches(dialogues, 16) for d in batch]
+    assert np.array_equal(vectors["label"], np.concatenate([d.labels.numpy() for d in ordered]))
+    first, alone = ordered[0], make_batches([ordered[0]], 1)[0][1]
+    with torch.no_grad():
+        own = model.context["a"](model.standardizer["a"](alone["features"]["a"]), alone["lengths"], alone["speakers"],
+                                 alone["utterance_mask"])[0]
+    assert np.allclose(vectors["context_a"][: len(first)], own.numpy(), atol=1e-5)
+    assert vectors["sclm_t"].shape == (len(vectors["label"]), 4)
+    assert np.array_equal(vectors["offset_v"][: len(first)], first.offsets["v"].numpy())
