@@ -18,7 +18,7 @@ def test_the_breakdown_counts_how_far_back_each_speaker_last_spoke():
 
 
 def test_a_speakers_mean_covers_that_speakers_turns_only():
-    dialogue = make_demo(seed=0, n_dialogues=(1, 0, 0)).splits["train"][0]
+    dialogue = make_demo(seed=0, n_dialogues=(1, 1, 1)).splits["train"][0]
     means = context.party_means(dialogue, "t")
     x, speakers = dialogue.features["t"].numpy(), dialogue.speakers.numpy()
     for i, s in enumerate(speakers):
@@ -37,8 +37,8 @@ def test_the_probes_read_each_utterances_own_context_and_sclm_vectors():
     assert np.array_equal(vectors["label"], np.concatenate([d.labels.numpy() for d in ordered]))
     first, alone = ordered[0], make_batches([ordered[0]], 1)[0][1]
     with torch.no_grad():
-        own = model.context["a"](model.standardizer["a"](alone["features"]["a"]), alone["lengths"], alone["speakers"],
-                                 alone["utterance_mask"])[0]
+        own = model.context["a"](alone["features"]["a"], alone["lengths"], alone["speakers"],
+                                 alone["utterance_mask"])[0]       # standardize is off: the inputs as they are
     assert np.allclose(vectors["context_a"][: len(first)], own.numpy(), atol=1e-5)
     assert vectors["sclm_t"].shape == (len(vectors["label"]), 4)
     assert np.array_equal(vectors["offset_v"][: len(first)], first.offsets["v"].numpy())
