@@ -161,8 +161,8 @@ def probes(run_dir):
     for what, prefix in sources.items():
         keys = [f"{prefix}_{m}" for m in modalities]
         fit_x, fit_y = np.concatenate([train[k] for k in keys], 1), train["label"]
-        rows = fitted_rows(len(fit_y))
-        fit_x, fit_y = fit_x[rows], fit_y[rows]
+        chosen = fitted_rows(len(fit_y))
+        fit_x, fit_y = fit_x[chosen], fit_y[chosen]
         labelled, test_labelled = fit_y >= 0, test["label"] >= 0
         predicted = fit_logistic_regression(fit_x[labelled], fit_y[labelled]).predict(
             np.concatenate([test[k] for k in keys], 1)[test_labelled])
