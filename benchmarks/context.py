@@ -67,9 +67,7 @@ def single_utterances(dialogues):
 
 def breakdown(run_dir):
     """{group: {bin: (model wF1, logistic regression wF1, utterances)}} of one run's test split."""
-    metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
-    config = {**HYPERPARAMETERS, **metrics["config"]}
-    feature_set = training_data(config)
+    feature_set = run_data(run_dir)
     exported = np.load(os.path.join(run_dir, "features_test.npz"))
     test = feature_set.splits["test"]
     x_train, y_train = single_utterances(feature_set.splits["train"])

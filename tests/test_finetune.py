@@ -66,12 +66,17 @@ def test_test_rows_never_influence_the_fine_tuned_encoder(tmp_path):
                            saved_weights(text_encoder.default_model_path())["embeddings.word_embeddings.weight"])
 
 
-def test_the_selected_epoch_is_the_best_valid_one_and_its_weights_are_returned(monkeypatch):
-    table = small_table(n_dialogues=(4, 2, 0))
+def finetune_inputs(n_dialogues):
+    """(base encoder, token ids, labels, {'train', 'valid': rows}) of a small table, for text_encoder.finetune."""
+    table = small_table(n_dialogues=n_dialogues)
     base = text_encoder.load_encoder("", "", "cpu")
-    token_ids = text_encoder.tokenize(base, table["text"])
     labels = np.array([0 if label == "happy" else 1 for label in table["label"]])
     rows = {split: list(np.flatnonzero(table["split"] == split)) for split in ("train", "valid")}
+    return base, text_encoder.tokenize(base, table["text"]), labels, rows
+
+
+def test_the_selected_epoch_is_the_best_valid_one_and_its_weights_are_returned(monkeypatch):
+    base, token_ids, labels, rows = finetune_inputs((4, 2, 0))
     scripted, weights_seen = iter([50.0, 80.0, 60.0]), []  # valid weighted-F1 of epochs 1-3: epoch 2 is the best
     predict = text_encoder.predict_classes
 
@@ -88,11 +93,7 @@ def test_the_selected_epoch_is_the_best_valid_one_and_its_weights_are_returned(m
 
 
 def test_fine_tuning_stops_once_valid_has_not_risen_for_patience_epochs(monkeypatch):
-    table = small_table(n_dialogues=(2, 1, 0))
-    base = text_encoder.load_encoder("", "", "cpu")
-    token_ids = text_encoder.tokenize(base, table["text"])
-    labels = np.array([0 if label == "happy" else 1 for label in table["label"]])
-    rows = {split: list(np.flatnonzero(table["split"] == split)) for split in ("train", "valid")}
+    base, token_ids, labels, rows = finetune_inputs((2, 1, 0))
     scripted = iter([50.0, 80.0, 60.0, 80.0, 90.0, 95.0])  # epochs 3 and 4 do not beat epoch 2 (a tie is no gain)
     monkeypatch.setattr(text_encoder, "scores", lambda *args: {"weighted_f1": next(scripted), "accuracy": 0.0})
     _, history, epoch = text_encoder.finetune(base, token_ids, labels, rows["train"], rows["valid"], 2, epochs=6,
