@@ -13,7 +13,7 @@ data flows through them. MALN.forward runs, for every modality m:
     (bidirectional GRU)               (Transformers over each party's turns)
     (B, N, C_m)                       (B, N, speaker_size)
         +---------------+-----------------+
-                        v  concatenated: (B, N, C_m + speaker_size)
+                        v  concatenated: (B, N, C_m + speaker_size)  [+ the features: utterance_skip]
     AMDM (stage 2): specific and common encoders (B, N, H); a modality discriminator, on the
         common vectors through gradient reversal; orthogonality losses; unimodal classifiers
                         v
@@ -83,6 +83,7 @@ class MALNConfig:
     gru_layers: int = 2
     context_hidden: int = 0         # GRU hidden size; 0 = the modality's input size (released)
     context_dropout: float = 0.5    # between the GRU layers and on the context output (released: GRUModel's 0.5)
+    utterance_skip: bool = False    # the utterance's own features beside its context vector into AMDM (not in the release)
     # stage 2: adversarial multimodal decomposition module
     hidden_size: int = 100          # size of specific and common vectors
     specific_dropout: float = 0.1
@@ -499,7 +500,8 @@ class MALN(nn.Module):
         concatenated = self.sclm is not None and config.sclm_fusion == "concat"
         if self.sclm is not None and not concatenated:  # SCLM acts on the context vector: W maps s to its size
             self.fusion = nn.ModuleDict({m: nn.Linear(config.speaker_size, self.context[m].output_size) for m in sizes})
-        self.amdm = AMDM(config, {m: self.context[m].output_size + (config.speaker_size if concatenated else 0) for m in sizes})
+        self.amdm = AMDM(config, {m: self.context[m].output_size + (config.speaker_size if concatenated else 0)
+                                  + (d if config.utterance_skip else 0) for m, d in sizes.items()})
         H = config.hidden_size
         self.cross = CrossModalAttention(config) if len(sizes) > 1 else None
         self.classifier = nn.Sequential(nn.Linear(self.fused_size(), H), nn.ReLU(), nn.Dropout(config.dropout), nn.Linear(H, config.n_classes))
@@ -532,6 +534,8 @@ class MALN(nn.Module):
             x = self.context[m](features_m, lengths, speakers, utterance_mask)                        # (B, N, C_m)
             if self.sclm is not None:
                 x = self.speaker_fused(m, x, self.sclm[m](features_m, speakers, n_parties, utterance_mask))
+            if self.config.utterance_skip:
+                x = torch.cat([x, features_m], -1)                                                  # (B, N, C_m + D_m)
             inputs[m] = x
         specific, common, unimodal = self.amdm(inputs)
         commonality = sum(common.values())                                                          # (B, N, H)

@@ -74,6 +74,7 @@ context_encoder = "gru"     # a name of MALN_model_fix.CONTEXT_ENCODERS: 'gru' (
 gru_layers = 2              # bidirectional GRU layers
 context_hidden = 0          # GRU hidden size; 0 = the modality's feature size (released)
 context_dropout = 0.5       # dropout between the GRU layers and on the context encoder's output (released: 0.5)
+utterance_skip = False      # the utterance's own features beside its context vector into AMDM (not in the release)
 # model: AMDM
 hidden_size = 100           # specific and common vector size
 specific_dropout = 0.1      # dropout of the specific encoders

@@ -6,9 +6,10 @@ on single utterances of the same inputs (fitted on train) in the same groups.
     python train_MALN.py --preset=demo --run_name=context/full --seed=1
     python -m benchmarks.context saved_models/context/full [more runs ...] [--record=NAME]
 
-A run must have exported its vectors (export_features=True, the default): its features_test.npz
-names each test utterance's dialogue, position, label and prediction. The data are rebuilt from
-the run's saved settings (the demo set, or the feature file it names).
+Each test utterance's dialogue, position, label and prediction come from the run's features_test.npz
+(export_features=True, the default) or, when it did not export, from its best.pt (the selected epoch)
+run again on the test split. The data are rebuilt from the run's saved settings (the demo set, or
+the feature file it names).
 
     python -m benchmarks.context saved_models/context/full --probes=True [--record=NAME]
 
@@ -34,7 +35,7 @@ from benchmarks.records import machine, write_record
 from dataloader import make_batches
 from maln.cli import parse_options
 from MALN_model_fix import MALN
-from train_MALN import HYPERPARAMETERS, training_data
+from train_MALN import HYPERPARAMETERS, evaluate, training_data
 from utils import fit_logistic_regression, scores
 
 GROUPS = {  # name -> (what is grouped, [(label, low, high)] inclusive bounds)
@@ -68,8 +69,8 @@ def single_utterances(dialogues):
 def breakdown(run_dir):
     """{group: {bin: (model wF1, logistic regression wF1, utterances)}} of one run's test split."""
     feature_set = run_data(run_dir)
-    exported = np.load(os.path.join(run_dir, "features_test.npz"))
     test = feature_set.splits["test"]
+    exported = test_predictions(run_dir, test)
     x_train, y_train = single_utterances(feature_set.splits["train"])
     labelled = y_train >= 0
     linear = fit_logistic_regression(x_train[labelled], y_train[labelled]).predict(single_utterances(test)[0])
@@ -87,6 +88,16 @@ def breakdown(run_dir):
             result[group][label] = (scores(labels[rows], predictions[rows])["weighted_f1"],
                                     scores(labels[rows], linear[rows])["weighted_f1"], int(rows.sum()))
     return result
+
+
+def test_predictions(run_dir, test):
+    """{dialogue_id, position, label, prediction} of every real test utterance at the selected epoch: the run's
+    export, else its best.pt run again on `test` (a run trained with export_features=False)."""
+    path = os.path.join(run_dir, "features_test.npz")
+    if os.path.exists(path):
+        return np.load(path)
+    model = MALN.from_checkpoint(os.path.join(run_dir, "best.pt"))
+    return evaluate(model, make_batches(test, 16), torch.device("cpu"), False, None, keep_vectors=True)["vectors"]
 
 
 def run_data(run_dir):

@@ -129,6 +129,8 @@ CONTEXT_ROWS = {  # where the speakers change: context along each party's turns,
     # the demo preset (party GRU without SCLM) with more epochs or less context dropout
     "party GRU without SCLM + 30 epochs": ["--context_encoder=party_gru", "--sclm_mode=off", "--epochs=30"],
     "party GRU without SCLM + context dropout 0.1": ["--context_encoder=party_gru", "--sclm_mode=off", "--context_dropout=0.1"],
+    # the context vectors predict the emotion less well than the utterance's own features (docs/results.md, the probes)
+    "party GRU without SCLM + utterance skip": ["--context_encoder=party_gru", "--sclm_mode=off", "--utterance_skip=True"],
     "SCLM gates the context vector": ["--sclm_fusion=gate"],
     "SCLM corrects the context vector": ["--sclm_fusion=correct"],
     "without SCLM": ["--sclm_mode=off"],

@@ -18,3 +18,4 @@ adversarial_objective = "reversal"
 common_last_layer = "shared"
 context_encoder = "gru"
 sclm_fusion = "concat"
+utterance_skip = False

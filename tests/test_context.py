@@ -87,3 +87,16 @@ def test_the_speaker_gru_reads_who_speaks_and_the_plain_gru_does_not():
         before = encoder(features, lengths, batch["speakers"], real)
         after = encoder(features, lengths, swapped, real)
         assert before.shape == (2, 5, 6) and torch.equal(before, after) != reads_speakers
+
+
+def test_the_utterance_skip_hands_amdm_each_utterances_own_features_beside_its_context():
+    torch.manual_seed(0)
+    batch = a_batch([[0, 1, 0, 1, 1], [1, 0, 0]])
+    seen = {}
+    for skip in (False, True):
+        model = MALN(MALNConfig(feature_sizes={"t": 6}, n_classes=3, sclm_mode="off", utterance_skip=skip)).eval()
+        model.amdm.register_forward_hook(lambda _, inputs, __, skip=skip: seen.__setitem__(skip, inputs[0]["t"]))
+        model(batch)
+    real = batch["utterance_mask"]
+    assert seen[False].shape == (2, 5, 6) and seen[True].shape == (2, 5, 12)
+    assert torch.equal(seen[True][..., 6:][real], batch["features"]["t"][real])

@@ -1,10 +1,14 @@
 """benchmarks/context.py: where the context is lost. The breakdown groups each utterance by how far back
 its speaker last spoke; the probes read the context encoder's and SCLM's vectors of the right utterances."""
 
+import os
+
 import numpy as np
 import torch
 
+import train_MALN
 from benchmarks import context
+from conftest import DEMO_SETTINGS
 from dataloader import Dialogue, make_batches, make_demo
 from MALN_model_fix import MALN, MALNConfig
 
@@ -42,3 +46,14 @@ def test_the_probes_read_each_utterances_own_context_and_sclm_vectors():
     assert np.allclose(vectors["context_a"][: len(first)], own.numpy(), atol=1e-5)
     assert vectors["sclm_t"].shape == (len(vectors["label"]), 4)
     assert np.array_equal(vectors["offset_v"][: len(first)], first.offsets["v"].numpy())
+
+
+def test_a_run_that_did_not_export_is_broken_down_from_its_best_checkpoint(tmp_path, monkeypatch):
+    feature_set = make_demo(0, n_dialogues=(12, 3, 4))
+    config = train_MALN.parse_overrides([*DEMO_SETTINGS, f"--out_dir={tmp_path}", "--run_name=run", "--epochs=2",
+                                         "--batch_size=4", "--export_features=True"])
+    train_MALN.run(config, feature_set)
+    monkeypatch.setattr(context, "run_data", lambda run_dir: feature_set)
+    from_export = context.breakdown(tmp_path / "run")
+    os.remove(tmp_path / "run" / "features_test.npz")
+    np.testing.assert_equal(context.breakdown(tmp_path / "run"), from_export)   # an empty bin's NaN equals NaN
