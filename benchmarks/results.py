@@ -429,9 +429,10 @@ def first_epochs(path):
         raise SystemExit(f"error: {path}: no readable history ({error})") from None
 
 
-def record_suite(name, suite, out_dir, extra):
-    """benchmarks/measured/<name>.json from the suite's finished rows, with the command and machine."""
-    rows = record_rows(suite, out_dir)
+def record_suite(name, suite, out_dir, extra, only=()):
+    """benchmarks/measured/<name>.json from the suite's finished rows (with --rows, those rows only: the record's
+    other rows are kept as they were measured, whatever else the --out_dir holds), with the command and machine."""
+    rows = {row: figures for row, figures in record_rows(suite, out_dir).items() if not only or row in only}
     if not rows:
         raise SystemExit(f"--record={name}: no finished row of suite {suite} under {out_dir} to record")
     kept = read_record(name)["rows"] if os.path.exists(record_path(name)) else {}
@@ -489,7 +490,7 @@ def main(argv):
         print(markdown(probes))
     if options["record"]:
         try:
-            record_suite(options["record"], options["suite"], options["out_dir"], extra)
+            record_suite(options["record"], options["suite"], options["out_dir"], extra, only)
         except RecordError as error:
             raise SystemExit(f"error: {error}") from None
     if options["suite"] == "adversarial":

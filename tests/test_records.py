@@ -97,3 +97,20 @@ def test_results_records_every_finished_row_seed_by_seed(tmp_path, measured):
 
 def test_the_readme_stays_a_front_door_under_15000_characters():
     assert len(open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()) < 15000
+
+
+def test_recording_chosen_rows_keeps_the_records_other_rows_as_measured(tmp_path, measured):
+    out = str(tmp_path / "runs")
+    for row, value in (("full model", 70.0), ("without SCLM", 60.0)):
+        directory = results.run_dir(out, "demo", row)
+        os.makedirs(os.path.join(directory, "seed1"))
+        json.dump({key: value for key in results.COLUMNS}, open(os.path.join(directory, "seed1", "metrics.json"), "w"))
+        with open(os.path.join(directory, "seed1", "history.csv"), "w") as f:
+            f.write("epoch,train_accuracy,valid_weighted_f1\n1,20,10\n")
+        json.dump({"seeds": [1], **{key: {"mean": value, "std": 0.0} for key in results.COLUMNS}},
+                  open(os.path.join(directory, "summary.json"), "w"))
+    kept = {"seeds": [1, 2, 3], "figures": {"test_weighted_f1": [80.0, 81.0, 82.0]}, "first_epochs": [[], [], []]}
+    records.write_record("demo_test", {"suite": "demo", "command": "earlier", "machine": "m", "rows": {"full model": kept}})
+    results.record_suite("demo_test", "demo", out, [], only=["without SCLM"])
+    rows = records.read_record("demo_test")["rows"]
+    assert rows["full model"] == kept and rows["without SCLM"]["figures"]["test_weighted_f1"] == [60.0]
