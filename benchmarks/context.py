@@ -38,9 +38,9 @@ from MALN_model_fix import MALN
 from train_MALN import HYPERPARAMETERS, evaluate, training_data
 from utils import fit_logistic_regression, scores
 
-GROUPS = {  # name -> (what is grouped, [(label, low, high)] inclusive bounds)
-    "dialogue length": ("utterances in the dialogue", [("5-12", 5, 12), ("13-25", 13, 25), ("26+", 26, 10 ** 9)]),
-    "parties": ("parties in the dialogue", [("2", 2, 2), ("3-4", 3, 4), ("5+", 5, 10 ** 9)]),
+GROUPS = {  # name -> (what is grouped, [(label, low, high)] inclusive bounds); every utterance falls in one bin of each
+    "dialogue length": ("utterances in the dialogue", [("1-4", 1, 4), ("5-12", 5, 12), ("13-25", 13, 25), ("26+", 26, 10 ** 9)]),
+    "parties": ("parties in the dialogue", [("1", 1, 1), ("2", 2, 2), ("3-4", 3, 4), ("5+", 5, 10 ** 9)]),
     "same speaker last spoke": ("utterances since the same speaker's previous turn (0: first turn)",
                                 [("first turn", 0, 0), ("1-2 back", 1, 2), ("3-5 back", 3, 5), ("6+ back", 6, 10 ** 9)]),
 }
@@ -198,6 +198,8 @@ def breakdown_table(runs):
     rows = []
     for group, (_, bins) in GROUPS.items():
         for label, _, _ in bins:
+            if results[0][group][label][2] == 0:  # no utterance in this bin (the demo has no dialogue under 5)
+                continue
             model = [r[group][label][0] for r in results]
             linear = [r[group][label][1] for r in results]
             rows.append([group, label, str(results[0][group][label][2]), f"{np.mean(model):.2f}", f"{np.mean(linear):.2f}",

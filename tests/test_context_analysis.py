@@ -57,3 +57,10 @@ def test_a_run_that_did_not_export_is_broken_down_from_its_best_checkpoint(tmp_p
     from_export = context.breakdown(tmp_path / "run")
     os.remove(tmp_path / "run" / "features_test.npz")
     np.testing.assert_equal(context.breakdown(tmp_path / "run"), from_export)   # an empty bin's NaN equals NaN
+
+
+def test_every_utterance_falls_in_one_bin_of_each_group_short_dialogues_and_lone_speakers_included():
+    for group, (_, bins) in context.GROUPS.items():
+        smallest = 0 if group == "same speaker last spoke" else 1
+        for value in range(smallest, 300):
+            assert sum(low <= value <= high for _, low, high in bins) == 1, (group, value)
