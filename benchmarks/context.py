@@ -11,6 +11,12 @@ Each test utterance's dialogue, position, label and prediction come from the run
 run again on the test split. The data are rebuilt from the run's saved settings (the demo set, or
 the feature file it names).
 
+    python -m benchmarks.context RUN --encoder=DIR --transcripts=PKL [--record=NAME]
+
+--encoder (with the transcript file the run's features came from) adds, per group, the fine-tuned
+encoder's own head on single utterances (benchmarks.encoder_scores): on a fine-tuned file that head,
+not logistic regression on the written vectors, is what the utterance alone gives.
+
     python -m benchmarks.context saved_models/context/full --probes=True [--record=NAME]
 
 --probes=True asks instead what the context encoder's output and SCLM's vector hold by themselves
@@ -66,8 +72,9 @@ def single_utterances(dialogues):
     return x, y
 
 
-def breakdown(run_dir):
-    """{group: {bin: (model wF1, logistic regression wF1, utterances)}} of one run's test split."""
+def breakdown(run_dir, encoder=None):
+    """{group: {bin: (model wF1, logistic regression wF1, utterances, encoder wF1 or None)}} of one run's test split;
+    `encoder`: (transcript file, fine-tuned encoder folder), whose own head is scored in the same groups."""
     feature_set = run_data(run_dir)
     test = feature_set.splits["test"]
     exported = test_predictions(run_dir, test)
@@ -79,6 +86,7 @@ def breakdown(run_dir):
     rows_of_export = np.array([order[(str(d), int(i))] for d, i in zip(exported["dialogue_id"], exported["position"])])
     linear, facts = linear[rows_of_export], {name: values[rows_of_export] for name, values in facts.items()}  # export's order
     labels, predictions = exported["label"], exported["prediction"]
+    alone = encoder_alone(*encoder, run_dataset(run_dir), feature_set, exported) if encoder else None
     keep = labels >= 0
     result = {}
     for group, (_, bins) in GROUPS.items():
@@ -86,8 +94,25 @@ def breakdown(run_dir):
         for label, low, high in bins:
             rows = keep & (facts[group] >= low) & (facts[group] <= high)
             result[group][label] = (scores(labels[rows], predictions[rows])["weighted_f1"],
-                                    scores(labels[rows], linear[rows])["weighted_f1"], int(rows.sum()))
+                                    scores(labels[rows], linear[rows])["weighted_f1"], int(rows.sum()),
+                                    None if alone is None else scores(labels[rows], alone[rows])["weighted_f1"])
     return result
+
+
+def encoder_alone(transcripts, directory, dataset, feature_set, exported):
+    """The fine-tuned encoder's own head (benchmarks.encoder_scores) on each exported test utterance, in the run's
+    class indices: what the utterance alone gives with the encoder the features came from."""
+    from benchmarks.encoder_scores import encoder_predictions   # the extraction stage's packages, only when asked
+    from extraction.extract_features import read_transcripts
+    table = read_transcripts(transcripts, dataset)[0]
+    predicted, rows, names = encoder_predictions(table, directory, splits=("test",))
+    chosen, _, classes = predicted["test"]
+    by_utterance = {(rows["dialogue_id"][i], int(rows["position"][i])): feature_set.class_names.index(names[c])
+                    for i, c in zip(chosen, classes)}
+    try:
+        return np.array([by_utterance[(str(d), int(i))] for d, i in zip(exported["dialogue_id"], exported["position"])])
+    except KeyError as missing:
+        raise SystemExit(f"{transcripts}: no test utterance {missing} of the run's data: not the transcripts of its features") from None
 
 
 def test_predictions(run_dir, test):
@@ -100,9 +125,16 @@ def test_predictions(run_dir, test):
     return evaluate(model, make_batches(test, 16), torch.device("cpu"), False, None, keep_vectors=True)["vectors"]
 
 
+def run_config(run_dir):
+    return {**HYPERPARAMETERS, **json.load(open(os.path.join(run_dir, "metrics.json")))["config"]}
+
+
 def run_data(run_dir):
-    metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
-    return training_data({**HYPERPARAMETERS, **metrics["config"]})
+    return training_data(run_config(run_dir))
+
+
+def run_dataset(run_dir):
+    return run_config(run_dir)["dataset"]
 
 
 def party_means(dialogue, m):
@@ -192,9 +224,11 @@ def probe_table(runs):
     return columns, rows
 
 
-def breakdown_table(runs):
-    results = [breakdown(run) for run in runs]
-    columns = ["group", "bin", "utterances", "MALN test wF1", "logistic regression test wF1", "difference"]
+def breakdown_table(runs, encoder=None):
+    results = [breakdown(run, encoder) for run in runs]
+    with_encoder = encoder is not None
+    columns = ["group", "bin", "utterances", "MALN test wF1", "logistic regression test wF1", "difference",
+               *(["encoder alone test wF1", "MALN - encoder"] if with_encoder else [])]
     rows = []
     for group, (_, bins) in GROUPS.items():
         for label, _, _ in bins:
@@ -202,17 +236,21 @@ def breakdown_table(runs):
                 continue
             model = [r[group][label][0] for r in results]
             linear = [r[group][label][1] for r in results]
+            alone = [r[group][label][3] for r in results] if with_encoder else []
             rows.append([group, label, str(results[0][group][label][2]), f"{np.mean(model):.2f}", f"{np.mean(linear):.2f}",
-                         f"{np.mean(model) - np.mean(linear):+.2f}"])
+                         f"{np.mean(model) - np.mean(linear):+.2f}",
+                         *([f"{np.mean(alone):.2f}", f"{np.mean(model) - np.mean(alone):+.2f}"] if with_encoder else [])])
     return columns, rows
 
 
 def main(argv):
     runs = [a for a in argv if not a.startswith("--")]
-    options, _ = parse_options([a for a in argv if a.startswith("--")], {"record": "", "probes": False}, usage=__doc__)
-    if not runs:
+    options, _ = parse_options([a for a in argv if a.startswith("--")],
+                               {"record": "", "probes": False, "encoder": "", "transcripts": ""}, usage=__doc__)
+    if not runs or bool(options["encoder"]) != bool(options["transcripts"]):
         raise SystemExit(f"usage: {__doc__}")
-    columns, rows = probe_table(runs) if options["probes"] else breakdown_table(runs)
+    encoder = (options["transcripts"], options["encoder"]) if options["encoder"] else None
+    columns, rows = probe_table(runs) if options["probes"] else breakdown_table(runs, encoder)
     widths = [max(len(str(c)) for c in column) for column in zip(columns, *rows)]
     for row in [columns, *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))

@@ -26,8 +26,9 @@ from benchmarks.records import RecordError, machine, write_record
 from utils import scores
 
 
-def encoder_scores(table, directory, device="cpu"):
-    """{split: accuracy, weighted_f1, per_class_f1} of the saved head on the table's valid and test rows."""
+def encoder_predictions(table, directory, splits=("valid", "test"), device="cpu"):
+    """{split: (rows, labels, predictions)} of the saved head on the table's labelled rows of each split: the table's
+    row indices, and class indices in the encoder's class names; -> (that, read_table's rows, the class names)."""
     info = text_encoder.read_encoder_info(directory)
     if not info:
         raise DataError(f"{directory}: not an encoder saved by extract_features.py --finetune=True (no {text_encoder.ENCODER_INFO})")
@@ -41,10 +42,18 @@ def encoder_scores(table, directory, device="cpu"):
     encoder = text_encoder.load_head(text_encoder.load_encoder(directory, "", resolve_device(device)), directory, len(names))
     token_ids = text_encoder.tokenize(encoder, rows["text"])
     result = {}
-    for split in ("valid", "test"):
+    for split in splits:
         chosen = [i for i, (s, label) in enumerate(zip(rows["split"], rows["label"])) if s == split and label in names]
         labels = np.array([names.index(rows["label"][i]) for i in chosen])
-        predictions = text_encoder.predict_classes(encoder, token_ids, chosen)
+        result[split] = (chosen, labels, text_encoder.predict_classes(encoder, token_ids, chosen))
+    return result, rows, names
+
+
+def encoder_scores(table, directory, device="cpu"):
+    """{split: accuracy, weighted_f1, per_class_f1} of the saved head on the table's valid and test rows."""
+    predicted, _, names = encoder_predictions(table, directory, device=device)
+    result = {}
+    for split, (_, labels, predictions) in predicted.items():
         per_class = f1_score(labels, predictions, labels=range(len(names)), average=None, zero_division=0)
         result[split] = {**scores(labels, predictions), "per_class_f1": dict(zip(names, (100 * per_class).round(2).tolist()))}
     return result

@@ -64,3 +64,17 @@ def test_every_utterance_falls_in_one_bin_of_each_group_short_dialogues_and_lone
         smallest = 0 if group == "same speaker last spoke" else 1
         for value in range(smallest, 300):
             assert sum(low <= value <= high for _, low, high in bins) == 1, (group, value)
+
+
+def test_the_encoder_alone_is_matched_to_each_utterance_by_dialogue_and_position_in_the_runs_class_order(monkeypatch):
+    from benchmarks import encoder_scores
+    from extraction import extract_features
+    feature_set = make_demo(0, n_dialogues=(1, 1, 1))                  # class names: the demo's four
+    names = list(reversed(feature_set.class_names))                    # the encoder's own class order
+    rows = {"dialogue_id": ["b", "a", "a", "b"], "position": ["0", "1", "0", "1"]}
+    predicted = {"test": ([0, 1, 2, 3], None, np.array([0, 1, 2, 3]))}  # row i: the encoder's class i
+    monkeypatch.setattr(extract_features, "read_transcripts", lambda path, dataset: (None, None))
+    monkeypatch.setattr(encoder_scores, "encoder_predictions", lambda table, directory, splits: (predicted, rows, names))
+    exported = {"dialogue_id": np.array(["a", "a", "b", "b"]), "position": np.array([0, 1, 0, 1])}
+    alone = context.encoder_alone("transcripts.pkl", "encoder", "demo", feature_set, exported)
+    assert [feature_set.class_names[c] for c in alone] == [names[2], names[1], names[0], names[3]]
