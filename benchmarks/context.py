@@ -86,7 +86,7 @@ def breakdown(run_dir, encoder=None):
     rows_of_export = np.array([order[(str(d), int(i))] for d, i in zip(exported["dialogue_id"], exported["position"])])
     linear, facts = linear[rows_of_export], {name: values[rows_of_export] for name, values in facts.items()}  # export's order
     labels, predictions = exported["label"], exported["prediction"]
-    alone = encoder_alone(*encoder, run_dataset(run_dir), feature_set, exported) if encoder else None
+    alone = encoder_alone(*encoder, run_config(run_dir)["dataset"], feature_set, exported) if encoder else None
     keep = labels >= 0
     result = {}
     for group, (_, bins) in GROUPS.items():
@@ -132,9 +132,6 @@ def run_config(run_dir):
 def run_data(run_dir):
     return training_data(run_config(run_dir))
 
-
-def run_dataset(run_dir):
-    return run_config(run_dir)["dataset"]
 
 
 def party_means(dialogue, m):
