@@ -80,6 +80,12 @@ IEMOCAP_ROWS = {  # the regularisation switches one at a time, the combinations 
     "IEMOCAP preset + without SCLM": ["--preset=IEMOCAP", "--sclm_mode=off"],
     "IEMOCAP preset + 15 epochs": ["--preset=IEMOCAP", "--epochs=15"],
     "IEMOCAP preset + dropout 0.5": ["--preset=IEMOCAP", "--dropout=0.5"],
+    # the speaker-aware context switches (issue 28), on the preset
+    "IEMOCAP preset + party GRU": ["--preset=IEMOCAP", "--context_encoder=party_gru"],
+    "IEMOCAP preset + party GRU without SCLM": ["--preset=IEMOCAP", "--context_encoder=party_gru", "--sclm_mode=off"],
+    "IEMOCAP preset + speaker GRU": ["--preset=IEMOCAP", "--context_encoder=speaker_gru"],
+    "IEMOCAP preset + utterance skip": ["--preset=IEMOCAP", "--utterance_skip=True"],
+    "IEMOCAP preset + SCLM gates the context vector": ["--preset=IEMOCAP", "--sclm_fusion=gate"],
 }
 MELD_FROZEN_PRESET = "class weights + moving average (0.99) (the MELD preset on frozen vectors)"
 MELD_ROWS = {  # each with class weights, the one switch that helped at once
@@ -92,6 +98,13 @@ MELD_ROWS = {  # each with class weights, the one switch that helped at once
     "class weights + moving average (0.99) + without the unimodal loss": ["--class_weights=True", "--average_decay=0.99",
                                                                         "--unimodal_weight=0"],
     MELD_FROZEN_PRESET: ["--class_weights=True", "--average_decay=0.99"],
+    # the speaker-aware context switches (issue 28), on the preset of fine-tuned vectors (the plain defaults)
+    "party GRU": ["--context_encoder=party_gru"],
+    "party GRU without SCLM": ["--context_encoder=party_gru", "--sclm_mode=off"],
+    "speaker GRU": ["--context_encoder=speaker_gru"],
+    "utterance skip": ["--utterance_skip=True"],
+    "SCLM gates the context vector": ["--sclm_fusion=gate"],
+    "utterance skip + input dropout 0.3": ["--utterance_skip=True", "--input_dropout=0.3"],
 }
 ADVERSARIAL_WEIGHTS = {"adversarial weight 0.01 (released)": 0.01, "adversarial weight 0.03": 0.03,
                        "adversarial weight 0.1": 0.1, "adversarial weight 0.3": 0.3, "adversarial weight 1": 1.0}
