@@ -78,7 +78,8 @@ class MALNConfig:
                                     # c * 2 sigmoid(W s) (SCLM scales each context feature), 'correct' c + W s (SCLM shifts it)
     # context encoders
     context_encoder: str = "gru"    # a name of CONTEXT_ENCODERS: 'gru' (the release's bidirectional GRU over the dialogue),
-                                    # 'party_gru' (beside it, a GRU along each party's own turns),
+                                    # 'party_gru' (beside it, a GRU along each party's own turns), 'party_mean_gru'
+                                    # (that party GRU also given its party's mean),
                                     # 'speaker_gru' (the dialogue GRU, each turn's party one-hot in its input)
     gru_layers: int = 2
     context_hidden: int = 0         # GRU hidden size; 0 = the modality's input size (released)
@@ -314,12 +315,13 @@ class PartyContextEncoder(nn.Module):
     over the turns of the utterance's own party only, projected back to the input size, ReLU and
     dropout. A speaker's offset and persisting emotion are estimated along that speaker's turns,
     which the whole-dialogue GRU sees interleaved with the others'. output_size = 2 x size."""
+    party_mean = False                                                              # PartyMeanContextEncoder: True
 
     def __init__(self, size, config):
         super().__init__()
         self.dialogue = ContextEncoder(size, config)
         hidden = config.context_hidden or size
-        self.gru = nn.GRU(size, hidden, num_layers=1, bidirectional=True, batch_first=True)
+        self.gru = nn.GRU(size * (2 if self.party_mean else 1), hidden, num_layers=1, bidirectional=True, batch_first=True)
         self.project = nn.Sequential(nn.Linear(2 * hidden, size), nn.ReLU(), nn.Dropout(config.context_dropout))
         self.output_size = 2 * size
 
@@ -336,6 +338,10 @@ class PartyContextEncoder(nn.Module):
         real = utterance_mask
         parties = features.new_zeros(len(present), int(counts.max()), D)                      # (G, L, D)
         parties[compact[group[real]], turn[real]] = features[real]
+        if self.party_mean:                                                                   # [turn ; party's mean]
+            lengths_g = counts[present].unsqueeze(-1).to(features.dtype)                      # (G, 1)
+            means = (parties.sum(1) / lengths_g).unsqueeze(1).expand_as(parties)              # (G, L, D)
+            parties = torch.cat([parties, means], -1)                                         # (G, L, 2D)
         packed = pack_padded_sequence(parties, counts[present].cpu(), batch_first=True, enforce_sorted=False)
         output = stacked_bidirectional_gru(self.gru, packed.data, packed.batch_sizes)           # (n_real, 2G)
         output = pad_packed_sequence(packed._replace(data=self.project(output)), batch_first=True)[0]  # (G, L, D)
@@ -344,9 +350,18 @@ class PartyContextEncoder(nn.Module):
         return torch.cat([self.dialogue(features, lengths), along_party], -1)                  # (B, N, 2D)
 
 
+class PartyMeanContextEncoder(PartyContextEncoder):
+    """The party GRU told its party's mean (not in the release): each turn's input along the party
+    is [the turn ; the mean of that party's turns in the dialogue]. The mean holds the speaker's
+    offset plus their average emotion; beside the turn, a model can weigh one against the other
+    (a linear model given the same means loses on the demo and on MELD: docs/results.md)."""
+    party_mean = True
+
+
 CONTEXT_ENCODERS = {  # MALNConfig.context_encoder -> its class; add yours here (docs/extending.md)
     "gru": ContextEncoder,
     "party_gru": PartyContextEncoder,
+    "party_mean_gru": PartyMeanContextEncoder,
     "speaker_gru": SpeakerContextEncoder,
 }
 

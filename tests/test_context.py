@@ -7,14 +7,15 @@ import torch
 from torch import nn
 
 from dataloader import Dialogue, collate
-from MALN_model_fix import MALN, ContextEncoder, MALNConfig, PartyContextEncoder, SpeakerContextEncoder
+from MALN_model_fix import (MALN, ContextEncoder, MALNConfig, PartyContextEncoder, PartyMeanContextEncoder,
+                            SpeakerContextEncoder)
 
 SIZES = {"t": 6, "a": 4}
 
 
-def party_encoder(size=6):
+def party_encoder(size=6, encoder=PartyContextEncoder):
     config = MALNConfig(feature_sizes={"t": size}, n_classes=3, context_encoder="party_gru")
-    return PartyContextEncoder(size, config).eval()
+    return encoder(size, config).eval()
 
 
 def a_batch(speakers, size=6):
@@ -53,6 +54,26 @@ def test_the_party_state_is_a_bidirectional_gru_over_that_partys_turns_alone():
             turns = (batch["speakers"][b, :n] == party).nonzero().squeeze(1)
             expected = encoder.project(gru(features[b, turns].unsqueeze(0))[0])[0]
             assert torch.allclose(result[b, turns], expected, atol=1e-6)
+
+
+def test_the_party_mean_gru_reads_each_turn_beside_its_partys_mean_and_nothing_of_the_others():
+    torch.manual_seed(0)
+    encoder = party_encoder(encoder=PartyMeanContextEncoder)
+    batch = a_batch([[0, 1, 0, 2, 1, 0, 0], [1, 0, 1, 1]])
+    features, speakers, real = batch["features"]["t"], batch["speakers"], batch["utterance_mask"]
+    result = along_party(encoder, batch, features)
+    gru = nn.GRU(12, 6, bidirectional=True, batch_first=True)
+    gru.load_state_dict(encoder.gru.state_dict())
+    for b, n in enumerate(batch["lengths"].tolist()):
+        for party in speakers[b, :n].unique():
+            turns = (speakers[b, :n] == party).nonzero().squeeze(1)
+            own = features[b, turns]                                                  # (T, D)
+            inputs = torch.cat([own, own.mean(0, keepdim=True).expand_as(own)], -1)    # (T, 2D)
+            assert torch.allclose(result[b, turns], encoder.project(gru(inputs.unsqueeze(0))[0])[0], atol=1e-6)
+    changed = features.clone()
+    changed[(speakers == 1) & real] += 3.0                                         # party 1's turns only
+    party_1 = (speakers == 1) & real
+    assert torch.equal(result[~party_1 & real], along_party(encoder, batch, changed)[~party_1 & real])
 
 
 @pytest.mark.parametrize("fusion", ["gate", "correct"])
