@@ -143,7 +143,7 @@ CONTEXT_ROWS = {  # where the speakers change: context along each party's turns,
     "party GRU without SCLM + 30 epochs": ["--context_encoder=party_gru", "--sclm_mode=off", "--epochs=30"],
     "party GRU without SCLM + context dropout 0.1": ["--context_encoder=party_gru", "--sclm_mode=off", "--context_dropout=0.1"],
     # the context vectors predict the emotion less well than the utterance's own features (docs/results.md, the probes)
-    "party GRU told its party's mean, without SCLM": ["--context_encoder=party_mean_gru", "--sclm_mode=off"],
+    "party mean GRU without SCLM (each turn beside its party's mean)": ["--context_encoder=party_mean_gru", "--sclm_mode=off"],
     "party GRU without SCLM + utterance skip": ["--context_encoder=party_gru", "--sclm_mode=off", "--utterance_skip=True"],
     "SCLM gates the context vector": ["--sclm_fusion=gate"],
     "SCLM corrects the context vector": ["--sclm_fusion=correct"],
