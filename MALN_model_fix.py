@@ -339,8 +339,8 @@ class PartyContextEncoder(nn.Module):
         parties = features.new_zeros(len(present), int(counts.max()), D)                      # (G, L, D)
         parties[compact[group[real]], turn[real]] = features[real]
         if self.party_mean:                                                                   # [turn ; party's mean]
-            lengths_g = counts[present].unsqueeze(-1).to(features.dtype)                      # (G, 1)
-            means = (parties.sum(1) / lengths_g).unsqueeze(1).expand_as(parties)              # (G, L, D)
+            means = parties.sum(1) / counts[present].unsqueeze(-1).to(features.dtype)         # (G, D)
+            means = means.unsqueeze(1).expand_as(parties)                                     # (G, L, D)
             parties = torch.cat([parties, means], -1)                                         # (G, L, 2D)
         packed = pack_padded_sequence(parties, counts[present].cpu(), batch_first=True, enforce_sorted=False)
         output = stacked_bidirectional_gru(self.gru, packed.data, packed.batch_sizes)           # (n_real, 2G)

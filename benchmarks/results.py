@@ -104,7 +104,6 @@ MELD_ROWS = {  # each with class weights, the one switch that helped at once
     "speaker GRU": ["--context_encoder=speaker_gru"],
     "utterance skip": ["--utterance_skip=True"],
     "SCLM gates the context vector": ["--sclm_fusion=gate"],
-    "utterance skip + input dropout 0.3": ["--utterance_skip=True", "--input_dropout=0.3"],
 }
 ADVERSARIAL_WEIGHTS = {"adversarial weight 0.01 (released)": 0.01, "adversarial weight 0.03": 0.03,
                        "adversarial weight 0.1": 0.1, "adversarial weight 0.3": 0.3, "adversarial weight 1": 1.0}
