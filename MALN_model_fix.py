@@ -79,8 +79,9 @@ class MALNConfig:
     # context encoders
     context_encoder: str = "gru"    # a name of CONTEXT_ENCODERS: 'gru' (the release's bidirectional GRU over the dialogue),
                                     # 'party_gru' (beside it, a GRU along each party's own turns), 'party_mean_gru'
-                                    # (that party GRU also given its party's mean),
-                                    # 'speaker_gru' (the dialogue GRU, each turn's party one-hot in its input)
+                                    # (that party GRU also given its party's mean), 'party_joint_gru' (that party GRU
+                                    # reading every modality's turn), 'speaker_gru' (the dialogue GRU, each turn's
+                                    # party one-hot in its input)
     gru_layers: int = 2
     context_hidden: int = 0         # GRU hidden size; 0 = the modality's input size (released)
     context_dropout: float = 0.5    # between the GRU layers and on the context output (released: GRUModel's 0.5)
@@ -316,18 +317,22 @@ class PartyContextEncoder(nn.Module):
     dropout. A speaker's offset and persisting emotion are estimated along that speaker's turns,
     which the whole-dialogue GRU sees interleaved with the others'. output_size = 2 x size."""
     party_mean = False                                                              # PartyMeanContextEncoder: True
+    reads_every_modality = False                                                    # JointPartyContextEncoder: True
 
     def __init__(self, size, config):
         super().__init__()
         self.dialogue = ContextEncoder(size, config)
         hidden = config.context_hidden or size
-        self.gru = nn.GRU(size * (2 if self.party_mean else 1), hidden, num_layers=1, bidirectional=True, batch_first=True)
+        party_input = sum(config.feature_sizes.values()) if self.reads_every_modality else size * (2 if self.party_mean else 1)
+        self.gru = nn.GRU(party_input, hidden, num_layers=1, bidirectional=True, batch_first=True)
         self.project = nn.Sequential(nn.Linear(2 * hidden, size), nn.ReLU(), nn.Dropout(config.context_dropout))
         self.output_size = 2 * size
 
-    def forward(self, features, lengths, speakers, utterance_mask):
-        # features (B, N, D), lengths (B,) on cpu, speakers (B, N), utterance_mask (B, N)
+    def forward(self, features, lengths, speakers, utterance_mask, every_modality=None):
+        # features (B, N, D), lengths (B,) on cpu, speakers (B, N), utterance_mask (B, N);
+        # every_modality (B, N, sum of D_m): given to an encoder that reads_every_modality, its party GRU's input
         B, N, D = features.shape
+        turns = every_modality if self.reads_every_modality else features                     # what the party GRU reads
         n_parties = int(speakers.max()) + 1
         own = F.one_hot(speakers, n_parties) * utterance_mask.unsqueeze(-1)                     # (B, N, P)
         turn = ((own.cumsum(1) * own).sum(-1) - 1).clamp(min=0)                               # (B, N) rank among own turns
@@ -336,8 +341,8 @@ class PartyContextEncoder(nn.Module):
         present = counts.nonzero().squeeze(1)                                                 # (G,)
         compact = torch.full_like(counts, -1).scatter(0, present, torch.arange(len(present), device=counts.device))
         real = utterance_mask
-        parties = features.new_zeros(len(present), int(counts.max()), D)                      # (G, L, D)
-        parties[compact[group[real]], turn[real]] = features[real]
+        parties = features.new_zeros(len(present), int(counts.max()), turns.size(-1))         # (G, L, D)
+        parties[compact[group[real]], turn[real]] = turns[real]
         if self.party_mean:                                                                   # [turn ; party's mean]
             means = parties.sum(1) / counts[present].unsqueeze(-1).to(features.dtype)         # (G, D)
             means = means.unsqueeze(1).expand_as(parties)                                     # (G, L, D)
@@ -358,10 +363,21 @@ class PartyMeanContextEncoder(PartyContextEncoder):
     party_mean = True
 
 
+class JointPartyContextEncoder(PartyContextEncoder):
+    """The party GRU reading every modality (not in the release): along each party's turns, each
+    turn's input is the concatenation of all modalities' (standardised) features, so one modality's
+    party state sees the evidence the others hold of that speaker's emotion and offset, as
+    DialogueRNN's party GRU reads the fused utterance. The dialogue GRU still reads its own modality.
+    MALN.forward gives an encoder with reads_every_modality = True the keyword argument
+    every_modality (B, N, sum of D_m). output_size = 2 x size."""
+    reads_every_modality = True
+
+
 CONTEXT_ENCODERS = {  # MALNConfig.context_encoder -> its class; add yours here (docs/extending.md)
     "gru": ContextEncoder,
     "party_gru": PartyContextEncoder,
     "party_mean_gru": PartyMeanContextEncoder,
+    "party_joint_gru": JointPartyContextEncoder,
     "speaker_gru": SpeakerContextEncoder,
 }
 
@@ -543,10 +559,13 @@ class MALN(nn.Module):
         labels = batch.get("labels")
         inputs = {}
         n_parties = int(speakers.max()) + 1 if self.sclm is not None else 0
+        prepared, every = {}, {}  # a context encoder that reads every modality: all of them prepared first, once
+        if getattr(CONTEXT_ENCODERS[self.config.context_encoder], "reads_every_modality", False):
+            prepared = {m: self.prepared(m, features[m]) for m in self.config.modalities}
+            every = {"every_modality": torch.cat(list(prepared.values()), -1)}                     # (B, N, sum D_m)
         for m in self.config.modalities:
-            features_m = self.standardizer[m](features[m]) if self.standardizer is not None else features[m]
-            features_m = F.dropout(features_m, self.config.input_dropout, self.training)
-            x = self.context[m](features_m, lengths, speakers, utterance_mask)                        # (B, N, C_m)
+            features_m = prepared[m] if every else self.prepared(m, features[m])
+            x = self.context[m](features_m, lengths, speakers, utterance_mask, **every)               # (B, N, C_m)
             if self.sclm is not None:
                 x = self.speaker_fused(m, x, self.sclm[m](features_m, speakers, n_parties, utterance_mask))
             if self.config.utterance_skip:
@@ -569,6 +588,11 @@ class MALN(nn.Module):
             output["losses"] = self.losses(log_probs, unimodal, specific, common, utterance_mask, labels, class_weights,
                                            reversal_factor)
         return output
+
+    def prepared(self, m, features_m):
+        """One modality's features as the context encoders and SCLM read them: [standardised, input dropout]."""
+        features_m = self.standardizer[m](features_m) if self.standardizer is not None else features_m
+        return F.dropout(features_m, self.config.input_dropout, self.training)                     # (B, N, D_m)
 
     def speaker_fused(self, m, context, speaker):
         """context (B, N, C_m) and SCLM's speaker vector (B, N, speaker_size) as config.sclm_fusion joins them."""

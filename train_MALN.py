@@ -70,8 +70,8 @@ max_positions = 0           # rows of SCLM's position table (longest dialogue + 
 # model: context encoders
 context_encoder = "gru"     # a name of MALN_model_fix.CONTEXT_ENCODERS: 'gru' (the release's bidirectional GRU over the
                             # dialogue), 'party_gru' (beside it, a GRU along each party's own turns), 'party_mean_gru'
-                            # (that party GRU also given its party's mean), 'speaker_gru' (the dialogue GRU told each
-                            # turn's party: a one-hot in its input)
+                            # (that party GRU also given its party's mean), 'party_joint_gru' (that party GRU reading
+                            # every modality's turn), 'speaker_gru' (the dialogue GRU told each turn's party: a one-hot)
 gru_layers = 2              # bidirectional GRU layers
 context_hidden = 0          # GRU hidden size; 0 = the modality's feature size (released)
 context_dropout = 0.5       # dropout between the GRU layers and on the context encoder's output (released: 0.5)

@@ -144,6 +144,14 @@ CONTEXT_ROWS = {  # where the speakers change: context along each party's turns,
     # the context vectors predict the emotion less well than the utterance's own features (docs/results.md, the probes)
     "party mean GRU without SCLM (each turn beside its party's mean)": ["--context_encoder=party_mean_gru", "--sclm_mode=off"],
     "party GRU without SCLM + utterance skip": ["--context_encoder=party_gru", "--sclm_mode=off", "--utterance_skip=True"],
+    # the demo has no part the modalities share (dataloader.make_demo): without the decomposition's losses, or a wider
+    # context GRU (64 instead of the modality's 16-24 features)
+    "party GRU without SCLM or the decomposition's losses": ["--context_encoder=party_gru", "--sclm_mode=off",
+                                                           "--adversarial=False", "--orthogonality=False"],
+    "party GRU without SCLM + context hidden 64": ["--context_encoder=party_gru", "--sclm_mode=off", "--context_hidden=64"],
+    # the demo's emotion shows in every modality in part (valence, arousal, their product): one party state reads them all
+    "party joint GRU without SCLM (the party GRU reads every modality)": ["--context_encoder=party_joint_gru",
+                                                                          "--sclm_mode=off"],
     "SCLM gates the context vector": ["--sclm_fusion=gate"],
     "SCLM corrects the context vector": ["--sclm_fusion=correct"],
     "without SCLM": ["--sclm_mode=off"],

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from dataloader import Dialogue, collate
-from MALN_model_fix import (MALN, ContextEncoder, MALNConfig, PartyContextEncoder, PartyMeanContextEncoder,
-                            SpeakerContextEncoder)
+from MALN_model_fix import (MALN, ContextEncoder, JointPartyContextEncoder, MALNConfig, PartyContextEncoder,
+                            PartyMeanContextEncoder, SpeakerContextEncoder)
 
 SIZES = {"t": 6, "a": 4}
 
@@ -74,6 +74,43 @@ def test_the_party_mean_gru_reads_each_turn_beside_its_partys_mean_and_nothing_o
     changed[(speakers == 1) & real] += 3.0                                         # party 1's turns only
     party_1 = (speakers == 1) & real
     assert torch.equal(result[~party_1 & real], along_party(encoder, batch, changed)[~party_1 & real])
+
+
+def test_the_joint_party_gru_reads_every_modality_along_its_partys_turns_and_nothing_of_the_others():
+    torch.manual_seed(0)
+    config = MALNConfig(feature_sizes=SIZES, n_classes=3, context_encoder="party_joint_gru")
+    encoder = JointPartyContextEncoder(6, config).eval()
+    batch = a_batch([[0, 1, 0, 2, 1, 0, 0], [1, 0, 1, 1]])
+    features, speakers, real = batch["features"]["t"], batch["speakers"], batch["utterance_mask"]
+    every = torch.cat([features, torch.randn(*features.shape[:2], 4)], -1)           # (B, N, 6 + 4): t beside a
+    result = encoder(features, batch["lengths"], speakers, real, every_modality=every)[..., 6:]
+    gru = nn.GRU(10, 6, bidirectional=True, batch_first=True)
+    gru.load_state_dict(encoder.gru.state_dict())
+    for b, n in enumerate(batch["lengths"].tolist()):
+        for party in speakers[b, :n].unique():
+            turns = (speakers[b, :n] == party).nonzero().squeeze(1)
+            assert torch.allclose(result[b, turns], encoder.project(gru(every[b, turns].unsqueeze(0))[0])[0], atol=1e-6)
+    changed = every.clone()
+    changed[..., 6:][(speakers == 1) & real] += 3.0                                   # party 1's other modality only
+    after = encoder(features, batch["lengths"], speakers, real, every_modality=changed)[..., 6:]
+    party_1 = (speakers == 1) & real
+    assert torch.equal(result[~party_1 & real], after[~party_1 & real])
+    assert not torch.allclose(result[party_1], after[party_1])
+
+
+@pytest.mark.parametrize("encoder", ["party_gru", "party_joint_gru"])
+def test_one_modalitys_unimodal_prediction_reads_another_modality_only_through_the_joint_party_gru(encoder):
+    torch.manual_seed(0)
+    model = MALN(MALNConfig(feature_sizes=SIZES, n_classes=3, hidden_size=8, cross_heads=2, sclm_mode="off",
+                            context_encoder=encoder)).eval()
+    dialogues = [Dialogue(f"d{i}", {m: torch.randn(len(s), d) for m, d in SIZES.items()}, torch.tensor(s),
+                          torch.zeros(len(s), dtype=torch.long)) for i, s in enumerate([[0, 1, 0, 1, 1], [1, 0, 0]])]
+    batch = collate(dialogues)
+    before = model(batch)["unimodal"]["t"]
+    batch["features"]["a"] = batch["features"]["a"] + 3.0                            # audio only
+    after = model(batch)["unimodal"]["t"]
+    real = batch["utterance_mask"]
+    assert torch.equal(before[real], after[real]) == (encoder == "party_gru")
 
 
 @pytest.mark.parametrize("fusion", ["gate", "correct"])
