@@ -4,7 +4,7 @@ training dialogues (valid and test as many as the built-in demo's: 30 and 60), w
 feature file that train_MALN.py reads, and the two references on the same file printed: logistic
 regression on single utterances and the generator's structure with learned parameters.
 
-    python -m benchmarks.demo_scale --train_dialogues=2400 --out=/tmp/demo_2400.pkl
+    python -m benchmarks.demo_scale --train_dialogues=2400 --out=/tmp/demo_2400.pkl [--record=NAME]
     python train_MALN.py --preset=demo --features=/tmp/demo_2400.pkl --seed=1
 
 The file is data, made from the generator's seed: it is refused if --out exists.
@@ -16,8 +16,9 @@ import sys
 
 from dataloader import CLASS_NAMES, make_demo
 from benchmarks.baselines import logistic_regression_baseline, structured_demo_baseline
+from benchmarks.records import machine, write_record
 
-OPTIONS = {"train_dialogues": 2400, "demo_seed": 0, "out": ""}
+OPTIONS = {"train_dialogues": 2400, "demo_seed": 0, "out": "", "record": ""}
 
 
 def as_maln_file(feature_set):
@@ -53,6 +54,14 @@ def main(argv):
     print(f"test weighted-F1 on this file: logistic regression on single utterances {linear:.2f}; "
           f"the generator's structure with learned parameters {structured:.2f}; "
           f"Bayes decision knowing every parameter (accuracy) {100 * feature_set.info['oracle_accuracy']:.2f}")
+    if options["record"]:  # benchmarks/measured/NAME.json, a table for docs/results.md
+        write_record(options["record"], {
+            "command": "python -m benchmarks.demo_scale " + " ".join(argv), "machine": machine(),
+            "table": {"columns": ["training dialogues", "logistic regression, single utterances: test wF1",
+                                  "the generator's structure with learned parameters: test wF1",
+                                  "Bayes decision knowing every parameter: test accuracy"],
+                      "rows": [[str(options["train_dialogues"]), f"{linear:.2f}", f"{structured:.2f}",
+                                f"{100 * feature_set.info['oracle_accuracy']:.2f}"]]}})
 
 
 if __name__ == "__main__":

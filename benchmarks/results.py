@@ -149,6 +149,8 @@ CONTEXT_ROWS = {  # where the speakers change: context along each party's turns,
     "party GRU without SCLM or the decomposition's losses": ["--context_encoder=party_gru", "--sclm_mode=off",
                                                            "--adversarial=False", "--orthogonality=False"],
     "party GRU without SCLM + context hidden 64": ["--context_encoder=party_gru", "--sclm_mode=off", "--context_hidden=64"],
+    "party GRU without SCLM + context hidden 64 + context dropout 0.1": ["--context_encoder=party_gru", "--sclm_mode=off",
+                                                                          "--context_hidden=64", "--context_dropout=0.1"],
     # the demo's emotion shows in every modality in part (valence, arousal, their product): one party state reads them all
     "party joint GRU without SCLM (the party GRU reads every modality)": ["--context_encoder=party_joint_gru",
                                                                           "--sclm_mode=off"],
