@@ -148,6 +148,7 @@ CONTEXT_ROWS = {  # where the speakers change: context along each party's turns,
     # context GRU (64 instead of the modality's 16-24 features)
     "party GRU without SCLM or the decomposition's losses": ["--context_encoder=party_gru", "--sclm_mode=off",
                                                            "--adversarial=False", "--orthogonality=False"],
+    "party GRU without SCLM + context hidden 32": ["--context_encoder=party_gru", "--sclm_mode=off", "--context_hidden=32"],
     "party GRU without SCLM + context hidden 64": ["--context_encoder=party_gru", "--sclm_mode=off", "--context_hidden=64"],
     "party GRU without SCLM + context hidden 64 + context dropout 0.1": ["--context_encoder=party_gru", "--sclm_mode=off",
                                                                           "--context_hidden=64", "--context_dropout=0.1"],
