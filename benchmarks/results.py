@@ -150,6 +150,8 @@ CONTEXT_ROWS = {  # where the speakers change: context along each party's turns,
                                                            "--adversarial=False", "--orthogonality=False"],
     "party GRU without SCLM + context hidden 32": ["--context_encoder=party_gru", "--sclm_mode=off", "--context_hidden=32"],
     "party GRU without SCLM + context hidden 64": ["--context_encoder=party_gru", "--sclm_mode=off", "--context_hidden=64"],
+    "party GRU without SCLM + context hidden 64 + 30 epochs": ["--context_encoder=party_gru", "--sclm_mode=off",
+                                                             "--context_hidden=64", "--epochs=30"],
     "party GRU without SCLM + context hidden 64 + context dropout 0.1": ["--context_encoder=party_gru", "--sclm_mode=off",
                                                                           "--context_hidden=64", "--context_dropout=0.1"],
     # the demo's emotion shows in every modality in part (valence, arousal, their product): one party state reads them all
