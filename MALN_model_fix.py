@@ -21,6 +21,7 @@ data flows through them. MALN.forward runs, for every modality m:
         beside the sum of the common vectors (B, N, H)
                         v
     classifier (stage 3): log-probabilities (B, N, classes)
+        [party chain: forward-backward along each party's turns]    (switch; not in the release)
 
 The layers are the authors' release (github rmjrmj/MALN, commit 7ff1318), which runs the context
 encoder and SCLM side by side and concatenates them, as above; MALN.from_release loads its weights:
@@ -86,6 +87,8 @@ class MALNConfig:
     context_hidden: int = 0         # GRU hidden size; 0 = the modality's input size (released)
     context_dropout: float = 0.5    # between the GRU layers and on the context output (released: GRUModel's 0.5)
     utterance_skip: bool = False    # the utterance's own features beside its context vector into AMDM (not in the release)
+    party_chain: bool = False       # the classifier's scores smoothed by learned emotion transitions along each party's
+                                    # turns (PartyChain: forward-backward marginals; not in the release)
     # stage 2: adversarial multimodal decomposition module
     hidden_size: int = 100          # size of specific and common vectors
     specific_dropout: float = 0.1
@@ -515,6 +518,57 @@ class CrossModalAttention(nn.Module):
         return self.fuse(x, allowed)                                            # (B, N, 2H)
 
 
+class PartyChain(nn.Module):
+    """Emotion transitions along each party's own turns (stage 3 switch, not in the release; a
+    linear-chain model of the labels, as CESTa's CRF, run per party as DialogueRNN keeps a party
+    state). The classifier's scores (B, N, C) are the emissions of a chain over each party's
+    turns with a learned C x C transition matrix (each row a softmax); forward-backward gives each
+    utterance's posterior marginal, returned as log-probabilities. Built, the transitions are
+    uniform, where the chain changes nothing; fit() sets them to the training labels' own
+    turn-to-turn frequencies along each party, and training goes on from there."""
+
+    def __init__(self, n_classes):
+        super().__init__()
+        self.transition_logits = nn.Parameter(torch.zeros(n_classes, n_classes))   # (C, C) row: from, column: to
+
+    @torch.no_grad()
+    def fit(self, parties):
+        # parties: one (T,) int64 label sequence per (dialogue, party) of the training split, -1 = unlabelled
+        C = self.transition_logits.size(0)
+        counts = torch.ones(C, C, dtype=torch.float64)                                 # add-one: no transition impossible
+        for labels in parties:
+            labels = labels[labels >= 0]
+            counts.view(-1).index_add_(0, labels[:-1] * C + labels[1:], torch.ones(len(labels) - 1, dtype=torch.float64))
+        self.transition_logits.copy_((counts / counts.sum(1, keepdim=True)).log())
+
+    def forward(self, scores, speakers, utterance_mask):
+        # scores (B, N, C) any per-utterance log-potentials; speakers (B, N); utterance_mask (B, N)
+        B, N, C = scores.shape
+        n_parties = int(speakers.max()) + 1
+        own = F.one_hot(speakers, n_parties) * utterance_mask.unsqueeze(-1)                      # (B, N, P)
+        turn = ((own.cumsum(1) * own).sum(-1) - 1).clamp(min=0)                                # (B, N) rank among own turns
+        group = torch.arange(B, device=scores.device).unsqueeze(1) * n_parties + speakers      # (B, N) one per (dialogue, party)
+        counts = own.sum(1).reshape(-1)                                                        # (B*P,)
+        present = counts.nonzero().squeeze(1)                                                  # (G,)
+        compact = torch.full_like(counts, -1).scatter(0, present, torch.arange(len(present), device=counts.device))
+        real = utterance_mask
+        emissions = scores.new_zeros(len(present), int(counts.max()), C)                       # (G, L, C) 0 = log 1 after the end
+        emissions[compact[group[real]], turn[real]] = scores[real]
+        log_transition = F.log_softmax(self.transition_logits, -1)                             # (C, C) rows sum to 1
+        L = emissions.size(1)
+        alpha = [emissions[:, 0]]                                                              # L x (G, C)
+        for t in range(1, L):
+            alpha.append(emissions[:, t] + torch.logsumexp(alpha[-1].unsqueeze(-1) + log_transition, 1))
+        beta = [torch.zeros_like(emissions[:, 0])]                                             # past a party's end every
+        for t in range(L - 2, -1, -1):                                                         # step multiplies by 1
+            beta.append(torch.logsumexp(log_transition + (emissions[:, t + 1] + beta[-1]).unsqueeze(1), -1))
+        joint = torch.stack(alpha, 1) + torch.stack(beta[::-1], 1)                             # (G, L, C)
+        marginals = F.log_softmax(joint, -1)                                                   # (G, L, C)
+        output = scores.new_zeros(B, N, C)
+        output[real] = marginals[compact[group[real]], turn[real]]
+        return output                                                                          # (B, N, C)
+
+
 class MALN(nn.Module):
     """The whole network, as the module docstring draws it: [input standardisation] -> context
     encoder beside SCLM, concatenated -> AMDM -> cross-modal attention -> classifier (paper,
@@ -536,6 +590,7 @@ class MALN(nn.Module):
         H = config.hidden_size
         self.cross = CrossModalAttention(config) if len(sizes) > 1 else None
         self.classifier = nn.Sequential(nn.Linear(self.fused_size(), H), nn.ReLU(), nn.Dropout(config.dropout), nn.Linear(H, config.n_classes))
+        self.chain = PartyChain(config.n_classes) if config.party_chain else None
 
     def fused_size(self):
         """[cross-modal output (2H) ; commonality (H)]; with one modality the commonality alone, or
@@ -583,6 +638,8 @@ class MALN(nn.Module):
         else:
             fused = commonality                                                                     # (B, N, H)
         log_probs = F.log_softmax(self.classifier(fused), -1)                                       # (B, N, C)
+        if self.chain is not None:
+            log_probs = self.chain(log_probs, speakers, utterance_mask)                             # (B, N, C) marginals
         output = {"log_probs": log_probs, "unimodal": unimodal, "fused": fused, "common": common, "specific": specific}
         if labels is not None:
             output["losses"] = self.losses(log_probs, unimodal, specific, common, utterance_mask, labels, class_weights,
@@ -631,6 +688,12 @@ class MALN(nn.Module):
             raise ValueError("this model was built with standardize=False: it has no statistics to fit")
         for m, standardizer in self.standardizer.items():
             standardizer.fit(torch.cat([d.features[m] for d in dialogues]))
+
+    def fit_chain(self, dialogues):
+        """Start the party chain's transitions at these (training) dialogues' turn-to-turn label frequencies."""
+        if self.chain is None:
+            raise ValueError("this model was built with party_chain=False: it has no transitions to fit")
+        self.chain.fit([d.labels[d.speakers == p] for d in dialogues for p in d.speakers.unique()])
 
     def n_parameters(self):
         return sum(p.numel() for p in self.parameters())

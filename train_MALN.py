@@ -95,6 +95,8 @@ cross_attention = True      # cross-modal attention (False: plain concatenation)
 cross_input = "common"      # vectors fed to cross-modal attention: 'common' (release) or 'specific' (paper's wording)
 cross_heads = 4             # heads of the cross-modal attention
 dropout = 0.3               # dropout of the classifiers and the cross-modal attention (released: 0.66)
+party_chain = False         # the classifier's scores smoothed by learned emotion transitions along each party's turns
+                            # (forward-backward marginals, MALN_model_fix.PartyChain; not in the release)
 # loss
 unimodal_weight = 0.1       # weight of the unimodal auxiliary classification losses
 adversarial_weight = 0.01   # weight of the adversarial losses
@@ -167,13 +169,15 @@ DEFAULT_POSITIONS = 128     # the smallest position table max_positions=0 builds
 def build_model(feature_set, config):
     """A new MALN of the settings' MODEL_KEYS for this feature set's sizes and classes (the one place the
     script builds its MALNConfig); its position table sized from the training split (or --max_positions),
-    never from valid or test; its standardisation (when on) fitted on the training split."""
+    never from valid or test; its standardisation and party chain (when on) fitted on the training split."""
     model_args = {k: config[k] for k in MODEL_KEYS}
     model_args.update(feature_sizes=feature_set.feature_sizes, n_classes=len(feature_set.class_names),
                       max_positions=position_table_size(feature_set, config))
     model = MALN(MALNConfig(**model_args))
     if model.config.standardize:
         model.fit_standardizer(feature_set.splits["train"])
+    if model.config.party_chain:
+        model.fit_chain(feature_set.splits["train"])
     return model
 
 

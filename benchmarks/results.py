@@ -157,6 +157,9 @@ CONTEXT_ROWS = {  # where the speakers change: context along each party's turns,
     # the demo's emotion shows in every modality in part (valence, arousal, their product): one party state reads them all
     "party joint GRU without SCLM (the party GRU reads every modality)": ["--context_encoder=party_joint_gru",
                                                                           "--sclm_mode=off"],
+    # the labels' own persistence: learned emotion transitions along each party's turns on the classifier's scores
+    "party GRU without SCLM + party chain": ["--context_encoder=party_gru", "--sclm_mode=off", "--party_chain=True"],
+    "without SCLM + party chain": ["--sclm_mode=off", "--party_chain=True"],
     "SCLM gates the context vector": ["--sclm_fusion=gate"],
     "SCLM corrects the context vector": ["--sclm_fusion=correct"],
     "without SCLM": ["--sclm_mode=off"],

@@ -19,3 +19,4 @@ common_last_layer = "shared"
 context_encoder = "gru"
 sclm_fusion = "concat"
 utterance_skip = False
+party_chain = False

@@ -27,7 +27,8 @@ CONFIG_RULES = {  # MALNConfig field -> (what a valid value is, test of the valu
                     lambda v, c: is_count(v, 1) and (not is_count(c.get("hidden_size"), 1) or c["hidden_size"] % v == 0)),
     "context_hidden": ("a whole number >= 0 (0 = the feature size)", lambda v, c: is_count(v, 0)),
     **{name: ("True or False", lambda v, c: isinstance(v, bool))
-       for name in ("standardize", "adversarial", "orthogonality", "cross_attention", "utterance_skip")},
+       for name in ("standardize", "adversarial", "orthogonality", "cross_attention", "utterance_skip",
+                     "party_chain")},
     **{name: ("a number in [0, 1)", lambda v, c: is_fraction(v))
        for name in ("input_dropout", "sclm_dropout", "context_dropout", "specific_dropout", "common_dropout",
                     "discriminator_dropout", "dropout")},

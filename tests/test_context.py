@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from dataloader import Dialogue, collate
-from MALN_model_fix import (MALN, ContextEncoder, JointPartyContextEncoder, MALNConfig, PartyContextEncoder,
+from MALN_model_fix import (MALN, ContextEncoder, JointPartyContextEncoder, MALNConfig, PartyChain, PartyContextEncoder,
                             PartyMeanContextEncoder, SpeakerContextEncoder)
 
 SIZES = {"t": 6, "a": 4}
@@ -158,3 +158,64 @@ def test_the_utterance_skip_hands_amdm_each_utterances_own_features_beside_its_c
     real = batch["utterance_mask"]
     assert seen[False].shape == (2, 5, 6) and seen[True].shape == (2, 5, 12)
     assert torch.equal(seen[True][..., 6:][real], batch["features"]["t"][real])
+
+
+def chain_inputs():
+    """A PartyChain of 3 classes with persisting transitions, and scores of two dialogues (the second padded)."""
+    torch.manual_seed(0)
+    chain = PartyChain(3)
+    with torch.no_grad():
+        chain.transition_logits.copy_(2 * torch.eye(3) + 0.3 * torch.randn(3, 3))
+    speakers = torch.tensor([[0, 1, 0, 2, 1, 0, 0], [1, 0, 1, 1, 0, 0, 0]])
+    real = torch.tensor([[True] * 7, [True] * 4 + [False] * 3])
+    return chain, torch.randn(2, 7, 3).log_softmax(-1), speakers, real
+
+
+def test_the_party_chain_gives_each_turn_its_exact_posterior_along_its_partys_turns():
+    chain, scores, speakers, real = chain_inputs()
+    result = chain(scores, speakers, real)
+    log_transition = chain.transition_logits.log_softmax(-1)
+    for b in range(2):
+        for party in speakers[b][real[b]].unique():
+            turns = ((speakers[b] == party) & real[b]).nonzero().squeeze(1)
+            paths = torch.cartesian_prod(*[torch.arange(3)] * len(turns)).reshape(-1, len(turns))  # (3^T, T) every path
+            score = scores[b, turns].gather(1, paths.T).sum(0) + log_transition[paths[:, :-1], paths[:, 1:]].sum(1)
+            weight = score.softmax(0)                                                             # (3^T,) posterior
+            expected = torch.stack([torch.zeros(3).index_add(0, paths[:, t], weight) for t in range(len(turns))])
+            assert torch.allclose(result[b, turns].exp(), expected, atol=1e-5)
+
+
+def test_the_party_chain_ignores_another_partys_turns():
+    chain, scores, speakers, real = chain_inputs()
+    before = chain(scores, speakers, real)
+    changed = scores.clone()
+    party_1 = (speakers == 1) & real
+    changed[party_1] = torch.randn(int(party_1.sum()), 3).log_softmax(-1)
+    after = chain(changed, speakers, real)
+    assert torch.equal(before[~party_1 & real], after[~party_1 & real])
+    assert not torch.allclose(before[party_1], after[party_1])
+
+
+def test_the_party_chain_starts_uniform_and_then_changes_nothing():
+    _, scores, speakers, real = chain_inputs()
+    assert torch.allclose(PartyChain(3)(scores, speakers, real)[real], scores[real], atol=1e-6)
+
+
+def test_a_model_with_the_party_chain_learns_its_transitions_and_the_released_model_has_none():
+    torch.manual_seed(0)
+    batch = a_batch([[0, 1, 0, 1, 1], [1, 0, 0]])
+    batch["labels"] = torch.where(batch["utterance_mask"], 1, -1)
+    model = MALN(MALNConfig(feature_sizes={"t": 6}, n_classes=3, sclm_mode="off", party_chain=True))
+    model(batch)["losses"]["total"].backward()
+    assert model.chain.transition_logits.grad.abs().sum() > 0
+    assert MALN(MALNConfig(feature_sizes={"t": 6}, n_classes=3)).chain is None
+
+
+def test_the_party_chain_starts_at_the_training_labels_turn_to_turn_frequencies():
+    dialogues = [Dialogue("d0", {"t": torch.zeros(6, 6)}, torch.tensor([0, 1, 0, 1, 0, 1]), torch.tensor([0, 2, 0, 2, 1, -1])),
+                 Dialogue("d1", {"t": torch.zeros(3, 6)}, torch.tensor([1, 1, 1]), torch.tensor([1, 1, 2]))]
+    model = MALN(MALNConfig(feature_sizes={"t": 6}, n_classes=3, sclm_mode="off", party_chain=True))
+    model.fit_chain(dialogues)
+    # party turns: 0 0 1 | 2 2 (the -1 skipped) | 1 1 2 -> 0->0, 0->1, 2->2, 1->1, 1->2; each count + 1
+    expected = torch.tensor([[2, 2, 1], [1, 2, 2], [1, 1, 2]], dtype=torch.float64)
+    assert torch.allclose(model.chain.transition_logits.double().exp(), expected / expected.sum(1, keepdim=True))
