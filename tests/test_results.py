@@ -150,3 +150,10 @@ def test_a_demo_suite_row_means_what_its_record_measured_whatever_config_demo_ho
     full, chosen = trained("full model"), trained("party GRU without SCLM")
     assert (full["context_encoder"], full["sclm_mode"]) == ("gru", "utterance")          # the earlier demo preset
     assert (chosen["context_encoder"], chosen["sclm_mode"]) == ("party_gru", "off")      # what config/demo.py holds now
+
+
+def test_the_chained_baseline_reads_a_persisting_emotion_that_single_utterances_cannot():
+    feature_set = make_demo(0, n_dialogues=(60, 20, 30), switch=0.05, signal=0.6, speaker_scale=0.0)  # weak, persisting
+    single, _ = baselines.logistic_regression_baseline(feature_set)
+    chained, per_class, stay = baselines.chained_logistic_regression_baseline(feature_set)
+    assert chained > single + 10 and stay >= 0.8 and set(per_class) == set(feature_set.class_names)
