@@ -97,7 +97,7 @@ def structured_demo_baseline(feature_set, iterations=10):
     return scored(labels[labels >= 0], predictions[labels >= 0], feature_set.class_names)
 
 
-def chained_logistic_regression_baseline(feature_set, stays=(0.25, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)):
+def chained_logistic_regression_baseline(feature_set, stays=(0.25, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)):
     """Logistic regression on single utterances, fitted on train, its probabilities (over the class prior)
     smoothed along each party's turns by a chain that keeps a party's emotion with probability `stay`
     (forward-backward, dataloader.speaker_posteriors), `stay` chosen on valid from `stays`: the party
