@@ -313,6 +313,21 @@ class SpeakerContextEncoder(ContextEncoder):
         return super().forward(torch.cat([features, party], -1), lengths)                            # (B, N, D)
 
 
+def party_layout(speakers, utterance_mask):
+    """Where each real utterance goes when a batch is laid out one row per (dialogue, party) present,
+    that party's turns in order: -> row (n_real,), turn (n_real,) among its party's, and each row's
+    length (G,), for the real utterances in the order of speakers[utterance_mask]."""
+    B = speakers.size(0)
+    n_parties = int(speakers.max()) + 1
+    own = F.one_hot(speakers, n_parties) * utterance_mask.unsqueeze(-1)                       # (B, N, P)
+    turn = ((own.cumsum(1) * own).sum(-1) - 1).clamp(min=0)                                  # (B, N) rank among own turns
+    group = torch.arange(B, device=speakers.device).unsqueeze(1) * n_parties + speakers      # (B, N) one per (dialogue, party)
+    counts = own.sum(1).reshape(-1)                                                          # (B*P,)
+    present = counts.nonzero().squeeze(1)                                                    # (G,)
+    compact = torch.full_like(counts, -1).scatter(0, present, torch.arange(len(present), device=counts.device))
+    return compact[group[utterance_mask]], turn[utterance_mask], counts[present]
+
+
 class PartyContextEncoder(nn.Module):
     """Context along each party's own turns (not in the release; DialogueRNN keeps such a party
     state): the release's ContextEncoder over the whole dialogue, beside a bidirectional GRU run
@@ -336,25 +351,19 @@ class PartyContextEncoder(nn.Module):
         # every_modality (B, N, sum of D_m): given to an encoder that reads_every_modality, its party GRU's input
         B, N, D = features.shape
         turns = every_modality if self.reads_every_modality else features                     # what the party GRU reads
-        n_parties = int(speakers.max()) + 1
-        own = F.one_hot(speakers, n_parties) * utterance_mask.unsqueeze(-1)                     # (B, N, P)
-        turn = ((own.cumsum(1) * own).sum(-1) - 1).clamp(min=0)                               # (B, N) rank among own turns
-        group = torch.arange(B, device=features.device).unsqueeze(1) * n_parties + speakers   # (B, N) one per (dialogue, party)
-        counts = own.sum(1).reshape(-1)                                                       # (B*P,)
-        present = counts.nonzero().squeeze(1)                                                 # (G,)
-        compact = torch.full_like(counts, -1).scatter(0, present, torch.arange(len(present), device=counts.device))
+        row, turn, party_lengths = party_layout(speakers, utterance_mask)                      # (n_real,), (n_real,), (G,)
         real = utterance_mask
-        parties = features.new_zeros(len(present), int(counts.max()), turns.size(-1))         # (G, L, D)
-        parties[compact[group[real]], turn[real]] = turns[real]
+        parties = features.new_zeros(len(party_lengths), int(party_lengths.max()), turns.size(-1))  # (G, L, D)
+        parties[row, turn] = turns[real]
         if self.party_mean:                                                                   # [turn ; party's mean]
-            means = parties.sum(1) / counts[present].unsqueeze(-1).to(features.dtype)         # (G, D)
+            means = parties.sum(1) / party_lengths.unsqueeze(-1).to(features.dtype)           # (G, D)
             means = means.unsqueeze(1).expand_as(parties)                                     # (G, L, D)
             parties = torch.cat([parties, means], -1)                                         # (G, L, 2D)
-        packed = pack_padded_sequence(parties, counts[present].cpu(), batch_first=True, enforce_sorted=False)
+        packed = pack_padded_sequence(parties, party_lengths.cpu(), batch_first=True, enforce_sorted=False)
         output = stacked_bidirectional_gru(self.gru, packed.data, packed.batch_sizes)           # (n_real, 2G)
         output = pad_packed_sequence(packed._replace(data=self.project(output)), batch_first=True)[0]  # (G, L, D)
         along_party = features.new_zeros(B, N, D)
-        along_party[real] = output[compact[group[real]], turn[real]]                           # (B, N, D)
+        along_party[real] = output[row, turn]                                                  # (B, N, D)
         return torch.cat([self.dialogue(features, lengths), along_party], -1)                  # (B, N, 2D)
 
 
@@ -544,16 +553,10 @@ class PartyChain(nn.Module):
     def forward(self, scores, speakers, utterance_mask):
         # scores (B, N, C) any per-utterance log-potentials; speakers (B, N); utterance_mask (B, N)
         B, N, C = scores.shape
-        n_parties = int(speakers.max()) + 1
-        own = F.one_hot(speakers, n_parties) * utterance_mask.unsqueeze(-1)                      # (B, N, P)
-        turn = ((own.cumsum(1) * own).sum(-1) - 1).clamp(min=0)                                # (B, N) rank among own turns
-        group = torch.arange(B, device=scores.device).unsqueeze(1) * n_parties + speakers      # (B, N) one per (dialogue, party)
-        counts = own.sum(1).reshape(-1)                                                        # (B*P,)
-        present = counts.nonzero().squeeze(1)                                                  # (G,)
-        compact = torch.full_like(counts, -1).scatter(0, present, torch.arange(len(present), device=counts.device))
+        row, turn, party_lengths = party_layout(speakers, utterance_mask)                      # (n_real,), (n_real,), (G,)
         real = utterance_mask
-        emissions = scores.new_zeros(len(present), int(counts.max()), C)                       # (G, L, C) 0 = log 1 after the end
-        emissions[compact[group[real]], turn[real]] = scores[real]
+        emissions = scores.new_zeros(len(party_lengths), int(party_lengths.max()), C)          # (G, L, C) 0 = log 1 after the end
+        emissions[row, turn] = scores[real]
         log_transition = F.log_softmax(self.transition_logits, -1)                             # (C, C) rows sum to 1
         L = emissions.size(1)
         alpha = [emissions[:, 0]]                                                              # L x (G, C)
@@ -565,7 +568,7 @@ class PartyChain(nn.Module):
         joint = torch.stack(alpha, 1) + torch.stack(beta[::-1], 1)                             # (G, L, C)
         marginals = F.log_softmax(joint, -1)                                                   # (G, L, C)
         output = scores.new_zeros(B, N, C)
-        output[real] = marginals[compact[group[real]], turn[real]]
+        output[real] = marginals[row, turn]
         return output                                                                          # (B, N, C)
 
 
