@@ -103,17 +103,19 @@ def chained_logistic_regression_baseline(feature_set, stays=(0.25, 0.4, 0.5, 0.6
     (forward-backward, dataloader.speaker_posteriors), `stay` chosen on valid from `stays`: the party
     chain of --party_chain=True on a linear model. -> (weighted-F1, {class: F1}, the chosen stay) on test."""
     check_scorable(feature_set)
-    classifier = fit_logistic_regression(*utterances(feature_set, ("train",)))
+    features, labels = utterances(feature_set, ("train",))
+    classifier = fit_logistic_regression(features, labels)
     classes = classifier.classes_                                                  # the classes train holds
-    prior = np.log(np.bincount(np.searchsorted(classes, utterances(feature_set, ("train",))[1]), minlength=len(classes)))
+    prior = np.log(np.bincount(np.searchsorted(classes, labels), minlength=len(classes)))
+    emissions = {split: [(classifier.predict_log_proba(single_utterance(d)) - prior, d.speakers.numpy())  # (N, K) each
+                         for d in feature_set.splits[split]] for split in ("valid", "test")}
 
     def scored_with(split, stay):
         transition = np.full((len(classes), len(classes)), (1 - stay) / max(len(classes) - 1, 1))
         np.fill_diagonal(transition, stay)
-        dialogues = feature_set.splits[split]
-        labels = np.concatenate([d.labels.numpy() for d in dialogues])
-        predicted = np.concatenate([classes[speaker_posteriors(classifier.predict_log_proba(single_utterance(d)) - prior,
-                                                               d.speakers.numpy(), transition).argmax(1)] for d in dialogues])
+        labels = np.concatenate([d.labels.numpy() for d in feature_set.splits[split]])
+        predicted = np.concatenate([classes[speaker_posteriors(scores, speakers, transition).argmax(1)]
+                                    for scores, speakers in emissions[split]])
         return scored(labels[labels >= 0], predicted[labels >= 0], feature_set.class_names)
 
     stay = max(stays, key=lambda value: scored_with("valid", value)[0])

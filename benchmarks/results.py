@@ -180,8 +180,10 @@ CONTEXT_ROWS = {  # where the speakers change: context along each party's turns,
     "without SCLM": ["--sclm_mode=off"],
 }
 # the demo preset these suites' records were measured with, before the context work moved config/demo.py to the
-# party GRU without SCLM (docs/settings.md): named here, so that a row's figures keep meaning what they meant
-EARLIER_DEMO = ["--preset=demo", "--context_encoder=gru", "--sclm_mode=utterance"]
+# party GRU without SCLM, then the party chain and a context GRU of 32 (docs/settings.md): named here, so that a row's
+# figures keep meaning what they meant
+EARLIER_DEMO = ["--preset=demo", "--context_encoder=gru", "--sclm_mode=utterance", "--party_chain=False",
+                "--context_hidden=0"]
 SUITES = {
     "demo": (EARLIER_DEMO, {**MODEL_ROWS, **MODALITY_ROWS, **DEMO_ROWS}),
     # text only: no adversarial loss or cross-modal attention to remove. The rows start from the defaults above the

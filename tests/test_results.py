@@ -147,9 +147,20 @@ def test_a_row_name_that_is_not_in_the_suite_is_refused_with_the_suites_rows():
 def test_a_demo_suite_row_means_what_its_record_measured_whatever_config_demo_holds_now():
     def trained(row):
         return train_MALN.parse_overrides(results.row_arguments("context", row, "out", [], 1))
-    full, chosen = trained("full model"), trained("party GRU without SCLM")
-    assert (full["context_encoder"], full["sclm_mode"]) == ("gru", "utterance")          # the earlier demo preset
-    assert (chosen["context_encoder"], chosen["sclm_mode"]) == ("party_gru", "off")      # what config/demo.py holds now
+    full, before, chosen = (trained(row) for row in ("full model", "party GRU without SCLM",
+                                                      "party GRU without SCLM + party chain + context hidden 32"))
+    assert (full["context_encoder"], full["sclm_mode"]) == ("gru", "utterance")          # the earliest demo preset
+    assert (before["party_chain"], before["context_hidden"]) == (False, 0)               # the preset before the chain
+    assert (chosen["context_encoder"], chosen["sclm_mode"], chosen["party_chain"], chosen["context_hidden"]) == \
+        ("party_gru", "off", True, 32)                                                   # what config/demo.py holds now
+
+
+def test_an_iemocap_preset_row_means_the_preset_it_was_measured_with_whatever_config_iemocap_holds_now():
+    def trained(row):
+        return train_MALN.parse_overrides(results.row_arguments("iemocap_text", row, "out", [], 1))
+    earlier, chained = trained("IEMOCAP preset (--preset=IEMOCAP)"), trained("IEMOCAP preset + party chain")
+    assert (earlier["average_decay"], earlier["party_chain"]) == (0.95, False)
+    assert (chained["average_decay"], chained["party_chain"]) == (0.95, True)             # what config/iemocap.py holds now
 
 
 def test_the_chained_baseline_reads_a_persisting_emotion_that_single_utterances_cannot():
